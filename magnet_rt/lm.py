@@ -1,0 +1,298 @@
+"""MAGNeT's transformer, exactly as the released checkpoints compute it.
+
+One non-autoregressive transformer over the K=4 RVQ codebooks of EnCodec (Ziv et al., ICLR 2024,
+arXiv 2401.04577; reference: audiocraft `lm.py`, `lm_magnet.py`, `transformer.py`):
+
+    x = sum_k emb[k](codes[:, k]) + sinusoid(t)                     # [B, T, D]
+    for each layer:  x += SelfAttn(LN1(x), window(stage))           # full for stage 0, |dt| <= ctx else
+                     x += CrossAttn(LN_cross(x), cond)              # cond = output_proj(T5) * mask
+                     x += Linear2(GELU(Linear1(LN2(x))))
+    logits[:, k] = linears[k](out_norm(x))                          # [B, K, T, card]
+
+Shapes use one alphabet: B batch (x2 under CFG), K codebooks, T frames, D width, H heads, E head
+dim, S text tokens, C card. Decoding lives in `decoding.py`; loading in `checkpoints.py`.
+
+Two attention paths compute the same function:
+- ``local="dense"``: SDPA over all T keys with a boolean window mask (the reference's computation);
+- ``local="banded"``: only the 2*ctx+1 keys of each query's window are gathered and scored.
+And an optional per-row ``cross_len`` excludes batch padding of the text beyond a row's own length, so
+a request decoded in a shared batch computes exactly as it does alone (the release attends to every
+padded position, so its result depends on the longest prompt in the batch: magnet-reference gotcha 6).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .params import DecodeParams
+
+
+@dataclass(frozen=True)
+class MagnetConfig:
+    dim: int = 1024
+    num_heads: int = 16
+    num_layers: int = 24
+    hidden_scale: int = 4  # FFN width = hidden_scale * dim, exact (erf) GELU
+    n_q: int = 4  # codebooks
+    card: int = 2048  # entries per codebook; the mask token is id `card`, embeddings have card + 1 rows
+    text_dim: int = 768  # T5 width: t5-base (music) 768, t5-large (audio-magnet) 1024
+    subcodes_context: int = 5  # self-attention window +-5 frames for stages >= 1 (-1: full)
+    span_len: int = 3  # 60 ms spans at 50 frames/s
+    segment_duration: float = 10.0  # seconds the checkpoint was trained on
+    frame_rate: int = 50
+    max_period: float = 10000.0  # sinusoidal positions
+    norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def segment_frames(self) -> int:
+        return int(round(self.segment_duration * self.frame_rate))
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# The released checkpoints' shapes (magnet-reference.md section 1); used by benchmarks and tests.
+RELEASED_SHAPES: dict[str, MagnetConfig] = {
+    "facebook/magnet-small-10secs": MagnetConfig(),
+    "facebook/magnet-small-30secs": MagnetConfig(segment_duration=30.0),
+    "facebook/magnet-medium-10secs": MagnetConfig(dim=1536, num_heads=24, num_layers=48),
+    "facebook/magnet-medium-30secs": MagnetConfig(dim=1536, num_heads=24, num_layers=48, segment_duration=30.0),
+    "facebook/audio-magnet-small": MagnetConfig(text_dim=1024),
+    "facebook/audio-magnet-medium": MagnetConfig(dim=1536, num_heads=24, num_layers=48, text_dim=1024),
+}
+
+
+def sinusoidal_positions(T: int, dim: int, max_period: float, device=None) -> Tensor:
+    """[1, T, D]: cos half first, then sin; exponent k / (half - 1); positions from 0 (as released)."""
+    half = dim // 2
+    pos = torch.arange(T, device=device, dtype=torch.float32).view(1, -1, 1)
+    k = torch.arange(half, device=device, dtype=torch.float32).view(1, 1, -1)
+    phase = pos / (torch.full([], max_period, device=device, dtype=torch.float32) ** (k / (half - 1)))
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+
+def window_mask(T: int, context: int, device=None) -> Tensor:
+    """[T, T] bool, True where |q - k| <= context (attend)."""
+    t = torch.arange(T, device=device)
+    return (t[:, None] - t[None, :]).abs() <= context
+
+
+def banded_attention(q: Tensor, k: Tensor, v: Tensor, context: int) -> Tensor:
+    """Attention of each query to the keys within +-context frames, without the out-of-window scores.
+
+    q, k, v: [B, H, T, E] -> [B, H, T, E]. Equal to SDPA with `window_mask`, computing W = 2*ctx+1
+    scores per query instead of T.
+    """
+    B, H, T, E = q.shape
+    W = 2 * context + 1
+    kp = F.pad(k, (0, 0, context, context)).unfold(2, W, 1)  # [B, H, T, E, W]
+    vp = F.pad(v, (0, 0, context, context)).unfold(2, W, 1)  # [B, H, T, E, W]
+    scores = torch.einsum("bhte,bhtew->bhtw", q, kp) / math.sqrt(E)  # [B, H, T, W]
+    offs = torch.arange(W, device=q.device) - context
+    pos = torch.arange(T, device=q.device)[:, None] + offs[None, :]  # [T, W] key index
+    scores = scores.masked_fill(((pos < 0) | (pos >= T)).view(1, 1, T, W), float("-inf"))
+    probs = scores.softmax(dim=-1).to(v.dtype)
+    return torch.einsum("bhtw,bhtew->bhte", probs, vp)
+
+
+class SelfAttention(nn.Module):
+    """Packed q|k|v projection (rows q, k, v; each split as (H E)), no biases."""
+
+    def __init__(self, cfg: MagnetConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * cfg.dim, cfg.dim))
+        self.out_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor, mask: Tensor | None, context: int | None, local: str) -> Tensor:
+        B, T, D = x.shape
+        qkv = F.linear(x, self.in_proj_weight).view(B, T, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, E]
+        if context is not None and local == "banded":
+            y = banded_attention(q, k, v, context)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class CrossAttention(nn.Module):
+    """Queries from the frames, keys/values from the projected text; no key padding mask (as released)."""
+
+    def __init__(self, cfg: MagnetConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * cfg.dim, cfg.dim))
+        self.out_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def kv(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """cond [B, S, D] -> k, v [B, H, S, E]; computed once per request by the fast path."""
+        B, S, D = cond.shape
+        kv = F.linear(cond, self.in_proj_weight[D:]).view(B, S, 2, self.num_heads, D // self.num_heads)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        return k, v
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+        B, T, D = x.shape
+        q = F.linear(x, self.in_proj_weight[:D]).view(B, T, self.num_heads, D // self.num_heads)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.to(q.dtype), v.to(q.dtype), attn_mask=bias)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MagnetConfig):
+        super().__init__()
+        ffn = cfg.hidden_scale * cfg.dim
+        self.self_attn = SelfAttention(cfg)
+        self.cross_attention = CrossAttention(cfg)
+        self.linear1 = nn.Linear(cfg.dim, ffn, bias=False)
+        self.linear2 = nn.Linear(ffn, cfg.dim, bias=False)
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm_cross = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+
+    def forward(self, x: Tensor, cross: CrossInputs, i: int, mask: Tensor | None, context: int | None,
+                local: str) -> Tensor:
+        x = x + self.self_attn(self.norm1(x), mask, context, local)
+        x = x + cross.attend(self.cross_attention, i, self.norm_cross(x))
+        return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
+
+
+@dataclass
+class CrossInputs:
+    """The text side of a forward: per-layer k/v of the projected condition for the first `rows` rows.
+
+    Rows beyond `rows` (the CFG null half) have an all-zero condition, whose cross-attention output
+    is exactly 0 (zero values), so they skip it. `bias` [rows, 1, 1, S] excludes batch padding beyond
+    a row's own text length (None: every position attends, as released).
+    """
+
+    kv: list[tuple[Tensor, Tensor]]
+    rows: int
+    bias: Tensor | None = None
+
+    def attend(self, attn: CrossAttention, i: int, xq: Tensor) -> Tensor:
+        k, v = self.kv[i]
+        if self.rows == xq.shape[0]:
+            return attn(xq, k, v, self.bias)
+        return torch.cat([attn(xq[: self.rows], k, v, self.bias), torch.zeros_like(xq[self.rows:])])
+
+
+class MagnetLM(nn.Module):
+    def __init__(self, cfg: MagnetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.card = cfg.card
+        self.n_q = cfg.n_q
+        self.output_proj = nn.Linear(cfg.text_dim, cfg.dim)  # the T5 conditioner's projection (bias)
+        self.emb = nn.ModuleList([nn.Embedding(cfg.card + 1, cfg.dim) for _ in range(cfg.n_q)])
+        self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
+        self.out_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.linears = nn.ModuleList([nn.Linear(cfg.dim, cfg.card, bias=False) for _ in range(cfg.n_q)])
+        self.compute_dtype = torch.float32  # the transformer blocks' dtype; see `set_precision`
+        self._masks: dict[tuple[int, str], Tensor] = {}
+
+    # ---- precision and device -------------------------------------------------------------------
+    def set_precision(self, dtype: torch.dtype) -> MagnetLM:
+        """Run the transformer blocks in `dtype` (fp16 on CUDA as released, bf16 as a CPU fast path);
+        embeddings, out_norm, heads and output_proj stay fp32, as in the release."""
+        self.compute_dtype = dtype
+        self.layers.to(dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.out_norm.weight.device
+
+    # ---- conditioning ---------------------------------------------------------------------------
+    def project_text(self, text_hidden: Tensor, text_mask: Tensor) -> Tensor:
+        """T5 last hidden states [B, S, Dt] -> cond [B, S, D]; padding zeroed after the projection."""
+        cond = self.output_proj(text_hidden.to(self.output_proj.weight.dtype))
+        return cond * text_mask.to(cond.dtype).unsqueeze(-1)
+
+    def cross_inputs(self, cond: Tensor, cross_len: Tensor | None = None) -> CrossInputs:
+        """Every layer's cross-attention k/v for `cond` [R, S, D]. A forward over more than R rows
+        treats the rows beyond R as the all-zero null condition. `cross_len` [R]: see CrossInputs."""
+        dtype = self.compute_dtype
+        kv = [blk.cross_attention.kv(cond.to(dtype)) for blk in self.layers]
+        bias = None
+        if cross_len is not None:
+            S = cond.shape[1]
+            keep = torch.arange(S, device=cond.device)[None, :] < cross_len[:, None].to(cond.device)
+            bias = torch.zeros(keep.shape, dtype=dtype, device=cond.device)
+            bias = bias.masked_fill(~keep, float("-inf")).view(-1, 1, 1, S)
+        return CrossInputs(kv=kv, rows=cond.shape[0], bias=bias)
+
+    # ---- forward --------------------------------------------------------------------------------
+    def self_attn_mask(self, T: int, stage: int, local: str) -> tuple[Tensor | None, int | None]:
+        """(dense mask or None, window context or None) for `stage`: full for 0, +-ctx for >= 1."""
+        ctx = self.cfg.subcodes_context
+        if stage == 0 or ctx < 0:
+            return None, None
+        if local == "banded":
+            return None, ctx
+        key = (T, str(self.device))
+        if key not in self._masks:
+            self._masks[key] = window_mask(T, ctx, self.device)
+        return self._masks[key], ctx
+
+    def forward(self, codes: Tensor, cross: CrossInputs, stage: int, *, heads: str = "all",
+                local: str = "dense") -> Tensor:
+        """codes [B, K, T] (mask id = card) -> logits [B, K, T, C] (heads="all") or [B, T, C] of
+        codebook `stage` only (heads="stage")."""
+        B, K, T = codes.shape
+        x = sum(self.emb[k](codes[:, k]) for k in range(K))  # [B, T, D]
+        x = x + sinusoidal_positions(T, self.cfg.dim, self.cfg.max_period, codes.device)
+        mask, ctx = self.self_attn_mask(T, stage, local)
+        low = self.compute_dtype != torch.float32
+        with torch.autocast(codes.device.type, dtype=self.compute_dtype, enabled=low):
+            for i, block in enumerate(self.layers):
+                x = block(x, cross, i, mask, ctx, local)
+        x = self.out_norm(x.float())
+        if heads == "stage":
+            return self.linears[stage](x)  # [B, T, C]
+        return torch.stack([lin(x) for lin in self.linears], dim=1)  # [B, K, T, C]
+
+    @torch.inference_mode()
+    def logits(self, codes: Tensor, text_hidden: Tensor, text_mask: Tensor, stage: int) -> Tensor:
+        """One forward without CFG, as the reference computes it -> [B, K, T, C]."""
+        cond = self.project_text(text_hidden.to(self.device), text_mask.to(self.device))
+        return self(codes.to(self.device), self.cross_inputs(cond), stage)
+
+    @torch.inference_mode()
+    def generate(self, text_hidden: Tensor, text_mask: Tensor, frames: int, params: DecodeParams,
+                 seed: int | None = None, fixed: Tensor | None = None, init_codes: Tensor | None = None,
+                 progress=None, *, generator: torch.Generator | None = None, fast: bool = True,
+                 cancelled=None) -> Tensor:
+        """Decode `frames` frames for each text row with CFG -> codes [B, K, frames]. See decoding.py."""
+        from .decoding import decode_single
+
+        return decode_single(self, text_hidden, text_mask, frames, params, seed=seed, fixed=fixed,
+                             init_codes=init_codes, progress=progress, generator=generator, fast=fast,
+                             cancelled=cancelled)
+
+    # ---- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_audiocraft(cls, path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MagnetLM:
+        """Load a released `state_dict.bin` (or a directory holding it)."""
+        from .checkpoints import load_audiocraft_lm
+
+        return load_audiocraft_lm(path, device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, repo_id: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                        **hub_kwargs) -> MagnetLM:
+        """Resolve `repo_id` (hub id, hub cache, or local directory) and load its `state_dict.bin`."""
+        from .checkpoints import resolve_file
+
+        return cls.from_audiocraft(resolve_file(repo_id, "state_dict.bin", **hub_kwargs), device, dtype)
