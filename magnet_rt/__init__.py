@@ -1,0 +1,24 @@
+"""magnet-rt engine: MAGNeT (Ziv et al., ICLR 2024) computed exactly like the released checkpoints.
+
+    from magnet_rt import MagnetLM, DecodeParams
+    lm = MagnetLM.from_audiocraft("path/to/magnet-small-10secs")
+    codes = lm.generate(text_hidden, text_mask, frames=500, params=DecodeParams(), seed=1)
+"""
+
+from __future__ import annotations
+
+from .errors import (Cancelled, CheckpointError, InvalidAudio, InvalidParams, InvalidRegion, MagnetError,
+                     UnsupportedConfig)
+from .lm import RELEASED_SHAPES, MagnetConfig, MagnetLM
+from .params import DecodeParams
+
+__all__ = ["MagnetLM", "MagnetConfig", "DecodeParams", "MagnetPipeline", "RELEASED_SHAPES", "MagnetError",
+           "CheckpointError", "UnsupportedConfig", "InvalidParams", "InvalidAudio", "InvalidRegion", "Cancelled"]
+
+
+def __getattr__(name: str):
+    if name == "MagnetPipeline":  # imports transformers: only when asked for
+        from .pipeline import MagnetPipeline
+
+        return MagnetPipeline
+    raise AttributeError(name)

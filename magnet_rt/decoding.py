@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .errors import Cancelled, InvalidParams
 from .params import DecodeParams
-from .sampling import choose_tokens, probs_at, span_scores, step_temperature
+from .sampling import choose_tokens, exponential_noise, probs_at, span_scores, step_temperature
 
 DONT_REMASK = -1e4  # the release's DONT_REMASK_ME_SCORE
 
@@ -236,11 +236,11 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
                                       cfg_coef(mask_p, params), fast, cross)
             temp = step_temperature(params.temperature, params.anneal_temperature, steps - 1 - i, steps)
             probs = probs_at(logits, temp)
-            tokens = torch.empty(stage_seq.shape, dtype=torch.long, device=stage_seq.device)
-            conf = torch.empty(stage_seq.shape, device=stage_seq.device)
-            for _, g, sl in batch.slices():
-                tokens[sl], conf[sl] = choose_tokens(logits[sl], probs[sl], use_sampling=params.use_sampling,
-                                                     top_p=params.top_p, top_k=params.top_k, generator=g.generator)
+            noise = None
+            if params.use_sampling:
+                noise = exponential_noise(probs.shape, [(g.rows, g.generator) for _, g in batch.groups], probs.device)
+            tokens, conf = choose_tokens(logits, probs, use_sampling=params.use_sampling, top_p=params.top_p,
+                                         top_k=params.top_k, noise=noise)
             masked = stage_seq == C
             batch.gen[:, stage] = torch.where(masked, tokens, stage_seq)
             if chunked and unit > 1:

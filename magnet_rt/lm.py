@@ -202,12 +202,40 @@ class MagnetLM(nn.Module):
         self.compute_dtype = torch.float32  # the transformer blocks' dtype; see `set_precision`
         self._masks: dict[tuple[int, str], Tensor] = {}
 
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> MagnetLM:
+        """audiocraft's 'gaussian' init with 'current' depth scaling: N(0, 1/sqrt(fan_in)) for every
+        matrix, divided by sqrt(2 * (layer + 1)) inside layer `layer`; norms at 1/0, biases at 0."""
+        g = torch.Generator().manual_seed(seed)
+
+        def normal_(t: Tensor, std: float) -> None:
+            t.copy_(torch.randn(t.shape, generator=g) * std)
+
+        for e in self.emb:
+            normal_(e.weight, 1 / math.sqrt(self.cfg.dim))
+        for lin in self.linears:
+            normal_(lin.weight, 1 / math.sqrt(self.cfg.dim))
+        normal_(self.output_proj.weight, 1 / math.sqrt(self.cfg.text_dim))
+        self.output_proj.bias.zero_()
+        for i, blk in enumerate(self.layers):
+            depth = 1 / math.sqrt(2 * (i + 1))
+            for name, p in blk.named_parameters():
+                if p.dim() == 2:
+                    normal_(p, depth / math.sqrt(p.shape[1]))
+                else:
+                    p.fill_(1.0 if name.endswith("weight") else 0.0)
+        self.out_norm.weight.fill_(1.0)
+        self.out_norm.bias.zero_()
+        return self
+
     # ---- precision and device -------------------------------------------------------------------
     def set_precision(self, dtype: torch.dtype) -> MagnetLM:
         """Run the transformer blocks in `dtype` (fp16 on CUDA as released, bf16 as a CPU fast path);
         embeddings, out_norm, heads and output_proj stay fp32, as in the release."""
         self.compute_dtype = dtype
-        self.layers.to(dtype)
+        for p in self.layers.parameters():
+            if p.dim() == 2:  # matrices; LayerNorms stay fp32 (autocast runs them in fp32 anyway)
+                p.data = p.data.to(dtype)
         return self
 
     @property

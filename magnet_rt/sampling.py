@@ -6,7 +6,7 @@ Semantics follow audiocraft `utils.py:105-141` and `lm_magnet.py:393-414`:
   confidences keep the full distribution);
 - top-k renormalises the distribution itself, so with top-k the confidences are the truncated ones
   (the release modifies `probs` in place; magnet-reference gotcha 11).
-Draws use the exponential race argmax(p / E), E ~ Exp(1): the same distribution as `multinomial`,
+Draws use the exponential race argmax(p / E), E ~ Exp(1) drawn per request group: the same distribution as `multinomial`,
 with no host synchronisation (gpt-fast `generate.py:40-42`).
 """
 
@@ -27,18 +27,25 @@ def probs_at(logits: Tensor, temperature: float) -> Tensor:
     return torch.softmax(logits.float() / max(temperature, TEMPERATURE_FLOOR), dim=-1)
 
 
-def exponential_race(probs: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One draw per row of `probs` [..., C] -> indices [...]."""
-    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+def exponential_noise(shape: tuple[int, ...], generators: list[tuple[int, torch.Generator | None]],
+                      device) -> Tensor:
+    """Exp(1) noise [B, ...]: rows drawn group by group, each from its own generator, so a request's
+    draws do not depend on what else shares the batch. `generators`: (rows, generator) in row order."""
+    return torch.cat([torch.empty((rows, *shape[1:]), device=device).exponential_(1.0, generator=g)
+                      for rows, g in generators])
+
+
+def exponential_race(probs: Tensor, noise: Tensor) -> Tensor:
+    """One draw per row of `probs` [..., C] -> indices [...]: argmax(p / E) ~ Categorical(p)."""
     return torch.argmax(probs / noise, dim=-1)
 
 
-def sample_top_p(probs: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
+def sample_top_p(probs: Tensor, p: float, noise: Tensor) -> Tensor:
     probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
     keep = (torch.cumsum(probs_sort, dim=-1) - probs_sort) <= p
     probs_sort = probs_sort * keep
     probs_sort = probs_sort / probs_sort.sum(dim=-1, keepdim=True)
-    choice = exponential_race(probs_sort, generator)
+    choice = exponential_race(probs_sort, noise)
     return torch.gather(probs_idx, -1, choice.unsqueeze(-1)).squeeze(-1)
 
 
@@ -50,7 +57,7 @@ def truncate_top_k(probs: Tensor, k: int) -> Tensor:
 
 
 def choose_tokens(logits: Tensor, probs: Tensor, *, use_sampling: bool, top_p: float, top_k: int,
-                  generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+                  noise: Tensor | None) -> tuple[Tensor, Tensor]:
     """logits/probs [..., C] -> (tokens [...], confidence of each chosen token [...]).
 
     Greedy takes the argmax of the CFG logits. top_p < 1 -> nucleus; else top_k > 0 -> top-k;
@@ -59,12 +66,12 @@ def choose_tokens(logits: Tensor, probs: Tensor, *, use_sampling: bool, top_p: f
     if not use_sampling:
         tokens = torch.argmax(logits, dim=-1)
     elif top_p < 1.0:
-        tokens = sample_top_p(probs, top_p, generator)
+        tokens = sample_top_p(probs, top_p, noise)
     elif top_k > 0:
         probs = truncate_top_k(probs, top_k)
-        tokens = exponential_race(probs, generator)
+        tokens = exponential_race(probs, noise)
     else:
-        tokens = exponential_race(probs, generator)
+        tokens = exponential_race(probs, noise)
     confidence = torch.gather(probs, -1, tokens.unsqueeze(-1)).squeeze(-1)
     return tokens, confidence
 

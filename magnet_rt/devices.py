@@ -1,0 +1,41 @@
+"""Device choice: CUDA, Apple MPS or CPU, automatically or as the user asks, and per-component rules.
+
+- The transformer runs in fp16 on CUDA (as the release does under autocast); fp32 elsewhere.
+- EnCodec stays on the CPU under MPS: its quantizer is reported to compute wrong codes there
+  (audiocraft PR #612), so the codec never follows the LM onto MPS.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InvalidParams
+
+
+def pick_device(requested: str | torch.device | None = "auto") -> torch.device:
+    """'auto' -> cuda, then mps, then cpu; an explicit name must be available."""
+    name = str(requested or "auto")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise InvalidParams(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidParams("device cuda requested but this torch has no CUDA device")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InvalidParams("device mps requested but MPS is not available")
+    return device
+
+
+def lm_dtype(device: torch.device) -> torch.dtype:
+    """The transformer blocks' dtype the release runs in on `device`."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def codec_device(device: torch.device) -> torch.device:
+    return torch.device("cpu") if device.type == "mps" else device

@@ -1,0 +1,311 @@
+"""Prompts -> audio: text encoder -> LM decoding -> codec, plus inpainting and continuation.
+
+`run_batch` is the one engine entry point: a list of `Job`s that share (frames, params) decoded in
+one batch, each with its own seeds, progress and cancellation (the daemon's micro-batching).
+`generate`, `inpaint` and `continue_from` build one `Job` and call it.
+
+Inpainting and continuation pin every (codebook, frame) outside the new region to the source's codes
+and splice the decoded region into the *original* waveform (its sample rate and channels), with
+short equal-power crossfades inside the new region, so the kept audio is the input sample for sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import audio as audio_ops
+from .checkpoints import load_audiocraft_lm, resolve_file
+from .codec import Codec
+from .conditioning import T5TextEncoder, TextEncoder
+from .decoding import RowGroup, StepEvent, decode
+from .devices import codec_device, lm_dtype, pick_device
+from .errors import Cancelled, InvalidParams, InvalidRegion
+from .lm import MagnetLM
+from .params import DecodeParams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FADE_S = 0.010  # crossfade length at splice points
+
+
+@dataclass
+class Job:
+    """One request: prompts x variations rows decoded together."""
+
+    prompts: list[str | None]
+    frames: int
+    params: DecodeParams
+    seed: int
+    variations: int = 1
+    fixed: Tensor | None = None  # [K, frames] bool: pinned positions
+    init_codes: Tensor | None = None  # [K, frames] codes at the pinned positions
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts) * self.variations
+
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share a batch."""
+        return (self.frames, self.params)
+
+    def row_seeds(self) -> list[int]:
+        """Variation v of every prompt draws from seed + v: each take can be re-made on its own."""
+        return [self.seed + v for _ in self.prompts for v in range(self.variations)]
+
+
+@dataclass
+class JobResult:
+    codes: Tensor  # [rows, K, frames]
+    audio: np.ndarray  # [rows, C, samples] float32 at the codec's sample rate
+    sample_rate: int
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 1  # how many jobs shared the batch
+
+
+class MagnetPipeline:
+    def __init__(self, lm: MagnetLM, text_encoder: TextEncoder, codec: Codec, name: str = "", fast: bool = True):
+        if codec.card != lm.card or codec.n_q != lm.n_q:
+            raise InvalidParams(f"codec ({codec.n_q} x {codec.card}) does not match the LM ({lm.n_q} x {lm.card})")
+        self.lm, self.text_encoder, self.codec, self.name, self.fast = lm, text_encoder, codec, name, fast
+
+    # ---- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_audiocraft(cls, name_or_dir: str | Path, device: str | torch.device = "auto",
+                        text_encoder: str | Path | None = None, **hub_kwargs) -> MagnetPipeline:
+        """A released model (hub id, hub cache, or a directory with `state_dict.bin` and
+        `compression_state_dict.bin`; a `text_encoder/` folder beside them overrides the T5 named
+        in xp.cfg)."""
+        device = pick_device(device)
+        codec = Codec.from_audiocraft(resolve_file(name_or_dir, "compression_state_dict.bin", **hub_kwargs),
+                                      device=codec_device(device))
+        lm = load_audiocraft_lm(resolve_file(name_or_dir, "state_dict.bin", **hub_kwargs), device=device,
+                                dtype=lm_dtype(device), frame_rate=codec.frame_rate)
+        local_te = Path(name_or_dir) / "text_encoder"
+        te_name = text_encoder or (local_te if local_te.is_dir() else lm.text_encoder_name)
+        te = T5TextEncoder.from_pretrained(te_name, device=device)
+        return cls(lm, te, codec, name=str(name_or_dir))
+
+    # ---- facts --------------------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def frame_rate(self) -> int:
+        return self.codec.frame_rate
+
+    @property
+    def segment_duration(self) -> float:
+        return self.lm.cfg.segment_duration
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.device
+
+    def frames_for(self, duration_s: float | None) -> int:
+        d = self.segment_duration if duration_s is None else float(duration_s)
+        if not (math.isfinite(d) and 0 < d <= self.segment_duration + 1e-9):
+            raise InvalidParams(f"duration must be in (0, {self.segment_duration:g}] seconds for this model "
+                                f"(its trained segment), got {duration_s}")
+        return max(1, round(d * self.frame_rate))
+
+    # ---- the batched entry point -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def run_batch(self, jobs: list[Job], on_step: Callable[[int, StepEvent], None] | None = None,
+                  is_cancelled: Callable[[int], bool] | None = None) -> list[JobResult | None]:
+        """Decode compatible jobs in one batch. Returns a result per job, None for a cancelled one."""
+        if not jobs:
+            return []
+        frames, params = jobs[0].batch_key()
+        if any(j.batch_key() != (frames, params) for j in jobs):
+            raise InvalidParams("jobs in one batch must share frames and decoding parameters")
+        t0 = time.perf_counter()
+        row_job = [ji for ji, j in enumerate(jobs) for _ in range(j.rows)]
+        prompts = [p for j in jobs for p in j.prompts for _ in range(j.variations)]
+        text = self.text_encoder.encode(prompts)
+        cond = self.lm.project_text(text.hidden.to(self.device), text.mask.to(self.device))
+        lengths = text.mask.sum(-1).clamp(min=1)  # each row's own text length ("" is one EOS token)
+        job_len = {ji: int(max(lengths[r] for r in range(len(row_job)) if row_job[r] == ji)) for ji in range(len(jobs))}
+        cross_len = torch.tensor([job_len[ji] for ji in row_job], device=self.device)
+        groups = []
+        for j in jobs:
+            for s in j.row_seeds():
+                g = torch.Generator(device=self.device)
+                g.manual_seed(s)
+                groups.append(RowGroup(1, g))
+        fixed = init = None
+        if any(j.fixed is not None for j in jobs):
+            K = self.lm.n_q
+            fixed = torch.zeros(len(row_job), K, frames, dtype=torch.bool)
+            init = torch.full((len(row_job), K, frames), self.lm.card, dtype=torch.long)
+            for r, ji in enumerate(row_job):
+                if jobs[ji].fixed is not None:
+                    fixed[r], init[r] = jobs[ji].fixed, jobs[ji].init_codes
+        t_text = time.perf_counter()
+        stage_t = {}
+        last = [t_text]
+
+        def step(ev: StepEvent) -> None:
+            if ev.stage_step == ev.stage_steps:
+                stage_t[f"stage{ev.stage}"] = time.perf_counter() - last[0]
+                last[0] = time.perf_counter()
+            if on_step is not None:
+                by_job: dict[int, StepEvent] = {}
+                for gi, ji in enumerate(row_job):
+                    if ji not in by_job and (is_cancelled is None or not is_cancelled(ji)):
+                        codes = None
+                        if ev.codes is not None:
+                            codes = torch.cat([ev.codes[g] for g, jj in enumerate(row_job) if jj == ji and g in ev.codes])
+                        by_job[ji] = StepEvent(ev.step, ev.total_steps, ev.stage, ev.stage_step, ev.stage_steps, codes)
+                for ji, jev in by_job.items():
+                    on_step(ji, jev)
+
+        cancelled = (lambda gi: is_cancelled(row_job[gi])) if is_cancelled is not None else None
+        out = decode(self.lm, cond, frames, params, groups, fixed=fixed, init_codes=init, cross_len=cross_len,
+                     on_step=step, is_cancelled=cancelled, fast=self.fast)
+        t_dec = time.perf_counter()
+        alive = [ji for ji in range(len(jobs)) if all(out[g] is not None for g, jj in enumerate(row_job) if jj == ji)]
+        codes_by_job = {ji: torch.cat([out[g] for g, jj in enumerate(row_job) if jj == ji]) for ji in alive}
+        audio_by_job = {}
+        if alive:
+            all_codes = torch.cat([codes_by_job[ji] for ji in alive])
+            wav = self.codec.decode(all_codes).float().cpu().numpy()
+            n = round(frames / self.frame_rate * self.sample_rate)
+            wav = wav[..., :n]
+            start = 0
+            for ji in alive:
+                audio_by_job[ji] = wav[start:start + jobs[ji].rows]
+                start += jobs[ji].rows
+        t_end = time.perf_counter()
+        timings = {"text": t_text - t0, **stage_t, "decode": t_dec - t_text, "codec": t_end - t_dec,
+                   "total": t_end - t0}
+        return [JobResult(codes_by_job[ji].cpu(), audio_by_job[ji], self.sample_rate, jobs[ji].row_seeds(),
+                          dict(timings), batch_size=len(jobs)) if ji in codes_by_job else None
+                for ji in range(len(jobs))]
+
+    def _run_one(self, job: Job, progress, cancelled) -> JobResult:
+        res = self.run_batch([job], on_step=(lambda _, ev: progress(ev)) if progress else None,
+                             is_cancelled=(lambda _: cancelled()) if cancelled else None)[0]
+        if res is None:
+            raise Cancelled("generation cancelled")
+        return res
+
+    # ---- user-facing operations ------------------------------------------------------------------------
+    def generate(self, prompts: str | list[str | None] | None, duration_s: float | None = None,
+                 params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
+                 progress: Callable[[StepEvent], None] | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> JobResult:
+        """Text -> music: rows are prompt-major (prompt 0's variations first)."""
+        prompts = [prompts] if prompts is None or isinstance(prompts, str) else list(prompts)
+        job = Job(prompts, self.frames_for(duration_s), params or DecodeParams(), _seed(seed), variations)
+        return self._run_one(job, progress, cancelled)
+
+    def inpaint(self, audio, sample_rate: int, start_s: float, end_s: float, prompt: str | None,
+                params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
+                progress=None, cancelled=None, fade_s: float = DEFAULT_FADE_S) -> JobResult:
+        """Regenerate [start_s, end_s) of `audio` ([N] or [C, N]); everything outside is kept exactly.
+        Returns audio [variations, C, N] at the source's sample rate and channels."""
+        x = audio_ops.to_float32_channels_first(audio)
+        sr, N = int(sample_rate), x.shape[-1]
+        dur = N / sr
+        min_len = self.lm.cfg.span_len / self.frame_rate
+        if not (math.isfinite(start_s) and math.isfinite(end_s)) or start_s < 0 or end_s > dur + 1e-6 or start_s >= end_s:
+            raise InvalidRegion(f"region [{start_s}, {end_s}) s must lie inside the clip [0, {dur:.3f}) s")
+        if end_s - start_s < min_len - 1e-9:
+            raise InvalidRegion(f"region is {end_s - start_s:.3f} s; the shortest is one span, {min_len:.3f} s")
+        seg = self.segment_duration
+        if end_s - start_s > seg:
+            raise InvalidRegion(f"region is {end_s - start_s:.2f} s; this model regenerates at most {seg:g} s")
+        # The model sees one segment: a window of the clip around the region.
+        w0 = 0.0 if dur <= seg else min(max(0.5 * (start_s + end_s) - seg / 2, 0.0), dur - seg)
+        s0, s1 = round(w0 * sr), min(N, round(w0 * sr) + math.floor(min(seg, dur) * sr))
+        t0 = time.perf_counter()
+        codes = self.codec.encode(x[:, s0:s1], sr)[0].cpu()  # [K, T]
+        T = min(codes.shape[-1], self.lm.cfg.segment_frames)
+        codes = codes[:, :T]
+        f0 = math.floor((start_s - s0 / sr) * self.frame_rate)
+        f1 = min(T, math.ceil((end_s - s0 / sr) * self.frame_rate))
+        fixed = torch.ones_like(codes, dtype=torch.bool)
+        fixed[:, f0:f1] = False
+        t_enc = time.perf_counter() - t0
+        job = Job([prompt], T, params or DecodeParams(), _seed(seed), variations, fixed, codes)
+        res = self._run_one(job, progress, cancelled)
+        a, b = round(start_s * sr), round(end_s * sr)
+        new = audio_ops.resample(res.audio, self.sample_rate, sr)  # [V, 1, n] at the source rate
+        off = a - s0
+        region = _fit(new[..., off:off + (b - a)], b - a)
+        fade = min(round(fade_s * sr), (b - a) // 2)
+        out = np.stack([audio_ops.splice(x, _channels(region[v], x.shape[0]), a, b, fade) for v in range(variations)])
+        res.audio, res.sample_rate = out.astype(np.float32), sr
+        res.timings["codec_encode"] = t_enc
+        return res
+
+    def continue_from(self, audio, sample_rate: int, prompt: str | None, duration_s: float,
+                      params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
+                      progress=None, cancelled=None, fade_s: float = DEFAULT_FADE_S) -> JobResult:
+        """Extend `audio` to `duration_s` seconds in total. The source is kept sample for sample except
+        its last `fade_s`, where it crossfades into the model's continuation."""
+        x = audio_ops.to_float32_channels_first(audio)
+        sr, N = int(sample_rate), x.shape[-1]
+        dur, seg = N / sr, self.segment_duration
+        new_len = float(duration_s) - dur
+        if not math.isfinite(new_len) or new_len < self.lm.cfg.span_len / self.frame_rate:
+            raise InvalidRegion(f"duration {duration_s} s must exceed the source ({dur:.3f} s) by at least one span")
+        if new_len > seg - self.lm.cfg.span_len / self.frame_rate:
+            raise InvalidRegion(f"this model continues by at most {seg:g} s minus the context; asked {new_len:.2f} s")
+        ctx = min(dur, seg - new_len)  # seconds of the source the model sees
+        c0 = N - round(ctx * sr)
+        t0 = time.perf_counter()
+        src_codes = self.codec.encode(x[:, c0:], sr)[0].cpu()
+        T = self.frames_for(ctx + new_len)
+        n_pin = min(math.floor((N - c0) / sr * self.frame_rate), src_codes.shape[-1], T)
+        init = torch.full((self.lm.n_q, T), self.lm.card, dtype=torch.long)
+        init[:, :n_pin] = src_codes[:, :n_pin]
+        fixed = torch.zeros_like(init, dtype=torch.bool)
+        fixed[:, :n_pin] = True
+        t_enc = time.perf_counter() - t0
+        res = self._run_one(Job([prompt], T, params or DecodeParams(), _seed(seed), variations, fixed, init),
+                            progress, cancelled)
+        new = audio_ops.resample(res.audio, self.sample_rate, sr)  # [V, 1, n] from sample c0
+        total = round(float(duration_s) * sr)
+        fade = min(round(fade_s * sr), N - c0)
+        outs = []
+        for v in range(variations):
+            cont = _channels(_fit(new[v][..., N - c0 - fade:], total - N + fade), x.shape[0])
+            head = x[:, : N - fade]
+            mixed = audio_ops.equal_power_crossfade(x[:, N - fade:], cont[:, :fade]) if fade else cont[:, :0]
+            outs.append(np.concatenate([head, mixed, cont[:, fade:]], axis=-1))
+        res.audio, res.sample_rate = np.stack(outs).astype(np.float32), sr
+        res.timings["codec_encode"] = t_enc
+        return res
+
+
+def _seed(seed: int | None) -> int:
+    if seed is None:
+        return secrets.randbits(62)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63 - 1024:
+        raise InvalidParams(f"seed must be an integer in [0, 2^63 - 1024), got {seed!r}")
+    return seed
+
+
+def _fit(x: np.ndarray, n: int) -> np.ndarray:
+    """Trim or zero-pad the last axis to exactly n samples (resampling can be off by one)."""
+    if x.shape[-1] >= n:
+        return x[..., :n]
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
+
+
+def _channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """[c, n] -> [channels, n]: a mono take is copied to every channel of the source."""
+    return np.repeat(x[:1], channels, axis=0) if x.shape[0] != channels else x

@@ -1,0 +1,41 @@
+"""Shared test helpers: the read-only shared fixtures and small random models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURE = SHARED / "fixtures" / "audiocraft-tiny"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    assert FIXTURE.is_dir(), f"shared fixture missing at {FIXTURE}"
+    return FIXTURE
+
+
+def small_lm(seed: int = 0, **overrides):
+    """A small random MagnetLM (card 64 keeps decoding fast)."""
+    from magnet_rt.lm import MagnetConfig, MagnetLM
+
+    base = dict(dim=32, num_heads=2, num_layers=2, card=64, text_dim=16, segment_duration=2.0)
+    base.update(overrides)
+    return MagnetLM(MagnetConfig(**base)).init_weights(seed).eval()
+
+
+def random_text(B: int, L: int, dim: int, lengths=None, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, L, dim, generator=g)
+    mask = torch.ones(B, L, dtype=torch.long)
+    for b, n in enumerate(lengths or []):
+        mask[b, n:] = 0
+    return hidden, mask
