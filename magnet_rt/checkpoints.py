@@ -62,7 +62,7 @@ def safe_load(path: str | Path) -> Any:
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} carries pickled code (objects other than tensors and plain "
                               f"data); refusing to load it. Details: {str(e).splitlines()[0]}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"{path} is truncated or not a torch checkpoint: {e}") from e
 
 

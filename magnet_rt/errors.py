@@ -7,13 +7,13 @@ set small and the names stable.
 from __future__ import annotations
 
 __all__ = [
-    "MagnetError",
-    "CheckpointError",
-    "UnsupportedConfig",
-    "InvalidParams",
-    "InvalidAudio",
-    "InvalidRegion",
     "Cancelled",
+    "CheckpointError",
+    "InvalidAudio",
+    "InvalidParams",
+    "InvalidRegion",
+    "MagnetError",
+    "UnsupportedConfig",
 ]
 
 

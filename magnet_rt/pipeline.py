@@ -135,9 +135,9 @@ class MagnetPipeline:
         prompts = [p for j in jobs for p in j.prompts for _ in range(j.variations)]
         text = self.text_encoder.encode(prompts)
         cond = self.lm.project_text(text.hidden.to(self.device), text.mask.to(self.device))
-        lengths = text.mask.sum(-1).clamp(min=1)  # each row's own text length ("" is one EOS token)
-        job_len = {ji: int(max(lengths[r] for r in range(len(row_job)) if row_job[r] == ji)) for ji in range(len(jobs))}
-        cross_len = torch.tensor([job_len[ji] for ji in row_job], device=self.device)
+        # Each row attends to its own text length ("" is one EOS token), as if decoded alone: the
+        # release pads to the longest prompt in the batch, which makes a take depend on its batch mates.
+        cross_len = text.mask.sum(-1).clamp(min=1).to(self.device)
         groups = []
         for j in jobs:
             for s in j.row_seeds():
@@ -216,8 +216,24 @@ class MagnetPipeline:
                 progress=None, cancelled=None, fade_s: float = DEFAULT_FADE_S) -> JobResult:
         """Regenerate [start_s, end_s) of `audio` ([N] or [C, N]); everything outside is kept exactly.
         Returns audio [variations, C, N] at the source's sample rate and channels."""
+        prepared = self.prepare_inpaint(audio, sample_rate, start_s, end_s, prompt, params, seed, variations, fade_s)
+        return prepared.finish(self._run_one(prepared.job, progress, cancelled))
+
+    def continue_from(self, audio, sample_rate: int, prompt: str | None, duration_s: float,
+                      params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
+                      progress=None, cancelled=None, fade_s: float = DEFAULT_FADE_S) -> JobResult:
+        """Extend `audio` to `duration_s` seconds in total. The source is kept sample for sample except
+        its last `fade_s`, where it crossfades into the model's continuation."""
+        prepared = self.prepare_continue(audio, sample_rate, prompt, duration_s, params, seed, variations, fade_s)
+        return prepared.finish(self._run_one(prepared.job, progress, cancelled))
+
+    # ---- inpaint / continue as (job, finish) pairs, so a scheduler can batch them ------------------------
+    def prepare_inpaint(self, audio, sample_rate: int, start_s: float, end_s: float, prompt: str | None,
+                        params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
+                        fade_s: float = DEFAULT_FADE_S) -> Prepared:
+        """Validate and encode the source; the returned job pins everything outside the region."""
         x = audio_ops.to_float32_channels_first(audio)
-        sr, N = int(sample_rate), x.shape[-1]
+        sr, N = audio_ops.validate_sample_rate(sample_rate), x.shape[-1]
         dur = N / sr
         min_len = self.lm.cfg.span_len / self.frame_rate
         if not (math.isfinite(start_s) and math.isfinite(end_s)) or start_s < 0 or end_s > dur + 1e-6 or start_s >= end_s:
@@ -229,7 +245,8 @@ class MagnetPipeline:
             raise InvalidRegion(f"region is {end_s - start_s:.2f} s; this model regenerates at most {seg:g} s")
         # The model sees one segment: a window of the clip around the region.
         w0 = 0.0 if dur <= seg else min(max(0.5 * (start_s + end_s) - seg / 2, 0.0), dur - seg)
-        s0, s1 = round(w0 * sr), min(N, round(w0 * sr) + math.floor(min(seg, dur) * sr))
+        s0 = round(w0 * sr)
+        s1 = min(N, s0 + math.floor(min(seg, dur) * sr))
         t0 = time.perf_counter()
         codes = self.codec.encode(x[:, s0:s1], sr)[0].cpu()  # [K, T]
         T = min(codes.shape[-1], self.lm.cfg.segment_frames)
@@ -240,30 +257,31 @@ class MagnetPipeline:
         fixed[:, f0:f1] = False
         t_enc = time.perf_counter() - t0
         job = Job([prompt], T, params or DecodeParams(), _seed(seed), variations, fixed, codes)
-        res = self._run_one(job, progress, cancelled)
         a, b = round(start_s * sr), round(end_s * sr)
-        new = audio_ops.resample(res.audio, self.sample_rate, sr)  # [V, 1, n] at the source rate
-        off = a - s0
-        region = _fit(new[..., off:off + (b - a)], b - a)
         fade = min(round(fade_s * sr), (b - a) // 2)
-        out = np.stack([audio_ops.splice(x, _channels(region[v], x.shape[0]), a, b, fade) for v in range(variations)])
-        res.audio, res.sample_rate = out.astype(np.float32), sr
-        res.timings["codec_encode"] = t_enc
-        return res
 
-    def continue_from(self, audio, sample_rate: int, prompt: str | None, duration_s: float,
-                      params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
-                      progress=None, cancelled=None, fade_s: float = DEFAULT_FADE_S) -> JobResult:
-        """Extend `audio` to `duration_s` seconds in total. The source is kept sample for sample except
-        its last `fade_s`, where it crossfades into the model's continuation."""
+        def finish(res: JobResult) -> JobResult:
+            new = audio_ops.resample(res.audio, self.sample_rate, sr)  # [V, 1, n] from sample s0
+            region = _fit(new[..., a - s0:b - s0], b - a)
+            out = [audio_ops.splice(x, _channels(region[v], x.shape[0]), a, b, fade) for v in range(len(region))]
+            res.audio, res.sample_rate = np.stack(out).astype(np.float32), sr
+            res.timings["codec_encode"] = t_enc
+            return res
+
+        return Prepared(job, finish)
+
+    def prepare_continue(self, audio, sample_rate: int, prompt: str | None, duration_s: float,
+                         params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
+                         fade_s: float = DEFAULT_FADE_S) -> Prepared:
         x = audio_ops.to_float32_channels_first(audio)
-        sr, N = int(sample_rate), x.shape[-1]
-        dur, seg = N / sr, self.segment_duration
+        sr, N = audio_ops.validate_sample_rate(sample_rate), x.shape[-1]
+        dur, seg, span_s = N / sr, self.segment_duration, self.lm.cfg.span_len / self.frame_rate
         new_len = float(duration_s) - dur
-        if not math.isfinite(new_len) or new_len < self.lm.cfg.span_len / self.frame_rate:
+        if not math.isfinite(new_len) or new_len < span_s:
             raise InvalidRegion(f"duration {duration_s} s must exceed the source ({dur:.3f} s) by at least one span")
-        if new_len > seg - self.lm.cfg.span_len / self.frame_rate:
-            raise InvalidRegion(f"this model continues by at most {seg:g} s minus the context; asked {new_len:.2f} s")
+        if new_len > seg - span_s:
+            raise InvalidRegion(f"this model continues by at most {seg - span_s:g} s (its segment minus one span of "
+                                f"context); asked {new_len:.2f} s")
         ctx = min(dur, seg - new_len)  # seconds of the source the model sees
         c0 = N - round(ctx * sr)
         t0 = time.perf_counter()
@@ -275,20 +293,30 @@ class MagnetPipeline:
         fixed = torch.zeros_like(init, dtype=torch.bool)
         fixed[:, :n_pin] = True
         t_enc = time.perf_counter() - t0
-        res = self._run_one(Job([prompt], T, params or DecodeParams(), _seed(seed), variations, fixed, init),
-                            progress, cancelled)
-        new = audio_ops.resample(res.audio, self.sample_rate, sr)  # [V, 1, n] from sample c0
+        job = Job([prompt], T, params or DecodeParams(), _seed(seed), variations, fixed, init)
         total = round(float(duration_s) * sr)
         fade = min(round(fade_s * sr), N - c0)
-        outs = []
-        for v in range(variations):
-            cont = _channels(_fit(new[v][..., N - c0 - fade:], total - N + fade), x.shape[0])
-            head = x[:, : N - fade]
-            mixed = audio_ops.equal_power_crossfade(x[:, N - fade:], cont[:, :fade]) if fade else cont[:, :0]
-            outs.append(np.concatenate([head, mixed, cont[:, fade:]], axis=-1))
-        res.audio, res.sample_rate = np.stack(outs).astype(np.float32), sr
-        res.timings["codec_encode"] = t_enc
-        return res
+
+        def finish(res: JobResult) -> JobResult:
+            new = audio_ops.resample(res.audio, self.sample_rate, sr)  # [V, 1, n] from sample c0
+            outs = []
+            for v in range(len(new)):
+                cont = _channels(_fit(new[v][..., N - c0 - fade:], total - N + fade), x.shape[0])
+                mixed = audio_ops.equal_power_crossfade(x[:, N - fade:], cont[:, :fade])
+                outs.append(np.concatenate([x[:, : N - fade], mixed, cont[:, fade:]], axis=-1))
+            res.audio, res.sample_rate = np.stack(outs).astype(np.float32), sr
+            res.timings["codec_encode"] = t_enc
+            return res
+
+        return Prepared(job, finish)
+
+
+@dataclass
+class Prepared:
+    """A job plus what turns its result into the user's audio (splicing into the source)."""
+
+    job: Job
+    finish: Callable[[JobResult], JobResult]
 
 
 def _seed(seed: int | None) -> int:

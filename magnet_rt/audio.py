@@ -1,0 +1,194 @@
+"""Audio utilities for the pipeline and the CLI: validation, resampling, splicing, loudness, time units.
+
+Arrays are numpy float32 with time on the last axis (`[N]`, `[C, N]` or `[..., C, N]`). Every function
+returns a new array; inputs are never modified in place.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pyloudnorm
+from scipy.signal import resample_poly
+
+from magnet_rt.errors import InvalidAudio, InvalidParams, InvalidRegion
+
+__all__ = [
+    "as_float32",
+    "bars_to_samples",
+    "downmix",
+    "equal_power_crossfade",
+    "equal_power_gains",
+    "loudness_normalize",
+    "resample",
+    "seconds_to_samples",
+    "splice",
+    "to_float32_channels_first",
+    "validate_sample_rate",
+]
+
+
+def as_float32(array) -> np.ndarray:
+    """numpy/torch/list audio -> float32 numpy array, validated: non-empty, finite, numeric.
+
+    Integer PCM is scaled to [-1, 1) (int16 / 32768, int32 / 2**31, uint8 centred on 128)."""
+    if hasattr(array, "detach"):  # torch.Tensor, without importing torch here
+        array = array.detach().cpu().float().numpy()
+    x = np.asarray(array)
+    if x.size == 0 or (x.ndim and x.shape[-1] == 0):
+        raise InvalidAudio(f"audio is empty (shape {x.shape})")
+    if x.dtype.kind == "u":
+        half = 2.0 ** (8 * x.dtype.itemsize - 1)
+        x = (x.astype(np.float64) - half) / half
+    elif x.dtype.kind == "i":
+        x = x.astype(np.float64) / 2.0 ** (8 * x.dtype.itemsize - 1)
+    elif x.dtype.kind != "f":
+        raise InvalidAudio(f"audio must be numeric, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise InvalidAudio("audio contains NaN or inf")
+    return x
+
+
+def to_float32_channels_first(array, channels_hint: int | None = None) -> np.ndarray:
+    """Mono `[N]`, `[C, N]` or frames-first `[N, C]` (as soundfile returns) -> float32 `[C, N]`.
+
+    A 2-D array is transposed when `channels_hint` matches only its second axis; without a usable hint
+    the shorter axis is taken as channels. Raises InvalidAudio for empty, NaN/inf or ndim not 1-2."""
+    x = as_float32(array)
+    if x.ndim == 1:
+        return x[None, :]
+    if x.ndim != 2:
+        raise InvalidAudio(f"audio must be [N], [C, N] or [N, C], got shape {x.shape}")
+    rows, cols = x.shape
+    if channels_hint is not None and (rows == channels_hint) != (cols == channels_hint):
+        frames_first = cols == channels_hint
+    else:
+        frames_first = rows > cols
+    out = np.ascontiguousarray(x.T if frames_first else x)
+    if out.shape[-1] == 0:
+        raise InvalidAudio(f"audio is empty (shape {x.shape})")
+    return out
+
+
+def validate_sample_rate(sample_rate) -> int:
+    """A positive integer sample rate (floats like 44100.0 accepted), else InvalidAudio."""
+    try:
+        sr = int(sample_rate)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidAudio(f"sample rate must be a positive integer, got {sample_rate!r}") from None
+    if sr != sample_rate or sr <= 0:
+        raise InvalidAudio(f"sample rate must be a positive integer, got {sample_rate!r}")
+    return sr
+
+
+def downmix(x: np.ndarray, channels: int) -> np.ndarray:
+    """`[..., C, N]` -> `[..., channels, N]`: mean over channels for mono, mono duplicated for more."""
+    c = x.shape[-2]
+    if c == channels:
+        return x
+    if channels == 1:
+        return x.mean(axis=-2, keepdims=True, dtype=np.float32)
+    if c == 1:
+        return np.repeat(x, channels, axis=-2)
+    raise InvalidAudio(f"cannot map {c} channels to {channels}")
+
+
+def resample(x: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
+    """Polyphase resampling on the last axis by the exact ratio sr_to/sr_from (reduced by their gcd).
+
+    Output length is ceil(N * sr_to / sr_from), so the duration is kept to within one sample."""
+    sr_from, sr_to = validate_sample_rate(sr_from), validate_sample_rate(sr_to)
+    if sr_from == sr_to:
+        return np.asarray(x, dtype=np.float32)
+    g = math.gcd(sr_from, sr_to)
+    return resample_poly(x, sr_to // g, sr_from // g, axis=-1).astype(np.float32)
+
+
+def equal_power_gains(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fade-out and fade-in gains of an n-sample equal-power crossfade (cos/sin quarter periods sampled
+    at (i + 0.5) / n, so out**2 + in**2 == 1 at every sample and the curve is symmetric)."""
+    t = (np.arange(n, dtype=np.float64) + 0.5) / n * (np.pi / 2)
+    return np.cos(t).astype(np.float32), np.sin(t).astype(np.float32)
+
+
+def equal_power_crossfade(a_tail: np.ndarray, b_head: np.ndarray) -> np.ndarray:
+    """Crossfade from `a_tail` to `b_head` (same shape, time last) with equal-power gains."""
+    if a_tail.shape != b_head.shape:
+        raise InvalidAudio(f"crossfade needs equal shapes, got {a_tail.shape} and {b_head.shape}")
+    fade_out, fade_in = equal_power_gains(a_tail.shape[-1])
+    return (a_tail * fade_out + b_head * fade_in).astype(np.float32)
+
+
+def splice(original: np.ndarray, new: np.ndarray, start: int, end: int, fade: int) -> np.ndarray:
+    """`original` with samples [start, end) replaced by `new` (`new.shape[-1] == end - start`).
+
+    The equal-power crossfades (original -> new, then new -> original), `min(fade, (end - start) // 2)`
+    samples each, sit *inside* the region, so outside [start, end) the output equals `original` sample
+    for sample."""
+    n = original.shape[-1]
+    if not (0 <= start < end <= n):
+        raise InvalidRegion(f"region [{start}, {end}) is empty or outside [0, {n})")
+    if new.shape[:-1] != original.shape[:-1] or new.shape[-1] != end - start:
+        raise InvalidAudio(f"replacement has shape {new.shape}, expected "
+                           f"{original.shape[:-1] + (end - start,)}")
+    if fade < 0:
+        raise InvalidParams(f"fade must be >= 0 samples, got {fade}")
+    out = np.array(original, dtype=np.float32, copy=True)
+    seg = np.array(new, dtype=np.float32, copy=True)
+    f = min(int(fade), (end - start) // 2)
+    if f:
+        seg[..., :f] = equal_power_crossfade(out[..., start:start + f], seg[..., :f])
+        seg[..., -f:] = equal_power_crossfade(seg[..., -f:], out[..., end - f:end])
+    out[..., start:end] = seg
+    return out
+
+
+def loudness_normalize(x: np.ndarray, sr: int, target_lufs: float = -14.0, peak_db: float = -1.0) -> np.ndarray:
+    """Gain `x` (`[N]` or `[C, N]`) to `target_lufs` integrated loudness (ITU-R BS.1770 via pyloudnorm),
+    lowered where needed so the sample peak never exceeds `peak_db` dBFS. Silent input (no gated block)
+    is returned unchanged. Clips shorter than 400 ms are measured with one block of their own length."""
+    x = as_float32(x)
+    sr = validate_sample_rate(sr)
+    if x.ndim not in (1, 2):
+        raise InvalidAudio(f"audio must be [N] or [C, N], got shape {x.shape}")
+    n = x.shape[-1]
+    meter = pyloudnorm.Meter(sr, block_size=min(0.4, n / sr))
+    loudness = meter.integrated_loudness(x.T.astype(np.float64))
+    peak = float(np.max(np.abs(x)))
+    if not math.isfinite(loudness) or peak == 0.0:
+        return x.copy()
+    gain = 10.0 ** ((target_lufs - loudness) / 20.0)
+    ceiling = 10.0 ** (peak_db / 20.0)
+    if peak * gain > ceiling:
+        gain = ceiling / peak * (1.0 - 1e-6)  # margin so float32 rounding cannot cross the ceiling
+    return (x * np.float32(gain)).astype(np.float32)
+
+
+def seconds_to_samples(seconds: float, sr: int) -> int:
+    """`round(seconds * sr)` with halves rounded up; seconds must be finite and >= 0."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidParams(f"seconds must be finite and >= 0, got {seconds!r}")
+    return math.floor(seconds * validate_sample_rate(sr) + 0.5)
+
+
+def bars_to_samples(bars: float, bpm: float, sr: int, beats_per_bar: int = 4) -> int:
+    """Samples in `bars` bars: bars * beats_per_bar * 60 * sr / bpm, rounded half up.
+
+    Computed exactly in rational arithmetic on the decimal values as written (a float is read through its
+    shortest repr, so bpm=120.1 means 1201/10, not the nearest binary double), so e.g. 4 bars at 120 bpm
+    and 32 kHz are exactly 256000 samples and results never drift by float error."""
+    if not (math.isfinite(bars) and bars >= 0):
+        raise InvalidParams(f"bars must be finite and >= 0, got {bars!r}")
+    if not (math.isfinite(bpm) and bpm > 0):
+        raise InvalidParams(f"bpm must be finite and > 0, got {bpm!r}")
+    if int(beats_per_bar) != beats_per_bar or beats_per_bar < 1:
+        raise InvalidParams(f"beats_per_bar must be a positive integer, got {beats_per_bar!r}")
+    exact = _decimal(bars) * int(beats_per_bar) * 60 * validate_sample_rate(sr) / _decimal(bpm)
+    return math.floor(exact + Fraction(1, 2))
+
+
+def _decimal(value: float) -> Fraction:
+    return Fraction(str(float(value)))  # shortest repr: 120.1 -> 1201/10

@@ -1,0 +1,573 @@
+"""EnCodec audio codec: audiocraft checkpoints on top of transformers' `EncodecModel`.
+
+MAGNeT's LM works on EnCodec tokens `[B, K, T]` (K codebooks of `card` entries, 50 frames/s). This module
+loads the codec the way audiocraft ships it (`compression_state_dict.bin`, pointer or full-weights form),
+converts it to transformers' `EncodecModel` with the 4 regex renames of
+`shared/reference/encodec-layout.md` section 4 and the config of section 5, and wraps it in `Codec`
+(encode audio -> codes, decode codes -> audio, partial-RVQ preview decode).
+
+It also writes the same formats (`write_audiocraft_compression_checkpoint`, `write_pointer_checkpoint`),
+by inverting the mapping, so tests and the offline "tiny-random" model can round-trip through the real
+layout without any download.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from transformers import EncodecConfig, EncodecModel
+
+from magnet_rt.audio import as_float32, downmix, resample, validate_sample_rate
+from magnet_rt.errors import CheckpointError, InvalidAudio, InvalidParams, UnsupportedConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "compression_state_dict.bin"
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "Codec",
+    "audiocraft_to_transformers_key",
+    "audiocraft_xp_cfg",
+    "codec_device",
+    "encodec_config_from_xp_cfg",
+    "random_encodec_config",
+    "random_encodec_model",
+    "transformers_to_audiocraft_state",
+    "write_audiocraft_compression_checkpoint",
+    "write_pointer_checkpoint",
+]
+
+
+def codec_device(requested: str | torch.device) -> torch.device:
+    """Device the codec runs on for a requested engine device.
+
+    Apple MPS -> CPU: EnCodec's quantizer is reported to return wrong values on MPS (audiocraft PR #612,
+    issue #31 "garbled audio"); the codec is cheap next to the LM. Every other device is kept as is.
+    """
+    device = torch.device(requested)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+class Codec:
+    """An EnCodec model with the audiocraft (MAGNeT) calling conventions.
+
+    `encode` mirrors audiocraft's `HFEncodecCompressionModel.encode` (`model.encode(x, bandwidth)`,
+    `audio_codes[0]`) and `decode` its `model.decode(codes[None], [None])` (untrimmed: T * hop samples).
+    """
+
+    def __init__(self, model: EncodecModel, device: str | torch.device = "cpu", half: bool = False):
+        cfg = model.config
+        # The codes-only API cannot carry per-chunk scales or overlap-add chunks; MAGNeT's codecs use neither.
+        if cfg.normalize:
+            raise UnsupportedConfig("EnCodec 'normalize' (audiocraft renormalize) is not supported: "
+                                    "decoding would need the per-input scale, which codes do not carry")
+        if cfg.chunk_length_s is not None:
+            raise UnsupportedConfig("EnCodec 'chunk_length_s' (chunked encoding) is not supported")
+        self.device = codec_device(device)
+        self.model = model.to(device=self.device, dtype=torch.float32).eval()
+        self.sample_rate: int = int(cfg.sampling_rate)
+        self.channels: int = int(cfg.audio_channels)
+        self.hop_length: int = int(cfg.hop_length)
+        self.frame_rate: int = int(cfg.frame_rate)
+        self.card: int = int(cfg.codebook_size)
+        # Same choice as audiocraft's HF wrapper: the bandwidth that uses the most codebooks.
+        quantizer = self.model.quantizer
+        self.bandwidth: float = max(cfg.target_bandwidths, key=quantizer.get_num_quantizers_for_bandwidth)
+        self.n_q: int = quantizer.get_num_quantizers_for_bandwidth(self.bandwidth)
+        self.half = bool(half) and self.device.type == "cuda"
+        if half and not self.half:
+            log.warning("fp16 decode is CUDA-only; the codec on %s decodes in fp32", self.device)
+        if self.half:
+            self.model.decoder.half()
+
+    # ---- loading -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path, device: str | torch.device = "cpu",
+                        half: bool = False) -> Codec:
+        """Load a transformers-format EnCodec (a `save_pretrained` folder or a hub id, resolved by
+        huggingface_hub: local folder, cache, `HF_HUB_OFFLINE` respected)."""
+        try:
+            model = EncodecModel.from_pretrained(str(name_or_dir), dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot load EnCodec {str(name_or_dir)!r}: {e}") from e
+        return cls(model, device=device, half=half)
+
+    @classmethod
+    def from_audiocraft(cls, path: str | Path, device: str | torch.device = "cpu",
+                        half: bool = False) -> Codec:
+        """Load audiocraft's `compression_state_dict.bin` (the file, or a folder holding it).
+
+        Pointer form `{'pretrained': name}` -> `EncodecModel.from_pretrained(name)` (a folder next to the
+        file is tried first, then the name as given). Full-weights form `{'best_state', 'xp.cfg'}` ->
+        config from the file's own xp.cfg (pad_mode included), renamed keys, strict load.
+        """
+        file = Path(path)
+        if file.is_dir():
+            file = file / CHECKPOINT_NAME
+        pkg = _torch_load(file)
+        if not isinstance(pkg, Mapping):
+            raise CheckpointError(f"{file}: expected a dict, got {type(pkg).__name__}")
+        if "pretrained" in pkg:
+            name = str(pkg["pretrained"])
+            local = file.parent / name
+            target = local if local.is_dir() else name
+            log.info("%s points to pretrained EnCodec %r", file, str(target))
+            return cls.from_pretrained(target, device=device, half=half)
+        if "best_state" not in pkg or "xp.cfg" not in pkg:
+            raise CheckpointError(f"{file}: neither a pointer ('pretrained') nor full weights "
+                                  f"('best_state' + 'xp.cfg'); keys: {sorted(map(str, pkg))}")
+        xp = pkg["xp.cfg"]
+        if isinstance(xp, str):
+            try:
+                xp = yaml.safe_load(xp)
+            except yaml.YAMLError as e:
+                raise CheckpointError(f"{file}: xp.cfg is not valid YAML: {e}") from e
+        if not isinstance(xp, Mapping):
+            raise CheckpointError(f"{file}: xp.cfg must be a YAML mapping, got {type(xp).__name__}")
+        config = encodec_config_from_xp_cfg(xp)
+        model = _build_model(config)
+        _load_audiocraft_state(model, pkg["best_state"], file)
+        log.info("loaded EnCodec %d Hz, hop %d, %d x %d codes, pad_mode=%s from %s", config.sampling_rate,
+                 config.hop_length, config.num_quantizers, config.codebook_size, config.pad_mode, file)
+        return cls(model, device=device, half=half)
+
+    # ---- encode / decode -------------------------------------------------------------------------------
+
+    def encode(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Audio `[N]`, `[C, N]` or `[B, C, N]` (channels first, any sample rate) -> codes `[B, K, T]`
+        int64 on `self.device`, T = ceil(N' / hop) where N' is the length at the codec's rate."""
+        x = self._prepare(audio, sample_rate)
+        with torch.inference_mode():
+            out = self.model.encode(x, bandwidth=self.bandwidth)
+        return out.audio_codes[0]  # [B, K, T]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes `[B, K', T]` with 1 <= K' <= n_q -> float32 audio `[B, C, T * hop]` on `self.device`.
+
+        K' < n_q decodes the sum of the first K' codebooks only (a low-fidelity preview, e.g. after
+        MAGNeT's first stage)."""
+        if codes.ndim != 3:
+            raise InvalidParams(f"codes must be [B, K, T], got shape {tuple(codes.shape)}")
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise InvalidParams(f"codes must be integers, got {codes.dtype}")
+        b, k, t = codes.shape
+        if not 1 <= k <= self.n_q or b == 0 or t == 0:
+            raise InvalidParams(f"codes shape {tuple(codes.shape)}: need B, T >= 1 and 1 <= K <= {self.n_q}")
+        codes = codes.to(device=self.device, dtype=torch.long)
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= self.card:
+            raise InvalidParams(f"codes must lie in [0, {self.card}), got [{lo}, {hi}]")
+        with torch.inference_mode():
+            if self.half:
+                emb = self.model.quantizer.decode(codes.transpose(0, 1))  # [B, D, T]
+                audio = self.model.decoder(emb.half())
+            else:
+                audio = self.model.decode(codes[None], [None]).audio_values
+        return audio.float()  # [B, C, T * hop]
+
+    def _prepare(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
+        x = as_float32(audio)
+        if x.ndim not in (1, 2, 3):
+            raise InvalidAudio(f"audio must be [N], [C, N] or [B, C, N], got shape {x.shape}")
+        x = x.reshape((1,) * (3 - x.ndim) + x.shape)  # [B, C, N]
+        x = downmix(x, self.channels)
+        sr = validate_sample_rate(sample_rate)
+        if sr != self.sample_rate:
+            x = resample(x, sr, self.sample_rate)
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+
+
+# ---- checkpoint reading ----------------------------------------------------------------------------------
+
+
+def _torch_load(file: Path) -> Any:
+    if not file.is_file():
+        raise CheckpointError(f"{file}: no such checkpoint file")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"global {found.group(1)}" if found else str(e).splitlines()[0]
+        raise CheckpointError(f"{file}: refused, the file carries pickled code ({what}); only plain "
+                              "tensors and containers are loaded (torch.load weights_only=True)") from e
+    except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{file}: truncated or corrupt checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'unexpected end of file'})") from e
+    except Exception as e:  # struct.error and other low-level unpickler failures on damaged files
+        raise CheckpointError(f"{file}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+
+
+_INTERP = re.compile(r"\$\{([^${}]+)\}")
+_MISSING = object()
+
+
+def _cfg_get(root: Mapping, dotted: str, default: Any = _MISSING, _seen: frozenset = frozenset()) -> Any:
+    """`root['a']['b']` for `dotted='a.b'`, resolving OmegaConf-style `${x.y}` interpolations lazily
+    (only what is read, so unrelated `${oc.env:...}` / `${hydra:...}` values elsewhere do no harm)."""
+    node: Any = root
+    for part in dotted.split("."):
+        node = _resolve(root, node, _seen)
+        if not isinstance(node, Mapping) or part not in node:
+            if default is _MISSING:
+                raise CheckpointError(f"xp.cfg has no '{dotted}'")
+            return default
+        node = node[part]
+    return _resolve(root, node, _seen, deep=True)
+
+
+def _resolve(root: Mapping, value: Any, seen: frozenset, deep: bool = False) -> Any:
+    if isinstance(value, str):
+        whole = _INTERP.fullmatch(value.strip())
+        if whole:
+            return _lookup(root, whole.group(1).strip(), seen)
+        return _INTERP.sub(lambda m: str(_lookup(root, m.group(1).strip(), seen)), value)
+    if deep and isinstance(value, Mapping):
+        return {k: _resolve(root, v, seen, deep=True) for k, v in value.items()}
+    if deep and isinstance(value, list):
+        return [_resolve(root, v, seen, deep=True) for v in value]
+    return value
+
+
+def _lookup(root: Mapping, key: str, seen: frozenset) -> Any:
+    if ":" in key or key.startswith("."):
+        raise UnsupportedConfig(f"xp.cfg interpolation '${{{key}}}' (resolver or relative) is not supported")
+    if key in seen:
+        raise CheckpointError(f"xp.cfg interpolation cycle through '{key}'")
+    return _cfg_get(root, key, _seen=seen | {key})
+
+
+def _unsupported(option: str, value: Any, why: str) -> UnsupportedConfig:
+    return UnsupportedConfig(f"xp.cfg option {option}={value!r} cannot be expressed by transformers' "
+                             f"EncodecModel ({why})")
+
+
+_DECODER_ONLY = {"trim_right_ratio", "final_activation", "final_activation_params"}
+
+
+def encodec_config_from_xp_cfg(xp: Mapping) -> EncodecConfig:
+    """The `EncodecConfig` that reproduces an audiocraft EnCodec, from its (yaml-loaded) xp.cfg.
+
+    Every field is set (transformers' defaults are not audiocraft's); `pad_mode` comes from the file.
+    Options transformers cannot express raise `UnsupportedConfig` naming the option.
+    """
+    def get(key: str, default: Any = _MISSING) -> Any:
+        return _cfg_get(xp, key, default)
+
+    for option, expected in (("compression_model", "encodec"), ("encodec.autoencoder", "seanet"),
+                             ("encodec.quantizer", "rvq")):
+        if (value := get(option)) != expected:
+            raise _unsupported(option, value, f"only {expected!r} is supported")
+    seanet = get("seanet")
+    if not isinstance(seanet, Mapping):
+        raise CheckpointError(f"xp.cfg 'seanet' must be a mapping, got {seanet!r}")
+    if (lstm := int(seanet.get("lstm", 0))) < 1:
+        raise _unsupported("seanet.lstm", lstm, "it always builds the LSTM")
+    if (outer := int(seanet.get("disable_norm_outer_blocks", 0))) != 0:
+        raise _unsupported("seanet.disable_norm_outer_blocks", outer, "it normalises every conv")
+    norm = seanet.get("norm", "weight_norm")
+    if norm not in ("weight_norm", "time_group_norm"):
+        raise _unsupported("seanet.norm", norm, "only weight_norm and time_group_norm exist there")
+    if seanet.get("norm_params") not in (None, {}):
+        raise _unsupported("seanet.norm_params", seanet["norm_params"], "no norm parameters")
+    activation, act_params = seanet.get("activation", "ELU"), seanet.get("activation_params") or {}
+    if activation != "ELU" or float(act_params.get("alpha", 1.0)) != 1.0 or set(act_params) - {"alpha"}:
+        raise _unsupported("seanet.activation", f"{activation}({act_params})", "only ELU(alpha=1)")
+    for side in ("encoder", "decoder"):
+        for key, value in (seanet.get(side) or {}).items():
+            if side == "decoder" and key in _DECODER_ONLY:
+                continue
+            if key not in seanet or seanet[key] != value:
+                raise _unsupported(f"seanet.{side}.{key}", value, "no per-side overrides")
+    dec = seanet.get("decoder") or {}
+    if dec.get("final_activation") is not None:
+        raise _unsupported("seanet.decoder.final_activation", dec["final_activation"], "no final activation")
+    channels = int(get("encodec.channels"))
+    if int(seanet.get("channels", channels)) != channels:
+        raise _unsupported("seanet.channels", seanet["channels"], f"differs from encodec.channels={channels}")
+    causal = bool(seanet.get("causal", get("encodec.causal", False)))
+    if causal != bool(get("encodec.causal", causal)):
+        raise _unsupported("seanet.causal", causal, "differs from encodec.causal")
+    trim = float(dec.get("trim_right_ratio", 1.0))
+    if trim != 1.0 and not causal:
+        raise _unsupported("seanet.decoder.trim_right_ratio", trim, "only for causal convolutions")
+    dimension = int(seanet["dimension"])
+    if get("rvq.codebook_dim", None) not in (None, dimension):
+        raise _unsupported("rvq.codebook_dim", get("rvq.codebook_dim"), "no codebook projection")
+    bins, n_q = int(get("rvq.bins")), int(get("rvq.n_q"))
+    if bins < 2 or bins & (bins - 1):
+        raise _unsupported("rvq.bins", bins, "codebook size must be a power of 2")
+    if n_q < 1:
+        raise _unsupported("rvq.n_q", n_q, "at least one codebook")
+
+    config = EncodecConfig(
+        sampling_rate=int(get("encodec.sample_rate")),
+        audio_channels=channels,
+        normalize=bool(get("encodec.renormalize", False)),
+        chunk_length_s=None,
+        overlap=None,
+        hidden_size=dimension,
+        codebook_dim=dimension,
+        num_filters=int(seanet["n_filters"]),
+        num_residual_layers=int(seanet.get("n_residual_layers", 1)),
+        upsampling_ratios=[int(r) for r in seanet["ratios"]],
+        norm_type=norm,
+        kernel_size=int(seanet.get("kernel_size", 7)),
+        residual_kernel_size=int(seanet.get("residual_kernel_size", 3)),
+        last_kernel_size=int(seanet.get("last_kernel_size", 7)),
+        dilation_growth_rate=int(seanet.get("dilation_base", 2)),
+        use_causal_conv=causal,
+        pad_mode=str(seanet.get("pad_mode", "constant")),  # audiocraft's default, not transformers'
+        compress=int(seanet.get("compress", 2)),
+        num_lstm_layers=lstm,
+        trim_right_ratio=trim,
+        use_conv_shortcut=not bool(seanet.get("true_skip", True)),
+        codebook_size=bins,
+        target_bandwidths=[1.0],  # placeholder, set below once frame_rate is known
+    )
+    config.target_bandwidths = [_bandwidth_for(n_q, config)]
+    return config
+
+
+def _bandwidth_for(n_q: int, config: EncodecConfig) -> float:
+    """`n_q * frame_rate * log2(bins) / 1000` (2.2 kbps for 4 x 2048 at 50 Hz), nudged up by a few ulps
+    where float rounding would make transformers derive n_q - 1 codebooks from it."""
+    per_q = config.frame_rate * config.codebook_nbits
+    bw = n_q * per_q / 1000
+    while int(1000 * bw // per_q) < n_q or math.floor(bw * 1000 / per_q) < n_q:
+        bw = math.nextafter(bw, math.inf)
+    return bw
+
+
+def _build_model(config: EncodecConfig) -> EncodecModel:
+    try:
+        return EncodecModel(config).eval()
+    except ValueError as e:
+        raise UnsupportedConfig(f"transformers rejects the EnCodec config: {e}") from e
+
+
+# audiocraft -> transformers renames (encodec-layout.md section 4), applied in order; the two `.norm.`
+# rules cover time_group_norm (GroupNorm inside audiocraft's NormConv1d, beside the conv in transformers).
+_RENAMES = [
+    (re.compile(r"^(encoder|decoder)\.model\.(\d+)\."), r"\1.layers.\2."),
+    (re.compile(r"\.convtr\.convtr\."), ".conv."),
+    (re.compile(r"\.conv\.conv\."), ".conv."),
+    (re.compile(r"\.(conv|convtr)\.norm\."), ".norm."),
+    (re.compile(r"^quantizer\.vq\.layers\.(\d+)\._codebook\."), r"quantizer.layers.\1.codebook."),
+    (re.compile(r"\.weight_g$"), ".parametrizations.weight.original0"),
+    (re.compile(r"\.weight_v$"), ".parametrizations.weight.original1"),
+]
+
+
+def audiocraft_to_transformers_key(key: str) -> str:
+    """One audiocraft EnCodec state-dict key -> the transformers `EncodecModel` key."""
+    for pattern, repl in _RENAMES:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def _to_audiocraft_key(model: EncodecModel, key: str) -> str:
+    """Inverse of `audiocraft_to_transformers_key` (needs the model to tell conv from transposed conv)."""
+    m = re.match(r"^quantizer\.layers\.(\d+)\.codebook\.(.+)$", key)
+    if m:
+        return f"quantizer.vq.layers.{m.group(1)}._codebook.{m.group(2)}"
+    key = key.replace(".parametrizations.weight.original0", ".weight_g")
+    key = key.replace(".parametrizations.weight.original1", ".weight_v")
+    m = re.match(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$", key)
+    if not m:
+        return key
+    side, idx, rest = m.groups()
+    layer = model.get_submodule(f"{side}.layers.{idx}")
+    head = f"{side}.model.{idx}"
+    tr = "convtr" if type(layer).__name__ == "EncodecConvTranspose1d" else "conv"
+    if rest.startswith("conv."):
+        return f"{head}.{tr}.{tr}.{rest[len('conv.'):]}"
+    if rest.startswith("norm."):
+        return f"{head}.{tr}.{rest}"
+    # resnet block convs / shortcut: "block.M.conv.X", "block.M.norm.X", "shortcut.conv.X"
+    rest = re.sub(r"^(block\.\d+|shortcut)\.conv\.", r"\1.conv.conv.", rest)
+    rest = re.sub(r"^(block\.\d+|shortcut)\.norm\.", r"\1.conv.norm.", rest)
+    return f"{head}.{rest}"
+
+
+def _load_audiocraft_state(model: EncodecModel, state: Any, file: Path) -> None:
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{file}: 'best_state' must be a dict of tensors")
+    renamed: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{file}: 'best_state' entry {key!r} is a {type(value).__name__}, "
+                                  "not a tensor")
+        new = audiocraft_to_transformers_key(str(key))
+        renamed[new], origin[new] = value, str(key)
+    expected = model.state_dict()
+    missing = sorted(_to_audiocraft_key(model, k) for k in expected.keys() - renamed.keys())
+    unexpected = sorted(origin[k] for k in renamed.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(f"{file}: weights do not match the EnCodec described by its xp.cfg: "
+                              f"missing {_few(missing)}, unexpected {_few(unexpected)}")
+    wrong = [f"'{origin[k]}' has shape {list(renamed[k].shape)}, expected {list(v.shape)}"
+             for k, v in expected.items() if renamed[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"{file}: {len(wrong)} tensor(s) with the wrong shape for its xp.cfg: "
+                              + "; ".join(wrong[:8]))
+    model.load_state_dict({k: v.to(torch.float32) for k, v in renamed.items()}, strict=True)
+
+
+def _few(names: list[str], n: int = 8) -> str:
+    more = f" (+{len(names) - n} more)" if len(names) > n else ""
+    return f"{names[:n]}{more}"
+
+
+# ---- checkpoint writing (tests, offline tiny-random model) ----------------------------------------------
+
+
+def transformers_to_audiocraft_state(model: EncodecModel,
+                                     state: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """`state` (default: the model's own weights) under audiocraft's full-weights key names
+    (`weight_g`/`weight_v`); `model` supplies the structure (conv vs transposed conv)."""
+    state = model.state_dict() if state is None else state
+    return {_to_audiocraft_key(model, k): v.detach().to("cpu", torch.float32).clone() for k, v in state.items()}
+
+
+def audiocraft_xp_cfg(config: EncodecConfig, overrides: Mapping[str, Any] | None = None) -> str:
+    """An xp.cfg YAML string, laid out like the real ones (global `sample_rate`/`channels`, the codec
+    sections keep `${...}` interpolations unresolved), for an `EncodecConfig`. `overrides` maps dotted
+    paths to values (e.g. `{"seanet.lstm": 0}`) to write unusual files."""
+    n_q = config.num_quantizers
+    xp: dict[str, Any] = {
+        "device": "cuda",
+        "dtype": "float32",
+        "sample_rate": int(config.sampling_rate),
+        "channels": int(config.audio_channels),
+        "compression_model": "encodec",
+        "encodec": {"autoencoder": "seanet", "quantizer": "rvq", "sample_rate": "${sample_rate}",
+                    "channels": "${channels}", "causal": bool(config.use_causal_conv),
+                    "renormalize": bool(config.normalize)},
+        "seanet": {
+            "dimension": int(config.hidden_size), "channels": "${channels}", "causal": "${encodec.causal}",
+            "n_filters": int(config.num_filters), "n_residual_layers": int(config.num_residual_layers),
+            "ratios": [int(r) for r in config.upsampling_ratios], "activation": "ELU",
+            "activation_params": {"alpha": 1.0}, "norm": config.norm_type, "norm_params": {},
+            "kernel_size": int(config.kernel_size), "residual_kernel_size": int(config.residual_kernel_size),
+            "last_kernel_size": int(config.last_kernel_size),
+            "dilation_base": int(config.dilation_growth_rate), "pad_mode": config.pad_mode,
+            "true_skip": not config.use_conv_shortcut, "compress": int(config.compress),
+            "lstm": int(config.num_lstm_layers), "disable_norm_outer_blocks": 0,
+            "decoder": {"trim_right_ratio": float(config.trim_right_ratio), "final_activation": None,
+                        "final_activation_params": None},
+            "encoder": {},
+        },
+        "rvq": {"n_q": n_q, "q_dropout": False, "bins": int(config.codebook_size), "decay": 0.99,
+                "kmeans_init": True, "kmeans_iters": 50, "threshold_ema_dead_code": 2,
+                "orthogonal_reg_weight": 0.0, "orthogonal_reg_active_codes_only": False},
+        "no_quant": {},
+        # Unrelated sections of a real xp.cfg use resolvers a plain YAML reader cannot evaluate.
+        "dora": {"dir": "/checkpoint/${oc.env:USER}/experiments/audiocraft/outputs", "exclude": []},
+    }
+    for dotted, value in (overrides or {}).items():
+        *parents, last = dotted.split(".")
+        node = xp
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return yaml.safe_dump(xp, sort_keys=False)
+
+
+def write_audiocraft_compression_checkpoint(path: str | Path, model_or_state: EncodecModel | Mapping,
+                                            xp_cfg_yaml: str, version: str = "1.3.0") -> Path:
+    """Write the full-weights `compression_state_dict.bin` layout audiocraft's exporter produces:
+    `{'best_state': <audiocraft keys>, 'xp.cfg': <yaml str>, 'version', 'exported': True}`.
+
+    `model_or_state` is a transformers `EncodecModel` or its state dict (then the model structure is
+    rebuilt from `xp_cfg_yaml`). A folder `path` gets `compression_state_dict.bin` inside it."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / CHECKPOINT_NAME
+    if isinstance(model_or_state, nn.Module):
+        state = transformers_to_audiocraft_state(model_or_state)
+    else:  # the structure (which layers are transposed convs) comes from the xp.cfg
+        with torch.device("meta"):
+            skeleton = EncodecModel(encodec_config_from_xp_cfg(yaml.safe_load(xp_cfg_yaml)))
+        state = transformers_to_audiocraft_state(skeleton, model_or_state)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"best_state": state, "xp.cfg": xp_cfg_yaml, "version": version, "exported": True}, file)
+    return file
+
+
+def write_pointer_checkpoint(path: str | Path, name: str, version: str = "1.3.0") -> Path:
+    """Write audiocraft's pointer form `{'pretrained': name, 'exported': True, 'version'}`."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / CHECKPOINT_NAME
+    file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"pretrained": str(name), "exported": True, "version": version}, file)
+    return file
+
+
+# ---- small random models ----------------------------------------------------------------------------------
+
+
+def random_encodec_config(sample_rate: int = 32000, ratios: tuple[int, ...] = (8, 5, 4, 4),
+                          n_filters: int = 4, dimension: int = 16, lstm_layers: int = 1,
+                          card: int = 2048, n_q: int = 4, channels: int = 1,
+                          pad_mode: str = "constant") -> EncodecConfig:
+    """A small EnCodec with audiocraft's architecture choices (SEANet, non-causal, identity skips,
+    weight norm, `pad_mode` constant). Keep `sample_rate / prod(ratios) == 50` for MAGNeT's frame rate."""
+    config = EncodecConfig(
+        sampling_rate=sample_rate, audio_channels=channels, normalize=False, chunk_length_s=None,
+        overlap=None, hidden_size=dimension, codebook_dim=dimension, num_filters=n_filters,
+        num_residual_layers=1, upsampling_ratios=list(ratios), norm_type="weight_norm", kernel_size=7,
+        residual_kernel_size=3, last_kernel_size=7, dilation_growth_rate=2, use_causal_conv=False,
+        pad_mode=pad_mode, compress=2, num_lstm_layers=lstm_layers, trim_right_ratio=1.0,
+        use_conv_shortcut=False, codebook_size=card, target_bandwidths=[1.0],
+    )
+    config.target_bandwidths = [_bandwidth_for(n_q, config)]
+    return config
+
+
+@torch.no_grad()
+def random_encodec_model(config: EncodecConfig, seed: int = 0) -> EncodecModel:
+    """An `EncodecModel` with seeded random weights (global RNG untouched) whose codes are varied.
+
+    Weight-norm g ~ U(0.5, 1.5), v ~ N(0, 1), biases 0.05 N(0, 1), LSTM U(-0.1, 0.1). Codebook q is
+    N(0, 1) scaled to the std of the residual it quantizes on a noise input, so codes spread over the
+    codebook instead of collapsing onto a few entries."""
+    gen = torch.Generator().manual_seed(seed)
+    model = EncodecModel(config).eval()
+    for name, tensor in model.state_dict().items():
+        shape = tensor.shape
+        if name.endswith("original0"):
+            new = torch.rand(shape, generator=gen) + 0.5
+        elif ".lstm." in name:
+            new = torch.rand(shape, generator=gen) * 0.2 - 0.1
+        elif name.endswith(".bias"):
+            new = torch.randn(shape, generator=gen) * 0.05
+        elif name.startswith("quantizer."):
+            continue
+        else:
+            new = torch.randn(shape, generator=gen)
+        tensor.copy_(new)
+    probe = torch.randn(1, config.audio_channels, 2 * config.sampling_rate, generator=gen) * 0.3
+    residual = model.encoder(probe)  # [1, D, T]
+    for vq in model.quantizer.layers:
+        book = vq.codebook
+        scale = residual.std().clamp_min(1e-6)
+        book.embed.copy_(torch.randn(book.embed.shape, generator=gen) * scale)
+        book.embed_avg.copy_(book.embed)
+        book.cluster_size.copy_(torch.rand(book.cluster_size.shape, generator=gen) * 10)
+        book.inited.fill_(1.0)
+        residual = residual - vq.decode(vq.encode(residual))
+    return model

@@ -1,0 +1,85 @@
+"""Model names -> pipelines. Every name loads through the released checkpoint format.
+
+- `tiny-random`: a small MAGNeT + small EnCodec + tiny T5 with seeded random weights, written once
+  into the cache folder in the exact released formats (`state_dict.bin`, full-weights
+  `compression_state_dict.bin`, a transformers T5 folder) and then loaded like any released model.
+  It makes noise, not music: it exists so the daemon and tests run on a fresh machine with no hub.
+- a directory with `state_dict.bin` + `compression_state_dict.bin` (+ optional `text_encoder/`);
+- a hub id such as `facebook/magnet-small-10secs` (through huggingface_hub's cache).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .checkpoints import save_audiocraft_lm
+from .lm import MagnetConfig, MagnetLM
+
+log = logging.getLogger(__name__)
+
+TINY_RANDOM = "tiny-random"
+TINY_RANDOM_VERSION = 1
+RELEASED = ("facebook/magnet-small-10secs", "facebook/magnet-medium-10secs", "facebook/magnet-small-30secs",
+            "facebook/magnet-medium-30secs", "facebook/audio-magnet-small", "facebook/audio-magnet-medium")
+TINY_LM = MagnetConfig(dim=64, num_heads=4, num_layers=2, card=2048, text_dim=32, segment_duration=10.0)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MAGNET_RT_CACHE", Path.home() / ".cache" / "magnet-rt"))
+
+
+def known_models() -> list[str]:
+    return [TINY_RANDOM, *RELEASED]
+
+
+def build_tiny_random(directory: str | Path, seed: int = 0) -> Path:
+    """Write the tiny-random model into `directory` (deterministic in `seed`)."""
+    from .codec import audiocraft_xp_cfg, random_encodec_config, random_encodec_model, \
+        write_audiocraft_compression_checkpoint
+    from .conditioning import build_random_t5
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_audiocraft_lm(MagnetLM(TINY_LM).init_weights(seed), out / "state_dict.bin", dtype=torch.float16)
+    cfg = random_encodec_config()
+    write_audiocraft_compression_checkpoint(out / "compression_state_dict.bin", random_encodec_model(cfg, seed),
+                                            audiocraft_xp_cfg(cfg))
+    build_random_t5(out / "text_encoder", d_model=TINY_LM.text_dim, seed=seed)
+    return out
+
+
+def tiny_random_dir() -> Path:
+    """The tiny-random model's folder in the cache, built on first use (atomically)."""
+    target = cache_dir() / f"{TINY_RANDOM}-v{TINY_RANDOM_VERSION}"
+    if not (target / "state_dict.bin").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+        build_tiny_random(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str) -> str | Path:
+    """A name, folder or hub id -> what `MagnetPipeline.from_audiocraft` loads."""
+    if name == TINY_RANDOM:
+        return tiny_random_dir()
+    return name
+
+
+def load_pipeline(name: str, device: str = "auto", fast: bool = True, text_encoder: str | None = None):
+    from .pipeline import MagnetPipeline
+
+    pipe = MagnetPipeline.from_audiocraft(resolve_model(name), device=device, text_encoder=text_encoder)
+    pipe.name, pipe.fast = name, fast
+    if name == TINY_RANDOM:
+        log.warning("model tiny-random: RANDOM WEIGHTS, it makes noise, not music (offline test model)")
+    return pipe
