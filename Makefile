@@ -1,0 +1,34 @@
+# magnet-rt: `make serve` runs the daemon, `make test` runs the tests (both create .venv first).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel. On a GPU machine install your CUDA build of torch into .venv first and pass
+# TORCH_SPEC= (empty) so it is kept: `make install TORCH_SPEC=`.
+TORCH_SPEC ?= torch==2.13.0
+MODEL ?= tiny-random
+BIND ?= tcp://127.0.0.1:5555
+SERVE_ARGS ?=
+
+.PHONY: install serve test bench clean
+
+$(BIN)/magnet-rt: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; fi
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/magnet-rt
+
+serve: install
+	$(BIN)/magnet-rt serve --model $(MODEL) --bind $(BIND) $(SERVE_ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m benchmarks.latency --shape tiny --device cpu --preset live --repeats 5
+	$(BIN)/python -m benchmarks.latency --shape small --device cpu --preset live --repeats 2
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
