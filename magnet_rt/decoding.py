@@ -112,26 +112,30 @@ def least_probable_spans(scores: Tensor, target: int, span_len: int) -> Tensor:
 
 
 # ---- the forward with classifier-free guidance --------------------------------------------------------
-def cfg_stage_logits(lm, gen: Tensor, cond: Tensor, cross_len: Tensor | None, stage: int, coef: float,
-                     fast: bool, cross=None) -> Tensor:
-    """[B, T, C] CFG logits of codebook `stage` from one forward of [cond rows; null rows].
+def cfg_logits_at(lm, gen: Tensor, cond: Tensor, cross_len: Tensor | None, stage: int, coef: float,
+                  sel: Tensor, fast: bool, cross=None) -> Tensor:
+    """[n, C] CFG logits of codebook `stage` at the n positions where `sel` [B, T] is True, from one
+    forward of [cond rows; null rows].
 
     fast: `cross` holds the request's precomputed text k/v (null rows skip cross-attention, whose
-    output is exactly 0 for an all-zero condition), only the stage head is computed, the window uses
-    banded attention, and the null half is skipped when coef == 1 (it cannot change the result).
-    Otherwise: the reference computation (all heads, dense masked attention, nulls attended too).
+    output is exactly 0 for an all-zero condition), the window uses banded attention, the stage head
+    runs only at the selected positions, and the null half is skipped when coef == 1 (it cannot change
+    the result). Otherwise the reference computation: all heads at all positions, dense masked
+    attention, null rows attended too; then the same positions are picked out.
     """
     B = gen.shape[0]
     if fast:
+        head = lm.linears[stage]
         if coef == 1.0:
-            return lm(gen, cross, stage, heads="stage", local="banded")
-        cond_l, uncond_l = lm(torch.cat([gen, gen]), cross, stage, heads="stage", local="banded").split(B)
+            return head(lm(gen, cross, stage, heads="none", local="banded")[sel])
+        h = lm(torch.cat([gen, gen]), cross, stage, heads="none", local="banded")  # [2B, T, D]
+        cond_l, uncond_l = head(h[:B][sel]), head(h[B:][sel])
         return uncond_l + (cond_l - uncond_l) * coef
     both = torch.cat([cond, torch.zeros_like(cond)])
     both_len = None if cross_len is None else torch.cat([cross_len, cross_len])
     all_logits = lm(torch.cat([gen, gen]), lm.cross_inputs(both, both_len), stage)  # [2B, K, T, C]
     cond_l, uncond_l = all_logits.split(B)
-    return (uncond_l + (cond_l - uncond_l) * coef)[:, stage]
+    return (uncond_l + (cond_l - uncond_l) * coef)[:, stage][sel]
 
 
 # ---- decoding ---------------------------------------------------------------------------------------
@@ -230,18 +234,29 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
                 for b in range(stage_seq.shape[0]):
                     if num[b] > 0:
                         stage_seq[b, least_probable_spans(scores[b], int(num[b]), span)] = C
+            masked = stage_seq == C  # before pinned tokens are re-written: the units' positions
             stage_seq = torch.where(batch.fixed[:, stage], batch.init[:, stage], stage_seq)
             batch.gen[:, stage] = stage_seq
-            logits = cfg_stage_logits(lm, batch.gen, batch.cond, batch.cross_len, stage,
-                                      cfg_coef(mask_p, params), fast, cross)
+            # Only positions of units masked this step can change or be scored: sample there alone.
+            sel = masked if chunked else stage_seq == C
+            masked = stage_seq == C
+            logits = cfg_logits_at(lm, batch.gen, batch.cond, batch.cross_len, stage,
+                                   cfg_coef(mask_p, params), sel, fast, cross)  # [n, C]
             temp = step_temperature(params.temperature, params.anneal_temperature, steps - 1 - i, steps)
             probs = probs_at(logits, temp)
             noise = None
-            if params.use_sampling:
-                noise = exponential_noise(probs.shape, [(g.rows, g.generator) for _, g in batch.groups], probs.device)
-            tokens, conf = choose_tokens(logits, probs, use_sampling=params.use_sampling, top_p=params.top_p,
-                                         top_k=params.top_k, noise=noise)
-            masked = stage_seq == C
+            if params.use_sampling:  # drawn group by group, for the group's selected positions only
+                counts = sel.sum(-1).tolist()
+                per_group = []
+                for _, g, sl in batch.slices():
+                    per_group.append((sum(counts[sl]), g.generator))
+                noise = exponential_noise(probs.shape, per_group, probs.device)
+            tok_sel, conf_sel = choose_tokens(logits, probs, use_sampling=params.use_sampling, top_p=params.top_p,
+                                              top_k=params.top_k, noise=noise)
+            tokens = stage_seq.clone()
+            tokens[sel] = tok_sel
+            conf = torch.ones(stage_seq.shape, device=stage_seq.device)
+            conf[sel] = conf_sel
             batch.gen[:, stage] = torch.where(masked, tokens, stage_seq)
             if chunked and unit > 1:
                 scores = span_scores(conf, unit, params.span_scoring).masked_fill(~unit_mask, DONT_REMASK)

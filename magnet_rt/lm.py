@@ -276,8 +276,8 @@ class MagnetLM(nn.Module):
 
     def forward(self, codes: Tensor, cross: CrossInputs, stage: int, *, heads: str = "all",
                 local: str = "dense") -> Tensor:
-        """codes [B, K, T] (mask id = card) -> logits [B, K, T, C] (heads="all") or [B, T, C] of
-        codebook `stage` only (heads="stage")."""
+        """codes [B, K, T] (mask id = card) -> logits [B, K, T, C] (heads="all"), [B, T, C] of
+        codebook `stage` only (heads="stage"), or the final normed states [B, T, D] (heads="none")."""
         B, K, T = codes.shape
         x = sum(self.emb[k](codes[:, k]) for k in range(K))  # [B, T, D]
         x = x + sinusoidal_positions(T, self.cfg.dim, self.cfg.max_period, codes.device)
@@ -287,6 +287,8 @@ class MagnetLM(nn.Module):
             for i, block in enumerate(self.layers):
                 x = block(x, cross, i, mask, ctx, local)
         x = self.out_norm(x.float())
+        if heads == "none":
+            return x  # [B, T, D]: the caller applies `linears[stage]` where it needs logits
         if heads == "stage":
             return self.linears[stage](x)  # [B, T, C]
         return torch.stack([lin(x) for lin in self.linears], dim=1)  # [B, K, T, C]

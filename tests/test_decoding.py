@@ -215,3 +215,14 @@ def test_frames_beyond_the_segment_are_refused():
     from magnet_rt.errors import InvalidParams
     with pytest.raises(InvalidParams, match="segment"):
         decode_single(LM, *TEXT, LM.cfg.segment_frames + 1, params(), seed=0)
+
+
+def test_both_paths_draw_the_same_samples_for_a_seed():
+    """Noise is drawn only at the re-masked positions in both paths, so a seed means one take."""
+    lm = small_lm(seed=6)
+    h, m = random_text(1, 5, 16)
+    for arrangement in ("nonoverlap", "stride1"):
+        p = params(span_arrangement=arrangement, decoding_steps=(5, 2, 2, 2))
+        a = decode_single(lm, h, m, 36, p, seed=42, fast=False)
+        b = decode_single(lm, h, m, 36, p, seed=42, fast=True)
+        assert torch.equal(a, b)

@@ -1,0 +1,152 @@
+"""Latency of `generate`: the straightforward path and the fast path, same weights, one run.
+
+    python -m benchmarks.latency --shape {tiny,small,medium} --device {cpu,cuda} --preset NAME \
+        --repeats N [--batch B] [--frames T] [--codec] [--json OUT]
+
+Random weights of the named shape (tiny = the shared fixture's structure, small = magnet-small-10secs,
+medium = magnet-medium-10secs), batch B with classifier-free guidance (2B rows per forward), 10 s
+(500 frames). The baseline is the reference computation (all heads, dense masked attention, null rows
+through cross-attention, fp32 on CPU / fp16 blocks on CUDA as released); the fast path is
+`decoding.decode(..., fast=True)`, in `--fast-dtype` (auto: bf16 blocks on CPU, fp16 on CUDA).
+Iteration -1 (warm-up) is reported apart. With `--codec`, a random EnCodec 32 kHz of the released
+architecture decodes the codes too (LM + codec, as a request is served).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+from magnet_rt.decoding import RowGroup, decode
+from magnet_rt.lm import RELEASED_SHAPES, MagnetConfig, MagnetLM
+from magnet_rt.presets import resolve_params
+
+SHAPES = {
+    "tiny": MagnetConfig(dim=64, num_heads=4, num_layers=2, card=2048, text_dim=768),
+    "small": RELEASED_SHAPES["facebook/magnet-small-10secs"],
+    "medium": RELEASED_SHAPES["facebook/magnet-medium-10secs"],
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_runs(fn, repeats: int, device: torch.device) -> dict:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    warm = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return {"p50_s": float(np.percentile(times, 50)), "p95_s": float(np.percentile(times, 95)),
+            "mean_s": float(np.mean(times)), "warmup_s": warm, "runs": len(times)}
+
+
+def build(shape: str, device: torch.device, dtype: torch.dtype) -> MagnetLM:
+    lm = MagnetLM(SHAPES[shape]).init_weights(0).to(device).eval()
+    return lm.set_precision(dtype) if dtype != torch.float32 else lm
+
+
+def logit_error(ref: MagnetLM, other: MagnetLM, batch: int, frames: int, device) -> float:
+    """Max |logit difference| of `other` against `ref` on one random input, relative to max |logit|."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, ref.card, (batch, ref.n_q, frames), generator=g).to(device)
+    h = torch.randn(batch, 12, ref.cfg.text_dim, generator=g).to(device)
+    m = torch.ones(batch, 12, dtype=torch.long, device=device)
+    a, b = ref.logits(codes, h, m, 1), other.logits(codes, h, m, 1)
+    return float((a - b).abs().max() / a.abs().max())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=SHAPES, default="tiny")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", default="live")
+    ap.add_argument("--steps", help="override decoding_steps, e.g. 20,10,10,10")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--frames", type=int, default=500)
+    ap.add_argument("--fast-dtype", choices=["auto", *DTYPES], default="auto")
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--codec", action="store_true", help="include EnCodec 32 kHz decoding (random weights)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--json", dest="json_out")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    params = resolve_params(args.preset, {"decoding_steps": [int(s) for s in args.steps.split(",")]} if args.steps else None)
+    base_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    fast_dtype = DTYPES[args.fast_dtype] if args.fast_dtype != "auto" else (
+        torch.float16 if device.type == "cuda" else torch.bfloat16)
+
+    base = build(args.shape, device, base_dtype)
+    fast = base if fast_dtype == base_dtype else copy.deepcopy(base).set_precision(fast_dtype)
+    text = torch.randn(args.batch, 12, base.cfg.text_dim, generator=torch.Generator().manual_seed(1)).to(device)
+    mask = torch.ones(args.batch, 12, dtype=torch.long, device=device)
+    codec = None
+    if args.codec:
+        from magnet_rt.codec import Codec, random_encodec_model
+        from transformers import EncodecConfig
+
+        cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, normalize=False, hidden_size=128, codebook_dim=128,
+                            num_filters=64, num_residual_layers=1, upsampling_ratios=[8, 5, 4, 4], use_causal_conv=False,
+                            pad_mode="constant", compress=2, num_lstm_layers=2, use_conv_shortcut=False,
+                            codebook_size=2048, target_bandwidths=[2.2])
+        codec = Codec(random_encodec_model(cfg), device=device)
+
+    def run(lm: MagnetLM, is_fast: bool):
+        def go():
+            with torch.inference_mode():
+                cond = lm.project_text(text, mask)
+                g = torch.Generator(device=device).manual_seed(0)
+                codes = decode(lm, cond, args.frames, params, [RowGroup(args.batch, g)], fast=is_fast)[0]
+                if codec is not None:
+                    codec.decode(codes)
+        return go
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result: dict = {
+        "shape": args.shape, "device": str(device), "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "preset": args.preset, "decoding_steps": list(params.decoding_steps),
+        "span_arrangement": params.span_arrangement, "batch": args.batch, "frames": args.frames,
+        "forwards": params.total_steps, "codec": bool(args.codec), "baseline_dtype": str(base_dtype),
+        "fast_dtype": str(fast_dtype), "params": sum(p.numel() for p in base.parameters()),
+        "torch": torch.__version__, "command": " ".join(["python -m benchmarks.latency", *(argv or sys.argv[1:])]),
+    }
+    result["fast"] = time_runs(run(fast, True), args.repeats, device)
+    if fast is not base:
+        result["fast_logit_rel_error"] = logit_error(base, fast, args.batch, min(args.frames, 100), device)
+    if not args.skip_baseline:
+        result["baseline"] = time_runs(run(base, False), args.repeats, device)
+        result["speedup"] = result["baseline"]["p50_s"] / result["fast"]["p50_s"]
+    result["peak_memory_bytes"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    text_out = json.dumps(result, indent=2)
+    print(text_out)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            f.write(text_out + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
