@@ -9,7 +9,7 @@ MODEL ?= tiny-random
 BIND ?= tcp://127.0.0.1:5555
 SERVE_ARGS ?=
 
-.PHONY: install serve test bench clean
+.PHONY: install serve test test-gpu bench clean
 
 $(BIN)/magnet-rt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,6 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+
+test-gpu: install
+	$(BIN)/python -m pytest -q tests_gpu

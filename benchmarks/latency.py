@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    params = resolve_params(args.preset, {"decoding_steps": [int(s) for s in args.steps.split(",")]} if args.steps else None)
+    steps = {"decoding_steps": [int(s) for s in args.steps.split(",")]} if args.steps else None
+    params = resolve_params(args.preset, steps)
     base_dtype = torch.float16 if device.type == "cuda" else torch.float32
     fast_dtype = DTYPES[args.fast_dtype] if args.fast_dtype != "auto" else (
         torch.float16 if device.type == "cuda" else torch.bfloat16)
@@ -102,13 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     mask = torch.ones(args.batch, 12, dtype=torch.long, device=device)
     codec = None
     if args.codec:
-        from magnet_rt.codec import Codec, random_encodec_model
         from transformers import EncodecConfig
 
-        cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, normalize=False, hidden_size=128, codebook_dim=128,
-                            num_filters=64, num_residual_layers=1, upsampling_ratios=[8, 5, 4, 4], use_causal_conv=False,
-                            pad_mode="constant", compress=2, num_lstm_layers=2, use_conv_shortcut=False,
-                            codebook_size=2048, target_bandwidths=[2.2])
+        from magnet_rt.codec import Codec, random_encodec_model
+
+        cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, normalize=False, hidden_size=128,
+                            codebook_dim=128, num_filters=64, num_residual_layers=1, upsampling_ratios=[8, 5, 4, 4],
+                            use_causal_conv=False, pad_mode="constant", compress=2, num_lstm_layers=2,
+                            use_conv_shortcut=False, codebook_size=2048, target_bandwidths=[2.2])
         codec = Codec(random_encodec_model(cfg), device=device)
 
     def run(lm: MagnetLM, is_fast: bool):

@@ -7,13 +7,32 @@
 
 from __future__ import annotations
 
-from .errors import (Cancelled, CheckpointError, InvalidAudio, InvalidParams, InvalidRegion, MagnetError,
-                     UnsupportedConfig)
+from .errors import (
+    Cancelled,
+    CheckpointError,
+    InvalidAudio,
+    InvalidParams,
+    InvalidRegion,
+    MagnetError,
+    UnsupportedConfig,
+)
 from .lm import RELEASED_SHAPES, MagnetConfig, MagnetLM
 from .params import DecodeParams
 
-__all__ = ["MagnetLM", "MagnetConfig", "DecodeParams", "MagnetPipeline", "RELEASED_SHAPES", "MagnetError",
-           "CheckpointError", "UnsupportedConfig", "InvalidParams", "InvalidAudio", "InvalidRegion", "Cancelled"]
+__all__ = [
+    "RELEASED_SHAPES",
+    "Cancelled",
+    "CheckpointError",
+    "DecodeParams",
+    "InvalidAudio",
+    "InvalidParams",
+    "InvalidRegion",
+    "MagnetConfig",
+    "MagnetError",
+    "MagnetLM",
+    "MagnetPipeline",
+    "UnsupportedConfig",
+]
 
 
 def __getattr__(name: str):

@@ -154,8 +154,13 @@ def loudness_normalize(x: np.ndarray, sr: int, target_lufs: float = -14.0, peak_
     sr = validate_sample_rate(sr)
     if x.ndim not in (1, 2):
         raise InvalidAudio(f"audio must be [N] or [C, N], got shape {x.shape}")
+    if x.ndim == 2 and x.shape[0] > 5:
+        raise InvalidAudio(f"loudness is defined for up to 5 channels, got {x.shape[0]}")
     n = x.shape[-1]
-    meter = pyloudnorm.Meter(sr, block_size=min(0.4, n / sr))
+    block = min(0.4, n / sr)
+    while block * sr > n:  # n / sr * sr can round above n, which pyloudnorm rejects
+        block = math.nextafter(block, 0.0)
+    meter = pyloudnorm.Meter(sr, block_size=block)
     loudness = meter.integrated_loudness(x.T.astype(np.float64))
     peak = float(np.max(np.abs(x)))
     if not math.isfinite(loudness) or peak == 0.0:

@@ -56,14 +56,20 @@ def safe_load(path: str | Path) -> Any:
     """`torch.load(weights_only=True)` with errors that say what is wrong with the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
+        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} carries pickled code (objects other than tensors and plain "
-                              f"data); refusing to load it. Details: {str(e).splitlines()[0]}") from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path} is truncated or not a torch checkpoint: {e}") from e
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"global {found.group(1)}" if found else str(e).splitlines()[0]
+        raise CheckpointError(f"{path}: refused, the file carries pickled code ({what}); only plain "
+                              "tensors and containers are loaded (torch.load weights_only=True)") from e
+    except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, AttributeError,
+            zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'unexpected end of file'})") from e
+    except Exception as e:  # struct.error and other low-level unpickler failures on damaged files
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
 
 
 # ---- audiocraft LM format -------------------------------------------------------------------------

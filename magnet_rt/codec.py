@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +27,8 @@ from torch import nn
 from transformers import EncodecConfig, EncodecModel
 
 from magnet_rt.audio import as_float32, downmix, resample, validate_sample_rate
+from magnet_rt.checkpoints import safe_load
+from magnet_rt.devices import codec_device
 from magnet_rt.errors import CheckpointError, InvalidAudio, InvalidParams, UnsupportedConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ __all__ = [
     "Codec",
     "audiocraft_to_transformers_key",
     "audiocraft_xp_cfg",
-    "codec_device",
     "encodec_config_from_xp_cfg",
     "random_encodec_config",
     "random_encodec_model",
@@ -47,16 +47,6 @@ __all__ = [
     "write_audiocraft_compression_checkpoint",
     "write_pointer_checkpoint",
 ]
-
-
-def codec_device(requested: str | torch.device) -> torch.device:
-    """Device the codec runs on for a requested engine device.
-
-    Apple MPS -> CPU: EnCodec's quantizer is reported to return wrong values on MPS (audiocraft PR #612,
-    issue #31 "garbled audio"); the codec is cheap next to the LM. Every other device is kept as is.
-    """
-    device = torch.device(requested)
-    return torch.device("cpu") if device.type == "mps" else device
 
 
 class Codec:
@@ -116,7 +106,7 @@ class Codec:
         file = Path(path)
         if file.is_dir():
             file = file / CHECKPOINT_NAME
-        pkg = _torch_load(file)
+        pkg = safe_load(file)
         if not isinstance(pkg, Mapping):
             raise CheckpointError(f"{file}: expected a dict, got {type(pkg).__name__}")
         if "pretrained" in pkg:
@@ -192,23 +182,6 @@ class Codec:
 # ---- checkpoint reading ----------------------------------------------------------------------------------
 
 
-def _torch_load(file: Path) -> Any:
-    if not file.is_file():
-        raise CheckpointError(f"{file}: no such checkpoint file")
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f"global {found.group(1)}" if found else str(e).splitlines()[0]
-        raise CheckpointError(f"{file}: refused, the file carries pickled code ({what}); only plain "
-                              "tensors and containers are loaded (torch.load weights_only=True)") from e
-    except (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, AttributeError) as e:
-        raise CheckpointError(f"{file}: truncated or corrupt checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else 'unexpected end of file'})") from e
-    except Exception as e:  # struct.error and other low-level unpickler failures on damaged files
-        raise CheckpointError(f"{file}: unreadable checkpoint ({type(e).__name__}: {e})") from e
-
-
 _INTERP = re.compile(r"\$\{([^${}]+)\}")
 _MISSING = object()
 
@@ -254,6 +227,16 @@ def _unsupported(option: str, value: Any, why: str) -> UnsupportedConfig:
 
 
 _DECODER_ONLY = {"trim_right_ratio", "final_activation", "final_activation_params"}
+# What audiocraft builds when xp.cfg lacks a key: the SEANetEncoder/Decoder and ResidualVectorQuantizer
+# constructor defaults (`modules/seanet.py:91-96, 186-192`, `quantization/vq.py:35-47`). Note pad_mode
+# 'reflect' and norm 'none' there; the shipped configs set pad_mode 'constant' and weight_norm explicitly.
+_SEANET_DEFAULTS = {
+    "dimension": 128, "n_filters": 32, "n_residual_layers": 3, "ratios": [8, 5, 4, 2], "activation": "ELU",
+    "activation_params": {"alpha": 1.0}, "norm": "none", "norm_params": {}, "kernel_size": 7,
+    "last_kernel_size": 7, "residual_kernel_size": 3, "dilation_base": 2, "pad_mode": "reflect",
+    "true_skip": True, "compress": 2, "lstm": 0, "disable_norm_outer_blocks": 0,
+}
+_RVQ_DEFAULTS = {"n_q": 8, "bins": 1024}
 
 
 def encodec_config_from_xp_cfg(xp: Mapping) -> EncodecConfig:
@@ -269,19 +252,23 @@ def encodec_config_from_xp_cfg(xp: Mapping) -> EncodecConfig:
                              ("encodec.quantizer", "rvq")):
         if (value := get(option)) != expected:
             raise _unsupported(option, value, f"only {expected!r} is supported")
-    seanet = get("seanet")
-    if not isinstance(seanet, Mapping):
-        raise CheckpointError(f"xp.cfg 'seanet' must be a mapping, got {seanet!r}")
-    if (lstm := int(seanet.get("lstm", 0))) < 1:
+    given = get("seanet", {})
+    if not isinstance(given, Mapping):
+        raise CheckpointError(f"xp.cfg 'seanet' must be a mapping, got {given!r}")
+    seanet = {**_SEANET_DEFAULTS, **given}
+    rvq = {**_RVQ_DEFAULTS, **(get("rvq", {}) or {})}
+    channels = int(get("encodec.channels"))
+    causal = bool(get("encodec.causal", False))
+
+    if (lstm := int(seanet["lstm"])) < 1:
         raise _unsupported("seanet.lstm", lstm, "it always builds the LSTM")
-    if (outer := int(seanet.get("disable_norm_outer_blocks", 0))) != 0:
+    if (outer := int(seanet["disable_norm_outer_blocks"])) != 0:
         raise _unsupported("seanet.disable_norm_outer_blocks", outer, "it normalises every conv")
-    norm = seanet.get("norm", "weight_norm")
-    if norm not in ("weight_norm", "time_group_norm"):
+    if (norm := seanet["norm"]) not in ("weight_norm", "time_group_norm"):
         raise _unsupported("seanet.norm", norm, "only weight_norm and time_group_norm exist there")
-    if seanet.get("norm_params") not in (None, {}):
+    if seanet["norm_params"] not in (None, {}):
         raise _unsupported("seanet.norm_params", seanet["norm_params"], "no norm parameters")
-    activation, act_params = seanet.get("activation", "ELU"), seanet.get("activation_params") or {}
+    activation, act_params = seanet["activation"], seanet["activation_params"] or {}
     if activation != "ELU" or float(act_params.get("alpha", 1.0)) != 1.0 or set(act_params) - {"alpha"}:
         raise _unsupported("seanet.activation", f"{activation}({act_params})", "only ELU(alpha=1)")
     for side in ("encoder", "decoder"):
@@ -293,19 +280,17 @@ def encodec_config_from_xp_cfg(xp: Mapping) -> EncodecConfig:
     dec = seanet.get("decoder") or {}
     if dec.get("final_activation") is not None:
         raise _unsupported("seanet.decoder.final_activation", dec["final_activation"], "no final activation")
-    channels = int(get("encodec.channels"))
     if int(seanet.get("channels", channels)) != channels:
         raise _unsupported("seanet.channels", seanet["channels"], f"differs from encodec.channels={channels}")
-    causal = bool(seanet.get("causal", get("encodec.causal", False)))
-    if causal != bool(get("encodec.causal", causal)):
-        raise _unsupported("seanet.causal", causal, "differs from encodec.causal")
+    if bool(seanet.get("causal", causal)) != causal:  # the convs follow seanet.causal (= ${encodec.causal})
+        raise _unsupported("seanet.causal", seanet["causal"], f"differs from encodec.causal={causal}")
     trim = float(dec.get("trim_right_ratio", 1.0))
     if trim != 1.0 and not causal:
         raise _unsupported("seanet.decoder.trim_right_ratio", trim, "only for causal convolutions")
     dimension = int(seanet["dimension"])
-    if get("rvq.codebook_dim", None) not in (None, dimension):
-        raise _unsupported("rvq.codebook_dim", get("rvq.codebook_dim"), "no codebook projection")
-    bins, n_q = int(get("rvq.bins")), int(get("rvq.n_q"))
+    if rvq.get("codebook_dim") not in (None, dimension):
+        raise _unsupported("rvq.codebook_dim", rvq["codebook_dim"], "no codebook projection")
+    bins, n_q = int(rvq["bins"]), int(rvq["n_q"])
     if bins < 2 or bins & (bins - 1):
         raise _unsupported("rvq.bins", bins, "codebook size must be a power of 2")
     if n_q < 1:
@@ -315,24 +300,24 @@ def encodec_config_from_xp_cfg(xp: Mapping) -> EncodecConfig:
         sampling_rate=int(get("encodec.sample_rate")),
         audio_channels=channels,
         normalize=bool(get("encodec.renormalize", False)),
-        chunk_length_s=None,
+        chunk_length_s=None,  # audiocraft encodes the whole signal
         overlap=None,
         hidden_size=dimension,
         codebook_dim=dimension,
         num_filters=int(seanet["n_filters"]),
-        num_residual_layers=int(seanet.get("n_residual_layers", 1)),
-        upsampling_ratios=[int(r) for r in seanet["ratios"]],
+        num_residual_layers=int(seanet["n_residual_layers"]),
+        upsampling_ratios=[int(r) for r in seanet["ratios"]],  # decoder order, as audiocraft's
         norm_type=norm,
-        kernel_size=int(seanet.get("kernel_size", 7)),
-        residual_kernel_size=int(seanet.get("residual_kernel_size", 3)),
-        last_kernel_size=int(seanet.get("last_kernel_size", 7)),
-        dilation_growth_rate=int(seanet.get("dilation_base", 2)),
+        kernel_size=int(seanet["kernel_size"]),
+        residual_kernel_size=int(seanet["residual_kernel_size"]),
+        last_kernel_size=int(seanet["last_kernel_size"]),
+        dilation_growth_rate=int(seanet["dilation_base"]),
         use_causal_conv=causal,
-        pad_mode=str(seanet.get("pad_mode", "constant")),  # audiocraft's default, not transformers'
-        compress=int(seanet.get("compress", 2)),
+        pad_mode=str(seanet["pad_mode"]),
+        compress=int(seanet["compress"]),
         num_lstm_layers=lstm,
         trim_right_ratio=trim,
-        use_conv_shortcut=not bool(seanet.get("true_skip", True)),
+        use_conv_shortcut=not bool(seanet["true_skip"]),
         codebook_size=bins,
         target_bandwidths=[1.0],  # placeholder, set below once frame_rate is known
     )

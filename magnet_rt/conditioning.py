@@ -201,7 +201,7 @@ def build_random_t5(directory: str | Path, d_model: int = 32, layers: int = 2, h
     tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
     tokenizer.save_pretrained(out)
 
-    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // heads, d_ff=d_ff,
+    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=max(1, d_model // heads), d_ff=d_ff,
                       num_layers=layers, num_heads=heads, relative_attention_num_buckets=32,
                       relative_attention_max_distance=128, dropout_rate=0.0, feed_forward_proj="relu",
                       pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)

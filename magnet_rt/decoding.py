@@ -80,7 +80,8 @@ def cfg_coef(mask_p: Tensor, params: DecodeParams) -> float:
 def top_units(scores: Tensor, num: Tensor) -> Tensor:
     """[B, U] bool: the `num[b]` highest-scoring units of each row (the release's `topk`)."""
     order = torch.argsort(scores, dim=-1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
+    positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, positions)
     return rank < num.to(scores.device)[:, None]
 
 
@@ -142,9 +143,10 @@ def cfg_logits_at(lm, gen: Tensor, cond: Tensor, cross_len: Tensor | None, stage
 class _Batch:
     """Decoding state of the live rows; rows of cancelled groups are dropped between steps."""
 
-    def __init__(self, gen, fixed, init, cond, cross_len, groups):
+    def __init__(self, gen, fixed, init, cond, cross_len, groups, cross):
         self.gen, self.fixed, self.init, self.cond, self.cross_len = gen, fixed, init, cond, cross_len
         self.groups = groups  # list of (group index, RowGroup) still decoding
+        self.cross = cross  # fast path: the text k/v of every layer, computed once per batch
         self.finished: dict[int, Tensor] = {}
 
     def slices(self):
@@ -157,9 +159,12 @@ class _Batch:
         keep = torch.cat([torch.full((g.rows,), gi not in cancelled) for gi, g in self.groups])
         idx = keep.nonzero().squeeze(1).to(self.gen.device)
         self.groups = [(gi, g) for gi, g in self.groups if gi not in cancelled]
-        self.gen, self.fixed, self.init, self.cond = (t.index_select(0, idx) for t in (self.gen, self.fixed, self.init, self.cond))
+        self.gen, self.fixed, self.init, self.cond = (
+            t.index_select(0, idx) for t in (self.gen, self.fixed, self.init, self.cond))
         if self.cross_len is not None:
             self.cross_len = self.cross_len.index_select(0, idx)
+        if self.cross is not None:
+            self.cross = self.cross.select(idx)
         return [t.index_select(0, idx) for t in extra]
 
 
@@ -179,7 +184,9 @@ def decode(lm, cond: Tensor, frames: int, params: DecodeParams, groups: list[Row
                             f"{lm.cfg.segment_duration:g} s segment), got {frames}")
     fixed, init = _pinned(fixed, init_codes, B, K, frames, C, device)
     gen = torch.where(fixed, init, torch.full_like(init, C))
-    batch = _Batch(gen, fixed, init, cond.to(device), cross_len, list(enumerate(groups)))
+    cond = cond.to(device)
+    cross = lm.cross_inputs(cond, cross_len) if fast else None
+    batch = _Batch(gen, fixed, init, cond, cross_len, list(enumerate(groups)), cross)
     total, done = params.total_steps, 0
     for stage, steps in enumerate(params.decoding_steps):
         done = _decode_stage(lm, batch, stage, steps, params, fast, done, total, on_step, is_cancelled)
@@ -215,7 +222,6 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
     pinned = torch.nn.functional.pad(fixed_s, (0, pad), value=True).view(fixed_s.shape[0], -1, unit).all(-1)
     scores = torch.zeros(pinned.shape, device=batch.gen.device).masked_fill(pinned, DONT_REMASK)
     n_units = (~pinned).sum(-1)
-    cross = lm.cross_inputs(batch.cond, batch.cross_len) if fast else None
     for i, mask_p in enumerate(mask_fractions(steps)):
         if is_cancelled is not None:
             gone = {gi for gi, _ in batch.groups if is_cancelled(gi)}
@@ -223,7 +229,6 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
                 scores, n_units = batch.drop(gone, [scores, n_units])
                 if not batch.groups:
                     return done
-                cross = lm.cross_inputs(batch.cond, batch.cross_len) if fast else None
         stage_seq = batch.gen[:, stage].clone()
         if bool((n_units > 0).any()):
             num = units_to_mask(mask_p, n_units.cpu())
@@ -241,7 +246,7 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
             sel = masked if chunked else stage_seq == C
             masked = stage_seq == C
             logits = cfg_logits_at(lm, batch.gen, batch.cond, batch.cross_len, stage,
-                                   cfg_coef(mask_p, params), sel, fast, cross)  # [n, C]
+                                   cfg_coef(mask_p, params), sel, fast, batch.cross)  # [n, C]
             temp = step_temperature(params.temperature, params.anneal_temperature, steps - 1 - i, steps)
             probs = probs_at(logits, temp)
             noise = None

@@ -37,5 +37,8 @@ def lm_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def codec_device(device: torch.device) -> torch.device:
+def codec_device(requested: str | torch.device) -> torch.device:
+    """Device the codec runs on for a requested engine device: MPS -> CPU (EnCodec's quantizer is
+    reported to return wrong values on MPS: audiocraft PR #612, issue #31); others are kept."""
+    device = torch.device(requested)
     return torch.device("cpu") if device.type == "mps" else device

@@ -181,6 +181,12 @@ class CrossInputs:
     rows: int
     bias: Tensor | None = None
 
+    def select(self, idx: Tensor) -> CrossInputs:
+        """The same inputs for the rows `idx` (when cancelled rows leave a batch)."""
+        kv = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.kv]
+        bias = None if self.bias is None else self.bias.index_select(0, idx)
+        return CrossInputs(kv=kv, rows=len(idx), bias=bias)
+
     def attend(self, attn: CrossAttention, i: int, xq: Tensor) -> Tensor:
         k, v = self.kv[i]
         if self.rows == xq.shape[0]:

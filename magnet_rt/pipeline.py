@@ -156,27 +156,26 @@ class MagnetPipeline:
         stage_t = {}
         last = [t_text]
 
+        job_rows = [[r for r, jj in enumerate(row_job) if jj == ji] for ji in range(len(jobs))]
+
         def step(ev: StepEvent) -> None:
             if ev.stage_step == ev.stage_steps:
                 stage_t[f"stage{ev.stage}"] = time.perf_counter() - last[0]
                 last[0] = time.perf_counter()
-            if on_step is not None:
-                by_job: dict[int, StepEvent] = {}
-                for gi, ji in enumerate(row_job):
-                    if ji not in by_job and (is_cancelled is None or not is_cancelled(ji)):
-                        codes = None
-                        if ev.codes is not None:
-                            codes = torch.cat([ev.codes[g] for g, jj in enumerate(row_job) if jj == ji and g in ev.codes])
-                        by_job[ji] = StepEvent(ev.step, ev.total_steps, ev.stage, ev.stage_step, ev.stage_steps, codes)
-                for ji, jev in by_job.items():
-                    on_step(ji, jev)
+            if on_step is None:
+                return
+            for ji, rows in enumerate(job_rows):
+                if is_cancelled is not None and is_cancelled(ji):
+                    continue
+                codes = torch.cat([ev.codes[r] for r in rows]) if ev.codes is not None else None
+                on_step(ji, StepEvent(ev.step, ev.total_steps, ev.stage, ev.stage_step, ev.stage_steps, codes))
 
         cancelled = (lambda gi: is_cancelled(row_job[gi])) if is_cancelled is not None else None
         out = decode(self.lm, cond, frames, params, groups, fixed=fixed, init_codes=init, cross_len=cross_len,
                      on_step=step, is_cancelled=cancelled, fast=self.fast)
         t_dec = time.perf_counter()
-        alive = [ji for ji in range(len(jobs)) if all(out[g] is not None for g, jj in enumerate(row_job) if jj == ji)]
-        codes_by_job = {ji: torch.cat([out[g] for g, jj in enumerate(row_job) if jj == ji]) for ji in alive}
+        alive = [ji for ji, rows in enumerate(job_rows) if all(out[r] is not None for r in rows)]
+        codes_by_job = {ji: torch.cat([out[r] for r in job_rows[ji]]) for ji in alive}
         audio_by_job = {}
         if alive:
             all_codes = torch.cat([codes_by_job[ji] for ji in alive])
@@ -236,7 +235,8 @@ class MagnetPipeline:
         sr, N = audio_ops.validate_sample_rate(sample_rate), x.shape[-1]
         dur = N / sr
         min_len = self.lm.cfg.span_len / self.frame_rate
-        if not (math.isfinite(start_s) and math.isfinite(end_s)) or start_s < 0 or end_s > dur + 1e-6 or start_s >= end_s:
+        inside = 0 <= start_s < end_s <= dur + 1e-6
+        if not (math.isfinite(start_s) and math.isfinite(end_s) and inside):
             raise InvalidRegion(f"region [{start_s}, {end_s}) s must lie inside the clip [0, {dur:.3f}) s")
         if end_s - start_s < min_len - 1e-9:
             raise InvalidRegion(f"region is {end_s - start_s:.3f} s; the shortest is one span, {min_len:.3f} s")

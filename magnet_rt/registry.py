@@ -40,8 +40,12 @@ def known_models() -> list[str]:
 
 def build_tiny_random(directory: str | Path, seed: int = 0) -> Path:
     """Write the tiny-random model into `directory` (deterministic in `seed`)."""
-    from .codec import audiocraft_xp_cfg, random_encodec_config, random_encodec_model, \
-        write_audiocraft_compression_checkpoint
+    from .codec import (
+        audiocraft_xp_cfg,
+        random_encodec_config,
+        random_encodec_model,
+        write_audiocraft_compression_checkpoint,
+    )
     from .conditioning import build_random_t5
 
     out = Path(directory)
@@ -78,8 +82,36 @@ def resolve_model(name: str) -> str | Path:
 def load_pipeline(name: str, device: str = "auto", fast: bool = True, text_encoder: str | None = None):
     from .pipeline import MagnetPipeline
 
+    if name == DEMO:
+        return load_demo(device=device, fast=fast)
+
     pipe = MagnetPipeline.from_audiocraft(resolve_model(name), device=device, text_encoder=text_encoder)
     pipe.name, pipe.fast = name, fast
     if name == TINY_RANDOM:
         log.warning("model tiny-random: RANDOM WEIGHTS, it makes noise, not music (offline test model)")
+    return pipe
+
+
+# ---- "demo": the small MAGNeT + EnCodec + MiniLM trained in this repository (docs/TRAINING.md) -------
+DEMO = "demo"
+DEMO_BUILD_HINT = ("build it with: python -m magnet_rt.train.datagen --out data/synth --n 4000 --seed 0; "
+                   "python -m magnet_rt.train.codec --data data/synth --out runs/codec; "
+                   "python -m magnet_rt.train.magnet --data data/synth --codec runs/codec/bundle --out runs/lm "
+                   "--publish magnet_rt/assets/demo  (see docs/TRAINING.md)")
+
+
+def demo_dir() -> Path:
+    """Where the demo bundle ships: magnet_rt/assets/demo/ (config.json, model.safetensors, codec.safetensors)."""
+    return Path(__file__).resolve().parent / "assets" / "demo"
+
+
+def load_demo(device: str = "auto", fast: bool = True):
+    from .bundle import is_bundle, load_bundle
+    from .errors import CheckpointError
+
+    d = demo_dir()
+    if not is_bundle(d):
+        raise CheckpointError(f"model 'demo' is not built yet (no trained bundle at {d}); {DEMO_BUILD_HINT}")
+    pipe = load_bundle(d, device=device)
+    pipe.name, pipe.fast = DEMO, fast
     return pipe

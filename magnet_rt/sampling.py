@@ -6,8 +6,8 @@ Semantics follow audiocraft `utils.py:105-141` and `lm_magnet.py:393-414`:
   confidences keep the full distribution);
 - top-k renormalises the distribution itself, so with top-k the confidences are the truncated ones
   (the release modifies `probs` in place; magnet-reference gotcha 11).
-Draws use the exponential race argmax(p / E), E ~ Exp(1) drawn per request group: the same distribution as `multinomial`,
-with no host synchronisation (gpt-fast `generate.py:40-42`).
+Draws use the exponential race argmax(p / E), E ~ Exp(1) drawn per request group: the same
+distribution as `multinomial`, with no host synchronisation (gpt-fast `generate.py:40-42`).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 import yaml
-
 from conftest import random_text, small_lm
+
 from magnet_rt import MagnetLM
 from magnet_rt.checkpoints import resolve_file, save_audiocraft_lm
 from magnet_rt.errors import CheckpointError, UnsupportedConfig
@@ -47,7 +47,7 @@ def test_fixture_state_dict_layout(fixture_dir):
 
 
 def test_missing_file_and_directory(tmp_path):
-    with pytest.raises(CheckpointError, match="not found|no state_dict.bin|no such file"):
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
         MagnetLM.from_audiocraft(tmp_path / "nope" / "state_dict.bin")
     with pytest.raises(CheckpointError, match="state_dict.bin"):
         MagnetLM.from_audiocraft(tmp_path)
