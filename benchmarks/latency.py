@@ -42,20 +42,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_runs(fn, repeats: int, device: torch.device) -> dict:
+def timed(fn, device: torch.device) -> float:
     sync(device)
     t = time.perf_counter()
     fn()
     sync(device)
-    warm = time.perf_counter() - t
-    times = []
+    return time.perf_counter() - t
+
+
+def time_interleaved(fns: dict, repeats: int, device: torch.device) -> dict:
+    """Warm each path up once (iteration -1, reported apart), then alternate the paths in every repeat
+    so that a machine whose load changes over the run slows both alike."""
+    warm = {name: timed(fn, device) for name, fn in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return {"p50_s": float(np.percentile(times, 50)), "p95_s": float(np.percentile(times, 95)),
-            "mean_s": float(np.mean(times)), "warmup_s": warm, "runs": len(times)}
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {name: {"p50_s": float(np.percentile(t, 50)), "p95_s": float(np.percentile(t, 95)),
+                   "mean_s": float(np.mean(t)), "warmup_s": warm[name], "runs": len(t)} for name, t in times.items()}
 
 
 def build(shape: str, device: torch.device, dtype: torch.dtype) -> MagnetLM:
@@ -134,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         "fast_dtype": str(fast_dtype), "params": sum(p.numel() for p in base.parameters()),
         "torch": torch.__version__, "command": " ".join(["python -m benchmarks.latency", *(argv or sys.argv[1:])]),
     }
-    result["fast"] = time_runs(run(fast, True), args.repeats, device)
+    paths = {"fast": run(fast, True)}
+    if not args.skip_baseline:
+        paths["baseline"] = run(base, False)
+    result.update(time_interleaved(paths, args.repeats, device))
+    if not args.skip_baseline:
+        result["speedup"] = result["baseline"]["p50_s"] / result["fast"]["p50_s"]
     if fast is not base:
         result["fast_logit_rel_error"] = logit_error(base, fast, args.batch, min(args.frames, 100), device)
-    if not args.skip_baseline:
-        result["baseline"] = time_runs(run(base, False), args.repeats, device)
-        result["speedup"] = result["baseline"]["p50_s"] / result["fast"]["p50_s"]
     result["peak_memory_bytes"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     text_out = json.dumps(result, indent=2)

@@ -168,12 +168,21 @@ class _Batch:
         return [t.index_select(0, idx) for t in extra]
 
 
+Rescorer = Callable[[Tensor, int], Tensor]
+"""(codes [B, K, T] with the step's samples in place, stage) -> probability [B, T] that an external
+model assigns to each token of codebook `stage` (the paper's rescoring, Eq. 5)."""
+
+
 def decode(lm, cond: Tensor, frames: int, params: DecodeParams, groups: list[RowGroup], *,
            fixed: Tensor | None = None, init_codes: Tensor | None = None, cross_len: Tensor | None = None,
            on_step: Callable[[StepEvent], None] | None = None,
-           is_cancelled: Callable[[int], bool] | None = None, fast: bool = True) -> list[Tensor | None]:
+           is_cancelled: Callable[[int], bool] | None = None, fast: bool = True,
+           rescorer: Rescorer | None = None) -> list[Tensor | None]:
     """Decode a batch of request groups. cond [B, S, D] is the projected text (`lm.project_text`);
-    rows are ordered group by group. Returns codes [rows, K, frames] per group, None if cancelled."""
+    rows are ordered group by group. Returns codes [rows, K, frames] per group, None if cancelled.
+
+    With a `rescorer` and `params.rescore_weight` w > 0, the confidence of each sampled token becomes
+    w * p_rescorer + (1 - w) * p_magnet before spans are scored (Ziv et al., Eq. 5)."""
     K, C, device = lm.n_q, lm.card, lm.device
     params.check_stages(K)
     B = sum(g.rows for g in groups)
@@ -189,7 +198,7 @@ def decode(lm, cond: Tensor, frames: int, params: DecodeParams, groups: list[Row
     batch = _Batch(gen, fixed, init, cond, cross_len, list(enumerate(groups)), cross)
     total, done = params.total_steps, 0
     for stage, steps in enumerate(params.decoding_steps):
-        done = _decode_stage(lm, batch, stage, steps, params, fast, done, total, on_step, is_cancelled)
+        done = _decode_stage(lm, batch, stage, steps, params, fast, done, total, on_step, is_cancelled, rescorer)
         if not batch.groups:
             break
     for gi, _, sl in batch.slices():
@@ -213,7 +222,8 @@ def _pinned(fixed, init_codes, B, K, T, C, device) -> tuple[Tensor, Tensor]:
     return fixed, init
 
 
-def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on_step, is_cancelled) -> int:
+def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on_step, is_cancelled,
+                  rescorer=None) -> int:
     C, T, span = lm.card, batch.gen.shape[-1], lm.cfg.span_len
     chunked = params.span_arrangement == "nonoverlap" or span == 1
     unit = span if chunked else 1
@@ -263,6 +273,9 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
             conf = torch.ones(stage_seq.shape, device=stage_seq.device)
             conf[sel] = conf_sel
             batch.gen[:, stage] = torch.where(masked, tokens, stage_seq)
+            if rescorer is not None and params.rescore_weight > 0:
+                w = params.rescore_weight
+                conf = torch.where(sel, w * rescorer(batch.gen, stage).to(conf) + (1 - w) * conf, conf)
             if chunked and unit > 1:
                 scores = span_scores(conf, unit, params.span_scoring).masked_fill(~unit_mask, DONT_REMASK)
             elif chunked:

@@ -78,6 +78,7 @@ class MagnetPipeline:
         if codec.card != lm.card or codec.n_q != lm.n_q:
             raise InvalidParams(f"codec ({codec.n_q} x {codec.card}) does not match the LM ({lm.n_q} x {lm.card})")
         self.lm, self.text_encoder, self.codec, self.name, self.fast = lm, text_encoder, codec, name, fast
+        self.rescorer = None  # decoding.Rescorer: used when a job's params.rescore_weight > 0
 
     # ---- loading ----------------------------------------------------------------------------------
     @classmethod
@@ -172,7 +173,7 @@ class MagnetPipeline:
 
         cancelled = (lambda gi: is_cancelled(row_job[gi])) if is_cancelled is not None else None
         out = decode(self.lm, cond, frames, params, groups, fixed=fixed, init_codes=init, cross_len=cross_len,
-                     on_step=step, is_cancelled=cancelled, fast=self.fast)
+                     on_step=step, is_cancelled=cancelled, fast=self.fast, rescorer=self.rescorer)
         t_dec = time.perf_counter()
         alive = [ji for ji, rows in enumerate(job_rows) if all(out[r] is not None for r in rows)]
         codes_by_job = {ji: torch.cat([out[r] for r in job_rows[ji]]) for ji in alive}

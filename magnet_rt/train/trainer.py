@@ -1,0 +1,276 @@
+"""The MAGNeT training loop: masked-span objective, AdamW, cosine warm-up, clipping, EMA, resume.
+
+One `LMTrainer.train_step(codes, captions)`:
+1. CFG dropout, batch-wise as released (`conditioners.py:1451-1463`): with probability `cfg_dropout` the
+   whole batch's captions become None, i.e. the all-zero null condition the decoder uses for CFG;
+2. draw the stage, rates and span masks (`masking.make_masked_batch`, from the trainer's generator);
+3. forward with that stage (restricted +-subcodes_context self-attention for stage >= 1), loss on the
+   stage's masked tokens (`objective.masked_stage_loss`);
+4. AdamW (betas 0.9/0.95, weight decay on matrices and embeddings only), clip the gradient norm, step
+   the cosine-with-warm-up schedule, update the EMA of the weights.
+
+Every random draw of the loop comes from one CPU `torch.Generator`, so a checkpoint holding the model,
+optimizer, scheduler, EMA, step and generator states resumes bit-exactly. Checkpoints are `torch.save`d
+dicts of tensors and plain data, read back with `weights_only=True`.
+
+Cross-attention uses each row's own text length (`cross_len`), as `MagnetPipeline` does when serving;
+the release attends to batch padding too (magnet-reference gotcha 6).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+from ..lm import MagnetConfig, MagnetLM
+from .masking import make_masked_batch
+from .objective import masked_stage_accuracy, masked_stage_loss
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    warmup_steps: int = 500
+    total_steps: int = 20000  # length of the cosine schedule
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cfg_dropout: float = 0.3  # music release; 0.1 for sound
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def cosine_with_warmup(warmup: int, total: int, min_ratio: float = 0.0):
+    """LR multiplier: linear 0 -> 1 over `warmup` steps, then cosine 1 -> min_ratio at `total`, flat after."""
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state: shadow = d * shadow + (1 - d) * w."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].mul_(self.decay).add_(v.detach().float(), alpha=1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> nn.Module:
+        state = model.state_dict()
+        for k, v in self.shadow.items():
+            state[k].copy_(v.to(state[k].dtype))
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = float(state["decay"])
+        missing = set(self.shadow) - set(state["shadow"])
+        if missing:
+            raise CheckpointError(f"EMA state lacks {sorted(missing)[:5]}")
+        self.shadow = {k: v.float().clone() for k, v in state["shadow"].items()}
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and embedding tables; none on LayerNorm weights and biases."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class StepInfo:
+    step: int
+    loss: float
+    stage: int
+    lr: float
+    grad_norm: float
+    accuracy: float
+    masked: int  # masked tokens in the loss
+    dropped: bool  # condition dropped for this batch
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+class LMTrainer:
+    """Trains a MagnetLM against a frozen text encoder. Batches are token grids [B, K, T] + captions."""
+
+    def __init__(self, lm: MagnetLM, text_encoder, cfg: TrainConfig | None = None, amp_dtype: torch.dtype | None = None):
+        self.cfg = cfg or TrainConfig()
+        self.lm = lm.float().train()
+        self.lm.compute_dtype = torch.float32
+        self.text_encoder = text_encoder
+        self.amp_dtype = amp_dtype  # e.g. torch.bfloat16 on CUDA; None = fp32
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(param_groups(self.lm, self.cfg.weight_decay), lr=self.cfg.lr,
+                                           betas=self.cfg.betas, fused=fused or None)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_with_warmup(self.cfg.warmup_steps, self.cfg.total_steps, self.cfg.min_lr_ratio))
+        self.ema = EMA(self.lm, self.cfg.ema_decay)
+        self.step = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.device
+
+    # ---- one step ------------------------------------------------------------------------------
+    def condition(self, captions: list[str | None], drop: bool):
+        """captions -> (cond [B, S, D], cross_len [B]); `drop` replaces them all with the null condition."""
+        text = self.text_encoder.encode([None] * len(captions) if drop else list(captions))
+        hidden, mask = text.hidden.to(self.device), text.mask.to(self.device)
+        cond = self.lm.project_text(hidden, mask)
+        return cond, mask.sum(-1).clamp(min=1)
+
+    def compute_loss(self, codes: Tensor, captions: list[str | None], valid: Tensor | None = None,
+                     stage: int | None = None, drop: bool | None = None) -> tuple[Tensor, dict]:
+        """Draw masks (and the CFG coin unless `drop` is given) from the trainer's generator, forward, loss."""
+        if drop is None:
+            drop = bool(torch.rand(1, generator=self.generator) < self.cfg.cfg_dropout)
+        codes = codes.to(self.device)
+        batch = make_masked_batch(codes, self.lm.card, self.lm.cfg.span_len, self.generator, stage=stage, valid=valid)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            cond, cross_len = self.condition(captions, drop)
+            logits = self.lm(batch.inputs, self.lm.cross_inputs(cond, cross_len), batch.stage, heads="stage")
+        loss = masked_stage_loss(logits, batch.targets, batch.mask, batch.stage)
+        info = {"stage": batch.stage, "dropped": drop, "masked": int(batch.mask.sum()),
+                "accuracy": masked_stage_accuracy(logits, batch.targets, batch.mask, batch.stage)}
+        return loss, info
+
+    def train_step(self, codes: Tensor, captions: list[str | None], valid: Tensor | None = None) -> StepInfo:
+        t0 = time.perf_counter()
+        self.lm.train()
+        loss, info = self.compute_loss(codes, captions, valid)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.lm.parameters(), self.cfg.grad_clip))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.lm)
+        self.step += 1
+        return StepInfo(self.step, float(loss.detach()), info["stage"], lr, grad_norm, info["accuracy"],
+                        info["masked"], info["dropped"], time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def evaluate(self, batches, use_ema: bool = True) -> dict[str, float]:
+        """Mean loss per stage on held-out batches [(codes, captions)], each stage evaluated on every
+        batch, with a fixed generator (seed 1234) so numbers are comparable across steps."""
+        model = self.ema_model() if use_ema else self.lm
+        saved_gen, saved_lm = self.generator, self.lm
+        self.generator, self.lm = torch.Generator().manual_seed(1234), model.eval()
+        try:
+            out: dict[str, list[float]] = {}
+            for codes, captions in batches:
+                for s in range(model.n_q):
+                    loss, info = self.compute_loss(codes, captions, stage=s, drop=False)
+                    out.setdefault(f"loss_stage{s}", []).append(float(loss))
+                    out.setdefault(f"acc_stage{s}", []).append(info["accuracy"])
+        finally:
+            self.generator, self.lm = saved_gen, saved_lm
+            self.lm.train()
+        res = {k: sum(v) / len(v) for k, v in out.items()}
+        res["loss"] = sum(res[f"loss_stage{s}"] for s in range(model.n_q)) / model.n_q
+        return res
+
+    def ema_model(self) -> MagnetLM:
+        """A copy of the LM carrying the EMA weights (eval mode)."""
+        return self.ema.copy_to(copy.deepcopy(self.lm)).eval()
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"version": CHECKPOINT_VERSION, "step": self.step, "lm_config": self.lm.cfg.to_dict(),
+                "train_config": self.cfg.to_dict(), "model": self.lm.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "ema": self.ema.state_dict(), "rng": rng}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(f"training checkpoint version {state.get('version')} != {CHECKPOINT_VERSION}")
+        if state["lm_config"] != self.lm.cfg.to_dict():
+            raise CheckpointError("training checkpoint was made for a different LM config: "
+                                  f"{state['lm_config']} vs {self.lm.cfg.to_dict()}")
+        self.lm.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.ema.load_state_dict(state["ema"])
+        self.step = int(state["step"])
+        self.generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Atomic `torch.save` of `state_dict()` (tensors and plain data only)."""
+        return save_atomic(self.state_dict(), path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        self.load_state_dict(load_checkpoint_file(path))
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    from ..checkpoints import safe_load
+
+    state = safe_load(path)  # torch.load(weights_only=True)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a training checkpoint")
+    return state
+
+
+def lm_from_checkpoint(path: str | Path) -> MagnetLM:
+    """Rebuild the LM (raw weights) from a training checkpoint."""
+    state = load_checkpoint_file(path)
+    lm = MagnetLM(MagnetConfig(**state["lm_config"]))
+    lm.load_state_dict(state["model"])
+    return lm
