@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .audio import bars_to_samples
 from .errors import InvalidParams
-from .pipeline import JobResult
+
+if TYPE_CHECKING:
+    from .pipeline import JobResult
 
 DEFAULT_WINDOW_S = 0.75  # seconds regenerated around the wrap: long enough to bridge, short enough to keep the clip
 MIN_WINDOW_S = 0.06  # one MAGNeT span
@@ -99,7 +102,8 @@ def make_loop(pipe, prompt: str | None, bars: float, bpm: float, params=None, se
     first = pipe.generate(prompt, plan.generate_duration_s, params, seed, progress=progress, cancelled=cancelled)
     naive = plan.trim(first.audio[0])
     res = seal_loop(pipe, naive, pipe.sample_rate, prompt, params, first.seeds[0], plan.window_s, progress, cancelled)
-    res.timings = {f"phase1_{k}": v for k, v in first.timings.items()} | {f"phase2_{k}": v for k, v in res.timings.items()}
+    res.timings = {**{f"phase1_{k}": v for k, v in first.timings.items()},
+                   **{f"phase2_{k}": v for k, v in res.timings.items()}}
     return res, naive
 
 

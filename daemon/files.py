@@ -1,0 +1,144 @@
+"""Files the daemon may touch: the read policy for `source.path`, and the output folder for WAV results.
+
+Reading (`PathPolicy`): a path must be absolute, have no `..` component, and resolve (realpath, so every
+symlink is followed) to a regular file inside one of the `--allow-dir` folders; with no folder allowed every
+path is refused. The file is opened with O_NOFOLLOW|O_NONBLOCK and checked again on the open descriptor, so a
+symlink or fifo swapped in after the check is not followed or waited on. Refusals raise
+ProtocolError(forbidden_path); unreadable or unsuitable audio raises ProtocolError(invalid_audio).
+
+Writing (`OutputDir`): `write_wav(audio, sr)` writes atomically and returns the absolute path; `cleanup()`
+removes our WAVs older than the TTL. The OSC bridge delivers results this way.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from protocol import ErrorCode, ProtocolError
+
+MIN_RATE, MAX_RATE = 8000, 192000
+OUTPUT_PREFIX = "magnet-"
+
+
+def _forbidden(path: str, why: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.FORBIDDEN_PATH, f"source.path {why}", details={"path": path[:64]})
+
+
+def _bad_audio(why: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_AUDIO, f"source.path: {why}", details={"field": "source.path"})
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+class PathPolicy:
+    def __init__(self, allow_dirs: list[str | Path] = ()):
+        self.allowed: list[str] = []
+        for d in allow_dirs:
+            real = os.path.realpath(d)
+            if not os.path.isdir(real):
+                raise ValueError(f"--allow-dir {d}: not a folder")
+            self.allowed.append(real)
+
+    def resolve(self, path: str) -> str:
+        """The real path of an allowed regular file, else ProtocolError(forbidden_path)."""
+        if not self.allowed:
+            raise _forbidden(path, "is refused: this daemon reads no files (start it with --allow-dir DIR)")
+        if "\x00" in path or not os.path.isabs(path):
+            raise _forbidden(path, "must be an absolute path")
+        if ".." in Path(path).parts:
+            raise _forbidden(path, "must not contain '..'")
+        real = os.path.realpath(path)
+        if not any(_inside(real, d) for d in self.allowed):
+            raise _forbidden(path, "is not inside a folder this daemon may read")
+        try:
+            st = os.stat(real)
+        except OSError as exc:
+            raise _bad_audio(f"cannot read the file ({exc.strerror})") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise _forbidden(path, "is not a regular file")
+        return real
+
+    def read_audio(self, path: str, max_s: float) -> tuple[np.ndarray, int]:
+        """Audio [C, N] float32 and its rate from an allowed file of at most `max_s` seconds."""
+        real = self.resolve(path)
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise _bad_audio(f"cannot open the file ({exc.strerror})") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _forbidden(path, "is not a regular file")
+            try:
+                with sf.SoundFile(f) as snd:
+                    rate, channels, frames = snd.samplerate, snd.channels, snd.frames
+                    if not MIN_RATE <= rate <= MAX_RATE or not 1 <= channels <= 2:
+                        raise _bad_audio(f"{rate} Hz, {channels} channels: need 1-2 channels at 8000-192000 Hz")
+                    if frames <= 0 or frames / rate > max_s + 1e-9:
+                        raise _bad_audio(f"the file is {frames / rate:.2f} s long; it must be (0, {max_s:g}] s")
+                    data = snd.read(dtype="float32", always_2d=True)  # [N, C]
+            except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+                raise _bad_audio(f"not a readable audio file ({exc})"[:300]) from None
+        if not data.size or not np.isfinite(data).all():
+            raise _bad_audio("the file is empty or holds NaN/inf samples")
+        return np.ascontiguousarray(data.T), rate
+
+
+def default_output_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "magnet-rt" / "outputs"
+
+
+class OutputDir:
+    def __init__(self, root: str | Path | None = None, ttl_s: float = 3600.0):
+        self.root = Path(root) if root is not None else default_output_dir()
+        self.ttl_s = float(ttl_s)
+
+    def ensure(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.root
+
+    def write_wav(self, audio: np.ndarray, sample_rate: int, name_hint: str = "") -> str:
+        """Write float audio [C, N] or [N] as 32-bit float WAV; returns the absolute path."""
+        x = np.asarray(audio, dtype=np.float32)
+        frames = x[:, None] if x.ndim == 1 else x.T  # soundfile wants [N, C]
+        safe = "".join(c for c in name_hint if c.isalnum() or c in "-_")[:32]
+        name = f"{OUTPUT_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{safe + '-' if safe else ''}{uuid.uuid4().hex[:8]}.wav"
+        root = self.ensure()
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".wav", dir=root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                sf.write(f, frames, int(sample_rate), subtype="FLOAT", format="WAV")
+            final = root / name
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return str(final.resolve())
+
+    def cleanup(self, now: float | None = None) -> int:
+        """Remove our WAV files (and stale temp files) older than the TTL; returns how many."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = (time.time() if now is None else now) - self.ttl_s
+        removed = 0
+        for entry in os.scandir(self.root):
+            ours = entry.name.startswith((OUTPUT_PREFIX, ".tmp-")) and entry.name.endswith(".wav")
+            if not ours or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed

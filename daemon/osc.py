@@ -1,0 +1,437 @@
+"""The OSC bridge (protocol/OSC.md): Max, Pd, TouchOSC and liblo tools drive the daemon over UDP.
+
+A thin translator. python-osc's UDP server parses each datagram against `REQUESTS` (on its own threads) and
+queues it; one thread owns a ZeroMQ DEALER to the daemon and speaks PROTOCOL.md through the `protocol` package:
+it maps OSC ids to request ids, asks for `f32` audio, reassembles the chunks of each output, trims them to
+musical time, writes WAVs into the output folder (daemon/files.py) and answers `/magnet/done`. Replies go to
+the sender's IP at the fixed reply port. `/magnet/loop` is two requests: a generate, then an inpaint of the
+rotated clip around its wrap (magnet_rt/loop.py).
+
+    python -m daemon.osc --connect tcp://127.0.0.1:5555 --osc 127.0.0.1:9000 --osc-reply-port 9001
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import queue
+import random
+import re
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import zmq
+from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_server import ThreadingOSCUDPServer
+
+import protocol as P
+from magnet_rt.audio import bars_to_samples, seconds_to_samples
+from magnet_rt.loop import plan_samples
+
+from .files import OutputDir, PathPolicy
+
+log = logging.getLogger("daemon.osc")
+
+DEFAULT_OSC, DEFAULT_REPLY_PORT = "127.0.0.1:9000", 9001
+FRAME_RATE = 50  # PROTOCOL.md §5: frames exist only inside the daemon; requests are rounded up to them
+MAX_SEED = 2**31 - 1 - P.MAX_VARIATIONS  # seed + variation stays an OSC int32
+REPLY_TIMEOUT_S, HEARTBEAT_S, CLEANUP_S = 10.0, 5.0, 60.0
+BEATS_PER_BAR = 4
+_TIME = "[<duration_s:f> | <bars:i> <bpm:f>]"
+REQUESTS = {  # address -> arguments; OSC.md's tables are checked against these (tests/test_osc_spec.py)
+    "/magnet/generate": f"<id:s> <prompt:s> <preset:s> <seed:i> {_TIME}",
+    "/magnet/variations": f"<id:s> <prompt:s> <preset:s> <seed:i> <count:i> {_TIME}",
+    "/magnet/loop": "<id:s> <prompt:s> <bars:i> <bpm:f> <preset:s> <seed:i>",
+    "/magnet/inpaint": "<id:s> <wav_path:s> <start_s:f> <end_s:f> <prompt:s> <preset:s> <seed:i>",
+    "/magnet/continue": f"<id:s> <wav_path:s> <prompt:s> <preset:s> <seed:i> {_TIME}",
+    "/magnet/cancel": "<id:s>",
+    "/magnet/status": "",
+    "/magnet/ping": "",
+}
+REPLIES = {
+    "/magnet/accepted": "<id:s> <queue_position:i>",
+    "/magnet/progress": "<id:s> <fraction:f>",
+    "/magnet/done": "<id:s> <wav_path:s> <duration_s:f> <samples:i> <sample_rate:i> <seed:i> <variation:i> <outputs:i>",
+    "/magnet/cancelled": "<id:s>",
+    "/magnet/error": "<id:s> <code:s> <message:s> <address:s>",
+    "/magnet/pong": "<round_trip_ms:f>",
+    "/magnet/status": "<model:s> <device:s> <running:i> <queued:i> <jobs:i>",
+    "/magnet/startup": "<version:s> <port:i>",
+}
+BRIDGE_CODES = ("unknown_address", "unreachable")  # besides PROTOCOL.md §8's codes
+
+
+def forms(signature: str) -> list[list[tuple[str, str]]]:
+    """'<a:s> [<b:f> | <c:i> <d:f>]' -> [[a], [a, b], [a, c, d]]: the argument lists an address accepts."""
+    head, _, tail = signature.partition("[")
+    arg = re.compile(r"<(\w+):([sif])>")
+    base = arg.findall(head)
+    return [base] + [base + arg.findall(alt) for alt in tail.rstrip("]").split("|") if tail]
+
+
+class OscError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _decimal(x: float) -> float:
+    """An OSC float32 read as the decimal the sender typed (120.1, not 120.09999847)."""
+    f32 = np.float32(x)
+    return float(str(f32)) if float(f32) == x else x
+
+
+def parse(address: str, args: tuple) -> dict[str, Any]:
+    """Check an OSC message against REQUESTS; returns {name: value}. Ints may come as integral floats (Pd)."""
+    if address not in REQUESTS:
+        raise OscError("unknown_address", f"unknown address {address}; see protocol/OSC.md")
+    options = forms(REQUESTS[address])
+    form = next((f for f in options if len(f) == len(args)), None)
+    if form is None:
+        counts = " or ".join(str(len(f)) for f in options)
+        raise OscError("invalid_field", f"{address} takes {counts} arguments, got {len(args)}")
+    out: dict[str, Any] = {}
+    for k, ((name, kind), v) in enumerate(zip(form, args, strict=True), 1):
+        number = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        if kind == "s" and isinstance(v, str):
+            out[name] = v
+        elif kind == "i" and number and float(v).is_integer():
+            out[name] = int(v)
+        elif kind == "f" and number:
+            out[name] = _decimal(float(v))
+        else:
+            want = {"s": "a string", "i": "an integer", "f": "a number"}[kind]
+            raise OscError("invalid_field", f"{address}: argument {k} ({name}) must be {want}, got {v!r}"[:300])
+    if not 1 <= len(out.get("id", "x")) <= P.MAX_ID_CHARS:
+        raise OscError("invalid_field", f"{address}: id must have 1 to {P.MAX_ID_CHARS} characters")
+    for name, lo, hi in (("seed", -1, MAX_SEED), ("bars", 1, 64), ("count", 1, P.MAX_VARIATIONS)):
+        if name in out and not lo <= out[name] <= hi:
+            raise OscError("invalid_field", f"{address}: {name} must be in [{lo}, {hi}], got {out[name]}")
+    if "bpm" in out and not 0 < out["bpm"] <= 999:
+        raise OscError("invalid_field", f"{address}: bpm must be in (0, 999], got {out['bpm']:g}")
+    return out
+
+
+@dataclass
+class Job:
+    ip: str
+    osc_id: str
+    address: str
+    values: dict[str, Any]
+    rid: str = ""
+    seed: int = 0
+    outputs: int = 1
+    phase: int = 0  # /magnet/loop: 0 generate, 1 seal the wrap
+    deadline: float | None = None  # until the daemon's first reply
+    rate: int = 0
+    chunks: dict[int, list[np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def phases(self) -> int:
+        return 2 if self.address == "/magnet/loop" else 1
+
+    def seconds(self) -> Fraction | None:
+        v = self.values
+        if "bars" in v:
+            return Fraction(v["bars"]) * BEATS_PER_BAR * 60 / Fraction(str(v["bpm"]))
+        return Fraction(str(v["duration_s"])) if "duration_s" in v else None
+
+    def samples(self, rate: int) -> int | None:
+        """Exact output length in samples (musical time), or None: as the daemon delivers it."""
+        v = self.values
+        if "bars" in v:
+            return bars_to_samples(v["bars"], v["bpm"], rate, BEATS_PER_BAR)
+        return seconds_to_samples(v["duration_s"], rate) if "duration_s" in v else None
+
+
+class OscBridge:
+    def __init__(self, endpoint: str, listen: str = DEFAULT_OSC, reply_port: int = DEFAULT_REPLY_PORT,
+                 output: OutputDir | None = None, client_host: str = "127.0.0.1", clean_outputs: bool = False,
+                 curve_server_key: bytes | None = None):
+        host, _, port = listen.rpartition(":")
+        self.endpoint, self.reply_port, self.client_host = endpoint, int(reply_port), client_host
+        self.output = output or OutputDir()
+        self.own_files = PathPolicy([self.output.ensure()])  # results we wrote may be inpainted again
+        self.clean_outputs, self.curve_server_key = clean_outputs, curve_server_key
+        self.inbox: queue.Queue = queue.Queue()
+        self.jobs: dict[str, Job] = {}  # protocol request id -> job
+        self.by_osc: dict[tuple[str, str], Job] = {}
+        self.pending: dict[str, tuple[str, str, float]] = {}  # ping/status id -> (ip, address, sent at)
+        self.counter = 0
+        self.stop = threading.Event()
+        self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dispatcher = Dispatcher()
+        dispatcher.set_default_handler(self._on_osc, needs_reply_address=True)
+        self.server = ThreadingOSCUDPServer((host or "127.0.0.1", int(port)), dispatcher)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("OSC bridge listens on %s: anyone who reaches that port can use the daemon", listen)
+        self.threads = [threading.Thread(target=self.server.serve_forever, name="osc-udp", daemon=True),
+                        threading.Thread(target=self._run, name="osc-dealer", daemon=True)]
+
+    def start(self) -> OscBridge:
+        for t in self.threads:
+            t.start()
+        self.send(self.client_host, "/magnet/startup", _version(), self.port)
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        for t in self.threads:
+            t.join(5.0)
+        self.tx.close()
+
+    # ---- OSC side (server threads) ----------------------------------------------------------------------------
+    def send(self, ip: str, address: str, *args: Any) -> None:
+        b = OscMessageBuilder(address)
+        for a in args:
+            b.add_arg(a)
+        try:
+            self.tx.sendto(b.build().dgram, (ip, self.reply_port))
+        except OSError as exc:
+            log.warning("cannot send %s to %s:%d: %s", address, ip, self.reply_port, exc)
+
+    def error(self, ip: str, osc_id: str, code: str, message: str, address: str) -> None:
+        log.info("%s %s: %s %s", address, osc_id, code, message)
+        self.send(ip, "/magnet/error", osc_id, code, message[:1000], address)
+
+    def _on_osc(self, client: tuple, address: str, *args: Any) -> None:
+        try:
+            self.inbox.put((client[0], address, parse(address, args)))
+        except OscError as exc:
+            self.error(client[0], args[0] if args and isinstance(args[0], str) else "", exc.code, exc.message, address)
+
+    # ---- daemon side (the one thread that owns the DEALER) ----------------------------------------------------------
+    def _run(self) -> None:
+        ctx = zmq.Context.instance()
+        self.dealer = ctx.socket(zmq.DEALER)
+        self.dealer.linger = 0
+        if self.curve_server_key:
+            self.dealer.curve_publickey, self.dealer.curve_secretkey = zmq.curve_keypair()
+            self.dealer.curve_serverkey = self.curve_server_key
+        self.dealer.connect(self.endpoint)
+        next_beat = next_clean = 0.0
+        try:
+            while not self.stop.is_set():
+                while True:
+                    try:
+                        self._start(*self.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                while self.dealer.poll(20, zmq.POLLIN):
+                    try:
+                        self._on_reply(P.unpack(self.dealer.recv()))
+                    except Exception:  # noqa: BLE001 - one bad reply must not stop the bridge
+                        log.exception("cannot handle a daemon reply")
+                now = time.monotonic()
+                if self.jobs and now >= next_beat:  # the daemon drops silent clients (--client-timeout)
+                    next_beat = now + HEARTBEAT_S
+                    self._send(P.Ping(id=self._rid("hb")))
+                if self.clean_outputs and now >= next_clean:
+                    next_clean = now + CLEANUP_S
+                    self.output.cleanup()
+                self._expire(now)
+        finally:
+            self.dealer.close()
+
+    def _rid(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def _send(self, msg: P.Message) -> None:
+        self.dealer.send(P.pack(msg))
+
+    def _start(self, ip: str, address: str, v: dict[str, Any]) -> None:
+        osc_id = v.get("id", "")
+        try:
+            if address in ("/magnet/ping", "/magnet/status"):
+                rid = self._rid("p" if address == "/magnet/ping" else "s")
+                self.pending[rid] = (ip, address, time.monotonic())
+                self._send(P.Ping(id=rid) if address == "/magnet/ping" else P.Status(id=rid))
+            elif address == "/magnet/cancel":
+                job = self.by_osc.get((ip, osc_id))
+                if job is None:
+                    raise OscError("not_found", f"no running job {osc_id!r} from this host")
+                self._send(P.Cancel(id=self._rid("c"), target=job.rid))
+            else:
+                if (ip, osc_id) in self.by_osc:
+                    raise OscError("duplicate_id", f"job {osc_id!r} is still running; use a fresh id")
+                job = Job(ip, osc_id, address, v, outputs=v.get("count", 1))
+                job.seed = v["seed"] if v["seed"] >= 0 else random.randrange(2**24)  # exact in Pd's floats
+                self._submit(job, self._request(job))
+                self.by_osc[(ip, osc_id)] = job
+        except OscError as exc:
+            self.error(ip, osc_id, exc.code, exc.message, address)
+        except P.ProtocolError as exc:
+            self.error(ip, osc_id, exc.code.value, exc.message, address)
+
+    def _request(self, job: Job) -> P.Render:
+        v, common = job.values, {"preset": job.values["preset"], "seed": job.seed}
+        seconds = job.seconds()
+        duration = math.ceil(seconds * FRAME_RATE) / FRAME_RATE if seconds is not None else None  # trimmed later
+        if job.address in ("/magnet/generate", "/magnet/variations", "/magnet/loop"):
+            return P.Generate(id="x", prompt=v["prompt"], duration_s=duration, variations=job.outputs, **common)
+        source = self._source(v["wav_path"])
+        if job.address == "/magnet/inpaint":
+            return P.Inpaint(id="x", source=source, start_s=v["start_s"], end_s=v["end_s"], prompt=v["prompt"],
+                             **common)
+        return P.Continue(id="x", source=source, prompt=v["prompt"], duration_s=duration, **common)
+
+    def _source(self, path: str) -> P.Source:
+        """A WAV this bridge wrote is sent inline (the daemon need not allow our folder); any other path goes
+        to the daemon, which reads it only from its --allow-dir folders."""
+        try:
+            audio, rate = self.own_files.read_audio(path, P.MAX_DURATION_S)
+        except P.ProtocolError as exc:
+            if exc.code == P.ErrorCode.FORBIDDEN_PATH:
+                return P.Source(path=path)
+            raise
+        return _inline(audio, rate)
+
+    def _submit(self, job: Job, msg: P.Render) -> None:
+        self.jobs.pop(job.rid, None)
+        job.rid, job.deadline, job.chunks = self._rid("j"), time.monotonic() + REPLY_TIMEOUT_S, {}
+        self._send(replace(msg, id=job.rid))
+        self.jobs[job.rid] = job
+
+    def _end(self, job: Job) -> None:
+        self.jobs.pop(job.rid, None)
+        self.by_osc.pop((job.ip, job.osc_id), None)
+
+    def _on_reply(self, msg: P.Message) -> None:
+        if msg.id in self.pending:
+            ip, address, sent = self.pending.pop(msg.id)
+            if isinstance(msg, P.Pong):
+                self.send(ip, "/magnet/pong", (time.monotonic() - sent) * 1000.0)
+            elif isinstance(msg, P.StatusReply):
+                queued = sum(e.state == "queued" for e in msg.queue)
+                self.send(ip, "/magnet/status", msg.model or "", msg.device, msg.running, queued, len(self.by_osc))
+            elif isinstance(msg, P.Error):
+                self.error(ip, "", msg.code.value, msg.message, address)
+            return
+        job = self.jobs.get(msg.id)
+        if job is None:
+            return  # heartbeats, cancel replies, and replies to jobs already ended
+        job.deadline = None
+        if isinstance(msg, P.Accepted) and job.phase == 0:
+            self.send(job.ip, "/magnet/accepted", job.osc_id, msg.queue_position)
+        elif isinstance(msg, P.Progress):
+            self.send(job.ip, "/magnet/progress", job.osc_id, (job.phase + msg.step / msg.total) / job.phases)
+        elif isinstance(msg, P.AudioChunk):
+            job.rate = msg.sample_rate
+            job.chunks.setdefault(msg.variation, []).append(P.pcm_decode(msg.data, msg.format, msg.channels))
+        elif isinstance(msg, P.Done):
+            try:
+                self._done(job, msg)
+            except Exception as exc:  # noqa: BLE001 - reported to the OSC client
+                self._end(job)
+                err = exc if isinstance(exc, P.ProtocolError) else P.ProtocolError(P.ErrorCode.INTERNAL, str(exc))
+                self.error(job.ip, job.osc_id, err.code.value, err.message, job.address)
+        elif isinstance(msg, P.Cancelled):
+            self._end(job)
+            self.send(job.ip, "/magnet/cancelled", job.osc_id)
+        elif isinstance(msg, P.Error):
+            self._end(job)
+            self.error(job.ip, job.osc_id, msg.code.value, msg.message, job.address)
+
+    def _done(self, job: Job, msg: P.Done) -> None:
+        outs = [np.concatenate(job.chunks[v], axis=-1) for v in range(job.outputs)]
+        n = job.samples(job.rate)
+        if n is not None and any(a.shape[-1] < n for a in outs):
+            raise P.ProtocolError(P.ErrorCode.INTERNAL, f"the daemon sent {outs[0].shape[-1]} samples, {n} needed")
+        outs = [a[:, :n] if n is not None else a for a in outs]
+        if job.phases == 2:
+            plan = plan_samples(outs[0].shape[-1], job.rate, FRAME_RATE)
+            if job.phase == 0:  # seal the wrap: inpaint the rotated clip around its middle
+                job.phase = 1
+                start, end = plan.region()
+                self._submit(job, P.Inpaint(id="x", source=_inline(plan.rotate(outs[0]), job.rate), start_s=start,
+                                            end_s=end, prompt=job.values["prompt"], preset=job.values["preset"],
+                                            seed=job.seed))
+                return
+            outs = [plan.unrotate(outs[0])]
+        self._end(job)
+        for v, a in enumerate(outs):
+            path = self.output.write_wav(a, job.rate, name_hint=f"{job.osc_id}-{v}")
+            self.send(job.ip, "/magnet/done", job.osc_id, path, a.shape[-1] / job.rate, a.shape[-1], job.rate,
+                      job.seed + v, v, job.outputs)
+
+    def _expire(self, now: float) -> None:
+        late = f"the daemon at {self.endpoint} did not answer within {REPLY_TIMEOUT_S:g} s"
+        for job in [j for j in self.jobs.values() if j.deadline is not None and now > j.deadline]:
+            self._end(job)
+            self.error(job.ip, job.osc_id, "unreachable", late, job.address)
+        for rid, (ip, address, sent) in list(self.pending.items()):
+            if now - sent > REPLY_TIMEOUT_S:
+                del self.pending[rid]
+                self.error(ip, "", "unreachable", late, address)
+
+
+def _inline(audio: np.ndarray, rate: int) -> P.Source:
+    return P.Source(audio=P.AudioData(data=P.pcm_encode(audio, "f32"), sample_rate=rate, channels=audio.shape[0]))
+
+
+def _version() -> str:
+    try:
+        return metadata.version("magnet-rt")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+# ---- wiring ------------------------------------------------------------------------------------------------------
+def add_osc_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    g = parser.add_argument_group("OSC bridge (protocol/OSC.md)")
+    g.add_argument("--osc", metavar="HOST:PORT", default=default,
+                   help=f"listen for OSC on this UDP address, e.g. {DEFAULT_OSC} (loopback unless you mean it)")
+    g.add_argument("--osc-reply-port", type=int, default=DEFAULT_REPLY_PORT, metavar="PORT",
+                   help=f"replies go to the sender's IP at this port (default {DEFAULT_REPLY_PORT})")
+    g.add_argument("--osc-client", default="127.0.0.1", metavar="HOST",
+                   help="where /magnet/startup is sent when the bridge starts (default 127.0.0.1)")
+
+
+def start_osc_bridge(args: argparse.Namespace, endpoint: str, files: OutputDir | None = None) -> OscBridge:
+    """Start the bridge for `magnet-rt serve --osc`: `endpoint` is the daemon's bound endpoint, `files` its
+    output folder (the daemon cleans it)."""
+    key = None
+    if getattr(args, "curve_secret", None):
+        from .keys import load_server_secret
+        key = load_server_secret(args.curve_secret)[0]
+    endpoint = re.sub(r"://(0\.0\.0\.0|\*):", "://127.0.0.1:", endpoint)
+    return OscBridge(endpoint, args.osc, args.osc_reply_port, files, args.osc_client, curve_server_key=key).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m daemon.osc", description="OSC bridge to a running magnet-rt daemon.")
+    p.add_argument("--connect", default=P.DEFAULT_ENDPOINT, metavar="ENDPOINT", help="the daemon's endpoint")
+    p.add_argument("--output-dir", default=None, metavar="DIR", help="folder for WAV results")
+    p.add_argument("--output-ttl", type=float, default=3600.0, metavar="SECONDS", help="delete results older than this")
+    add_osc_arguments(p, default=DEFAULT_OSC)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    output = OutputDir(args.output_dir, args.output_ttl)
+    bridge = OscBridge(args.connect, args.osc, args.osc_reply_port, output, args.osc_client, clean_outputs=True)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    bridge.start()
+    print(f"magnet-rt osc bridge on {bridge.server.server_address[0]}:{bridge.port}, replies to port "
+          f"{bridge.reply_port}, daemon {args.connect}, outputs in {output.root}", flush=True)
+    done.wait()
+    bridge.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

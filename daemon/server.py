@@ -1,0 +1,453 @@
+"""`magnet-rt serve`: one ROUTER socket, a poll loop on the main thread, a dispatch table of handlers.
+
+The loop never waits on the engine: renders, loads and unloads go to the scheduler's queue and the
+engine worker (daemon.worker) posts what it produces back over an inproc PUSH/PULL pair, which this
+thread forwards, so only this thread touches the ROUTER. ping, status and cancel are answered while a
+batch runs. Every frame gets a typed answer: a frame that is not a message gets `bad_request`, a
+handler that raises gets its error, and the loop goes on.
+
+Shutdown (SIGINT/SIGTERM): stop accepting work (new requests get `shutting_down`), answer queued requests
+with `cancelled` (PROTOCOL.md §6), let the running batch finish (`done`), then close with linger and exit 0.
+A second signal cancels the running batch at its next step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+
+import torch
+import zmq
+
+from magnet_rt.presets import preset_names
+from magnet_rt.registry import TINY_RANDOM
+from protocol import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_OUTPUTS,
+    MAX_PROMPTS,
+    MAX_VARIATIONS,
+    PROTOCOL_VERSION,
+    Accepted,
+    Cancelled,
+    CancelReply,
+    Error,
+    ErrorCode,
+    Limits,
+    LoadReply,
+    Message,
+    ModelsReply,
+    Pong,
+    ProtocolError,
+    QueueEntry,
+    StatusReply,
+    UnloadReply,
+    Welcome,
+    pack,
+    unpack,
+)
+
+from . import render
+from .errors import to_protocol_error
+from .files import OutputDir, PathPolicy
+from .keys import is_local_endpoint, load_server_secret
+from .logs import LOG_FORMATS, ctx, setup_logging
+from .models import ModelManager, describe_device
+from .osc import add_osc_arguments, start_osc_bridge
+from .scheduler import Scheduler, State, Ticket
+from .worker import Worker
+
+log = logging.getLogger("daemon")
+
+OUTBOX = "inproc://magnet-rt-outbox"
+POLL_MS = 100
+HOUSEKEEPING_S = 0.5
+CLEANUP_EVERY_S = 60.0
+MAX_FRAMES_PER_TURN = 256  # bound one loop turn so neither socket starves the other
+SEND_HWM = 100_000  # progress + audio chunks of many requests to a slow reader
+
+
+def daemon_version() -> str:
+    try:
+        return metadata.version("magnet-rt")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.max_bytes = args.max_message_bytes
+        self.sched = Scheduler(max_queue=args.max_queue, max_batch=args.max_batch)
+        self.models = ModelManager(args.model, device=args.device, keep_alive_s=args.keep_alive)
+        self.files = PathPolicy(args.allow_dir)
+        self.outputs = OutputDir(args.output_dir, ttl_s=args.output_ttl)
+        self.started = time.monotonic()
+        self.signals = 0
+        self.stopping = False
+        self.failed = False
+        self.clients: dict[bytes, str] = {}  # routing id -> name from hello
+        self.gone: set[bytes] = set()
+        self.handlers: dict[str, Callable[[bytes, Message], None]] = {
+            "hello": self.on_hello, "ping": self.on_ping, "status": self.on_status, "models": self.on_models,
+            "cancel": self.on_cancel, "load": self.on_load, "unload": self.on_unload,
+            "generate": self.on_render, "inpaint": self.on_render, "continue": self.on_render,
+        }
+
+    # ---- setup ------------------------------------------------------------------------------------------
+    def open(self) -> str:
+        """Bind, load and warm the default model, start the worker. Returns the bound endpoint."""
+        self.zctx = zmq.Context()
+        self.router = self.pull = None
+        self.router = self.zctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer raises EHOSTUNREACH
+        self.router.setsockopt(zmq.MAXMSGSIZE, self.max_bytes)  # larger frames: libzmq drops the peer
+        self.router.sndhwm = SEND_HWM
+        self.router.linger = 0
+        if "[" in self.args.bind:
+            self.router.ipv6 = True
+        if self.args.curve_secret:
+            public, secret = load_server_secret(self.args.curve_secret)
+            self.router.curve_server = True
+            self.router.curve_publickey, self.router.curve_secretkey = public, secret
+        self.router.bind(self.args.bind)
+        endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.pull = self.zctx.socket(zmq.PULL)
+        self.pull.bind(OUTBOX)
+        self.models.load(self.args.model)
+        self.worker = Worker(self.zctx, OUTBOX, self.sched, self.models, self.max_bytes)
+        self.worker.start()
+        self.outputs.cleanup()
+        return endpoint
+
+    def close(self) -> None:
+        if getattr(self, "zctx", None) is None:
+            return
+        if getattr(self, "router", None) is not None:
+            self.router.close(linger=2000)  # let the last answers leave
+        if getattr(self, "pull", None) is not None:
+            self.pull.close(linger=0)
+        self.zctx.term()
+        self.zctx = None
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.pull, zmq.POLLIN)
+        next_house, next_cleanup = 0.0, time.monotonic() + CLEANUP_EVERY_S
+        while True:
+            events = dict(poller.poll(POLL_MS))
+            if self.pull in events:
+                self._forward()
+            if self.router in events:
+                for _ in range(MAX_FRAMES_PER_TURN):
+                    try:
+                        frames = self.router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.dispatch(frames)
+            now = time.monotonic()
+            if self.signals and not self.stopping:
+                self.begin_shutdown()
+            if self.signals > 1:
+                self.sched.cancel_running()
+            if not self.worker.is_alive():
+                self._forward(limit=None)
+                if not self.stopping:  # the engine thread died: answer everything, then exit 1
+                    self.worker_died()
+                return
+            if now >= next_house:
+                next_house = now + HOUSEKEEPING_S
+                self.housekeeping()
+            if now >= next_cleanup:
+                next_cleanup = now + CLEANUP_EVERY_S
+                self.outputs.cleanup()
+
+    def _forward(self, limit: int | None = MAX_FRAMES_PER_TURN) -> None:
+        n = 0
+        while limit is None or n < limit:
+            try:
+                client, data = self.pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.send_raw(client, data)
+            n += 1
+
+    def dispatch(self, frames: list[bytes]) -> None:
+        client = frames[0]
+        self.sched.touch(client)
+        self.gone.discard(client)
+        if len(frames) != 2:
+            self.send_error(client, ProtocolError(ErrorCode.BAD_REQUEST,
+                                                  f"a message is exactly one frame, got {len(frames) - 1}"))
+            return
+        try:
+            msg = unpack(frames[1], self.max_bytes)
+        except ProtocolError as exc:
+            log.info("refused a frame: %s", exc, extra=ctx(exc.request_id, client, code=exc.code.value))
+            self.send_error(client, exc)
+            return
+        handler = self.handlers.get(msg.TYPE)
+        try:
+            if handler is None:  # a daemon -> client type sent to the daemon
+                raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"{msg.TYPE!r} is not a request",
+                                    details={"type": msg.TYPE})
+            handler(client, msg)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a typed reply
+            err = to_protocol_error(exc, msg.id)
+            log.info("request refused: %s", err, extra=ctx(msg.id, client, type=msg.TYPE, code=err.code.value))
+            self.send_error(client, err)
+
+    # ---- sending --------------------------------------------------------------------------------------------
+    def send(self, client: bytes, msg: Message) -> None:
+        self.send_raw(client, pack(msg, self.max_bytes))
+
+    def send_error(self, client: bytes, exc: ProtocolError) -> None:
+        rid = None if exc.code == ErrorCode.DUPLICATE_ID else exc.request_id  # PROTOCOL.md §8
+        self.send(client, Error(id=rid, code=exc.code, message=exc.message[:1000], details=exc.details))
+
+    def send_raw(self, client: bytes, data: bytes) -> None:
+        try:
+            self.router.send_multipart([client, data], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                raise
+            self.client_gone(client, "unreachable" if exc.errno == zmq.EHOSTUNREACH else "not reading")
+
+    def client_gone(self, client: bytes, why: str) -> None:
+        """Cancel everything of a client we cannot reach; its queued requests end here, running ones at
+        their next step (their `cancelled` will not reach it either)."""
+        if client in self.gone:
+            return
+        self.gone.add(client)
+        dropped = self.sched.cancel_client(client)
+        log.warning("client %s: cancelling its requests", why, extra=ctx(None, client, queued=len(dropped)))
+
+    # ---- periodic ---------------------------------------------------------------------------------------------
+    def housekeeping(self) -> None:
+        for client in self.sched.stale_clients(self.args.client_timeout):
+            log.warning("client silent for more than %gs while rendering: treated as gone", self.args.client_timeout,
+                        extra=ctx(None, client))
+            for t in self.sched.cancel_client(client):
+                self.send(client, Cancelled(id=t.rid))
+        for client in self.sched.forget_idle_clients(max(600.0, 2 * self.args.client_timeout)):
+            self.clients.pop(client, None)
+            self.gone.discard(client)
+
+    def worker_died(self) -> None:
+        log.critical("the engine worker stopped unexpectedly; shutting down")
+        self.failed = True
+        for t in self.sched.abandon_running():
+            self.send_error(t.client, ProtocolError(ErrorCode.INTERNAL, "the engine failed; see the daemon log",
+                                                    request_id=t.rid))
+        self.begin_shutdown()
+
+    def begin_shutdown(self) -> None:
+        self.stopping = True
+        drained = self.sched.close()
+        log.info("shutting down: %d queued request(s) cancelled, finishing the running batch", len(drained))
+        for t in drained:  # accepted work always gets a terminal answer: done (running) or cancelled (queued)
+            self.send(t.client, Cancelled(id=t.rid))
+
+    # ---- handlers ---------------------------------------------------------------------------------------------
+    def on_hello(self, client: bytes, msg) -> None:
+        self.clients[client] = msg.client
+        log.info("hello from %s", msg.client, extra=ctx(msg.id, client))
+        facts = self.models.facts(self.args.model)
+        limits = Limits(max_message_bytes=self.max_bytes, max_duration_s=facts.segment_s, max_prompts=MAX_PROMPTS,
+                        max_variations=MAX_VARIATIONS, max_outputs=MAX_OUTPUTS, max_queue=self.sched.max_queue)
+        self.send(client, Welcome(id=msg.id, daemon_version=daemon_version(), protocol_version=PROTOCOL_VERSION,
+                                  models=tuple(self.models.known()), default_model=self.args.model,
+                                  presets=tuple(preset_names()), limits=limits, sample_rate=facts.sample_rate,
+                                  frame_rate=facts.frame_rate))
+
+    def on_ping(self, client: bytes, msg) -> None:
+        self.send(client, Pong(id=msg.id, token=msg.token, time=time.time()))
+
+    def on_status(self, client: bytes, msg) -> None:
+        entries, running = self.sched.snapshot()
+        now = self.sched.clock()
+        queue = tuple(QueueEntry(id=t.rid, type=t.kind, state="running" if t.state == State.RUNNING else "queued",
+                                 position=pos, elapsed_s=max(0.0, now - t.accepted_at), own=t.client == client)
+                      for t, pos in entries if t.state != State.FINISHED)
+        loaded = self.models.loaded()
+        on_device = entries[0][0].model if running else (self.args.model if self.args.model in loaded else
+                                                         (loaded[0] if loaded else None))
+        pipe = self.models.get(on_device) if on_device else None
+        device = describe_device(pipe.device) if pipe is not None else str(self.args.device)
+        self.send(client, StatusReply(id=msg.id, model=on_device, device=device, memory=memory_stats(),
+                                      queue=queue, running=running, recent_timings=self.sched.recent_timings(),
+                                      uptime_s=time.monotonic() - self.started,
+                                      last_step_at=self.sched.last_step_at))
+
+    def on_models(self, client: bytes, msg) -> None:
+        self.send(client, ModelsReply(id=msg.id, models=tuple(self.models.info()), default_model=self.args.model))
+
+    def on_cancel(self, client: bytes, msg) -> None:
+        state, _ = self.sched.cancel(client, msg.target, by=msg.id)
+        if state is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no queued or running request {msg.target!r}",
+                                details={"target": msg.target})
+        log.info("cancel %s (%s)", msg.target, state.value, extra=ctx(msg.id, client, target=msg.target))
+        self.send(client, CancelReply(id=msg.id, target=msg.target, state=state.value))
+        if state == State.QUEUED:  # a running target ends on the worker at its next step
+            self.send(client, Cancelled(id=msg.target, by=msg.id))
+
+    def _known_model(self, name: str) -> None:
+        if not self.models.is_known(name):
+            raise ProtocolError(ErrorCode.UNKNOWN_MODEL, f"unknown model {name!r}", details={"model": name})
+
+    def on_load(self, client: bytes, msg) -> None:
+        self._refuse_if_stopping()
+        self._known_model(msg.model)
+        if self.models.refresh(msg.model, msg.keep_alive_s):  # resident: only the keep-alive changes
+            self.send(client, LoadReply(id=msg.id, model=msg.model, load_s=0.0))
+            return
+        self.sched.submit(Ticket(client, msg.id, "load", msg.model, payload=msg.keep_alive_s))
+
+    def on_unload(self, client: bytes, msg) -> None:
+        self._refuse_if_stopping()
+        self._known_model(msg.model)
+        if self.models.get(msg.model) is None:
+            self.send(client, UnloadReply(id=msg.id, model=msg.model))
+            return
+        self.sched.submit(Ticket(client, msg.id, "unload", msg.model))
+
+    def on_render(self, client: bytes, msg) -> None:
+        self._refuse_if_stopping()
+        self.sched.check_new(client, msg.id)
+        name = msg.model or self.args.model
+        self._known_model(name)
+        pipe = self.models.get(name)
+        if pipe is None:
+            raise ProtocolError(ErrorCode.MODEL_NOT_LOADED, f"model {name} is not loaded; send load first",
+                                details={"model": name})
+        plan = render.admit(msg, pipe, self.files)
+        ticket = Ticket(client, msg.id, msg.TYPE, name, rows=plan.outputs, payload=plan,
+                        prepared=plan.job is not None,
+                        key=(name, plan.job.batch_key()) if plan.job is not None else None)
+        position = self.sched.submit(ticket)
+        self.send(client, Accepted(id=msg.id, queue_position=position, outputs=plan.outputs, seed=plan.seed))
+        log.info("accepted %s", msg.TYPE, extra=ctx(msg.id, client, position=position, outputs=plan.outputs,
+                                                      model=name, seed=plan.seed))
+
+    def _refuse_if_stopping(self) -> None:
+        if self.stopping:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down and takes no more work")
+
+
+def memory_stats() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/statm") as f:
+            out["rss"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+        out["rss_peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["allocated"] = int(torch.cuda.memory_allocated())
+        out["peak"] = int(torch.cuda.max_memory_allocated())
+        out["reserved"] = int(torch.cuda.memory_reserved())
+        out["total"] = int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+    return out
+
+
+# ---- command line -------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="magnet-rt serve", description="Run the magnet-rt daemon: a resident MAGNeT model behind ZeroMQ.",
+        epilog="examples:\n  magnet-rt serve\n  magnet-rt serve --bind ipc:///tmp/magnet-rt.sock --allow-dir ~/loops\n"
+               "  magnet-rt serve --bind tcp://0.0.0.0:5555 --curve-secret keys/server.key_secret",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bind", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
+                   help=f"ZeroMQ endpoint (default {DEFAULT_ENDPOINT}; ipc:// too; tcp://127.0.0.1:* picks a port)")
+    p.add_argument("--model", default=TINY_RANDOM, help=f"model to serve and keep loaded (default {TINY_RANDOM})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--max-queue", type=int, default=32, metavar="N", help="queued requests before busy (default 32)")
+    p.add_argument("--max-batch", type=int, default=16, metavar="ROWS",
+                   help="most outputs decoded in one batch (default 16)")
+    p.add_argument("--client-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a rendering client silent this long is treated as gone (default 30)")
+    p.add_argument("--keep-alive", type=float, default=300.0, metavar="SECONDS",
+                   help="how long a non-default model stays loaded after its last use; negative: forever "
+                        "(default 300)")
+    p.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
+                   help="folder whose files requests may name as source.path (repeatable; none: no paths)")
+    p.add_argument("--output-dir", default=None, metavar="DIR",
+                   help="folder for WAV results (default ~/.cache/magnet-rt/outputs)")
+    p.add_argument("--output-ttl", type=float, default=3600.0, metavar="SECONDS",
+                   help="WAV results older than this are deleted (default 3600)")
+    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, metavar="BYTES",
+                   help=f"largest frame accepted, ZMQ_MAXMSGSIZE (default {DEFAULT_MAX_MESSAGE_BYTES})")
+    p.add_argument("--curve-secret", default=None, metavar="FILE",
+                   help="server.key_secret from `magnet-rt keys`: encrypt with CurveZMQ")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback bind without CurveZMQ (anyone who reaches the port can use the GPU)")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="human", help="stderr log lines (default human)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_osc_arguments(p)
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not is_local_endpoint(args.bind) and not args.curve_secret and not args.insecure:
+        p.error(f"--bind {args.bind} is reachable from other machines: give --curve-secret FILE "
+                "(create keys with `magnet-rt keys DIR`), or pass --insecure if you really mean it")
+    for name in ("max_queue", "max_batch", "max_message_bytes"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.client_timeout <= 0:
+        p.error("--client-timeout must be positive")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    setup_logging(args.log_format, args.log_level)
+    try:
+        daemon = Daemon(args)
+    except ValueError as exc:  # a bad --allow-dir
+        parser.error(str(exc))
+    handlers = {}
+
+    def on_signal(signum, _frame) -> None:
+        daemon.signals += 1
+        log.info("signal %s received (%d)", signal.Signals(signum).name, daemon.signals)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers[sig] = signal.signal(sig, on_signal)
+    try:
+        try:
+            endpoint = daemon.open()
+        except Exception as exc:  # noqa: BLE001 - reported, then exit 1
+            log.debug("startup failed", exc_info=True)
+            print(f"Error: cannot start the daemon: {exc}", file=sys.stderr)
+            daemon.close()
+            return 1
+        random = " (RANDOM WEIGHTS: noise, not music)" if args.model == TINY_RANDOM else ""
+        log.info("serving model %s%s on %s", args.model, random, endpoint,
+                 extra={"ctx": {"model": args.model, "endpoint": endpoint}})
+        bridge = start_osc_bridge(args, endpoint, daemon.outputs) if args.osc else None
+        if bridge is not None:
+            print(f"magnet-rt osc on {args.osc} (replies to port {args.osc_reply_port})", flush=True)
+        device = describe_device(daemon.models.get(args.model).device)
+        print(f"magnet-rt ready on {endpoint} model={args.model} device={device}", flush=True)
+        try:
+            daemon.serve()
+        finally:
+            if bridge is not None:
+                bridge.close()
+        daemon.close()
+        log.info("stopped")
+        return 1 if daemon.failed else 0
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)

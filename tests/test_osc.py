@@ -1,0 +1,204 @@
+"""The OSC bridge against a real daemon (tiny-random, CPU): every address of protocol/OSC.md, bad input, and
+liblo's oscsend/oscdump (a client we did not write)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from test_osc_support import Receiver, client, free_udp_port, need_binary, start_bridge, start_daemon
+
+from magnet_rt.audio import bars_to_samples
+
+pytestmark = pytest.mark.slow
+SR = 32000
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("osc")
+    allow, out = tmp / "allowed", tmp / "out"
+    allow.mkdir()
+    daemon, endpoint = start_daemon(tmp, allow)
+    reply = free_udp_port()
+    rx = Receiver(reply)
+    bridge, port = start_bridge(endpoint, reply, out)
+    yield {"rx": rx, "tx": client(port), "port": port, "allow": allow, "out": out, "endpoint": endpoint,
+           "bridge": bridge}
+    rx.close()
+    bridge.stop()
+    daemon.stop()
+
+
+def done_of(rig, address, *args, timeout=60.0):
+    rig["tx"].send_message(address, list(args))
+    osc_id = args[0]
+    msg = rig["rx"].expect("/magnet/done", osc_id, timeout)
+    return msg
+
+
+def check_wav(msg, out: Path, samples: int | None = None):
+    _, osc_id, path, duration, n, rate, seed, variation, outputs = msg
+    assert os.path.isabs(path) and Path(path).parent == out.resolve()
+    info = sf.info(path)
+    assert (info.frames, info.samplerate) == (n, rate)
+    assert abs(duration - n / rate) < 1e-4
+    if samples is not None:
+        assert n == samples
+    return sf.read(path, dtype="float32", always_2d=True)[0].T
+
+
+def test_startup_and_ping(rig):
+    msg = rig["rx"].expect("/magnet/startup", timeout=5)
+    assert msg[2] == rig["port"]
+    rig["tx"].send_message("/magnet/ping", [])
+    _, ms = rig["rx"].expect("/magnet/pong", timeout=10)
+    assert 0 <= ms < 10000
+
+
+def test_generate_in_bars_is_exact(rig):
+    rx = rig["rx"]
+    msg = done_of(rig, "/magnet/generate", "g1", "warm pad", "live", 7, 1, 123.4)
+    audio = check_wav(msg, rig["out"], bars_to_samples(1, 123.4, SR))  # 62237, not 62236.6 nor 1.96 s
+    assert np.isfinite(audio).all() and audio.shape[0] == 1
+    assert msg[6:] == (7, 0, 1)
+    events = rx.all_of("g1")
+    assert events[0][0] == "/magnet/accepted" and events[0][2] >= 0
+    fractions = [m[2] for m in events if m[0] == "/magnet/progress"]
+    assert fractions and fractions == sorted(fractions) and 0 < fractions[0] and abs(fractions[-1] - 1) < 1e-6
+
+
+def test_generate_seconds_and_default_length(rig):
+    check_wav(done_of(rig, "/magnet/generate", "g2", "pad", "live", 1, 1.234), rig["out"], round(1.234 * SR))
+    check_wav(done_of(rig, "/magnet/generate", "g3", "pad", "live", -1), rig["out"], 10 * SR)
+
+
+def test_variations(rig):
+    rig["tx"].send_message("/magnet/variations", ["v1", "pad", "live", 5, 2, 1.0])
+    a = rig["rx"].expect("/magnet/done", "v1")
+    b = rig["rx"].expect("/magnet/done", "v1")
+    assert (a[6:], b[6:]) == ((5, 0, 2), (6, 1, 2))
+    assert a[2] != b[2]
+    assert not np.array_equal(check_wav(a, rig["out"], SR), check_wav(b, rig["out"], SR))
+
+
+def test_loop_has_exact_musical_length(rig):
+    msg = done_of(rig, "/magnet/loop", "l1", "pad", 1, 97.3, "live", 3)
+    audio = check_wav(msg, rig["out"], bars_to_samples(1, 97.3, SR))
+    assert np.isfinite(audio).all()
+    progress = [m[2] for m in rig["rx"].all_of("l1") if m[0] == "/magnet/progress"]
+    assert progress == sorted(progress) and any(p < 0.5 for p in progress) and abs(progress[-1] - 1) < 1e-6
+
+
+def test_inpaint_a_result_and_an_allowed_file(rig):
+    msg = done_of(rig, "/magnet/generate", "s1", "pad", "live", 2, 2.0)
+    src, path = check_wav(msg, rig["out"], 2 * SR), msg[2]
+    msg = done_of(rig, "/magnet/inpaint", "i1", path, 0.5, 1.0, "pad", "live", 4)
+    new = check_wav(msg, rig["out"], 2 * SR)
+    a, b = round(0.5 * SR), round(1.0 * SR)
+    np.testing.assert_array_equal(new[:, :a], src[:, :a])  # kept sample for sample outside the region
+    np.testing.assert_array_equal(new[:, b:], src[:, b:])
+    assert not np.array_equal(new[:, a:b], src[:, a:b])
+    stereo = rig["allow"] / "beat.wav"  # a file the daemon reads itself: 44.1 kHz stereo
+    sf.write(stereo, np.random.default_rng(0).uniform(-0.3, 0.3, (44100, 2)).astype(np.float32), 44100)
+    msg = done_of(rig, "/magnet/inpaint", "i2", str(stereo), 0.25, 0.5, "pad", "live", 4)
+    assert check_wav(msg, rig["out"], 44100).shape[0] == 2
+
+
+def test_continue_in_bars(rig):
+    path = done_of(rig, "/magnet/generate", "s2", "pad", "live", 2, 1.0)[2]
+    msg = done_of(rig, "/magnet/continue", "k1", path, "pad", "live", 3, 1, 120.0)
+    check_wav(msg, rig["out"], bars_to_samples(1, 120.0, SR))
+
+
+def test_cancel_and_status(rig):
+    tx, rx = rig["tx"], rig["rx"]
+    tx.send_message("/magnet/generate", ["c1", "pad", "studio", 1, 10.0])
+    rx.expect("/magnet/accepted", "c1")
+    tx.send_message("/magnet/status", [])
+    _, model, device, running, queued, jobs = rx.expect("/magnet/status", timeout=10)
+    assert model == "tiny-random" and device and jobs >= 1 and running + queued >= 1
+    tx.send_message("/magnet/cancel", ["c1"])
+    rx.expect("/magnet/cancelled", "c1")
+    tx.send_message("/magnet/cancel", ["c1"])
+    assert rx.expect("/magnet/error", "c1")[2] == "not_found"
+
+
+@pytest.mark.parametrize("address, args, osc_id, code", [
+    ("/magnet/nope", [1], "", "unknown_address"),
+    ("/magnet/generate", ["b1", "pad", "live"], "b1", "invalid_field"),  # missing seed
+    ("/magnet/generate", ["b2", "pad", "live", "seven"], "b2", "invalid_field"),  # wrong type
+    ("/magnet/generate", ["b3", "pad", "live", 1.5], "b3", "invalid_field"),
+    ("/magnet/generate", [3, "pad", "live", 1], "", "invalid_field"),  # id not a string
+    ("/magnet/generate", ["b4", "pad", "live", 1, 0, 120.0], "b4", "invalid_field"),  # 0 bars
+    ("/magnet/generate", ["b5", "pad", "live", 1, 40.0], "b5", "invalid_field"),  # > 30 s
+    ("/magnet/generate", ["b6", "pad", "no-such-preset", 1, 1.0], "b6", "unknown_preset"),
+    ("/magnet/loop", ["b7", "pad", 1, 0.0, "live", 1], "b7", "invalid_field"),  # bpm 0
+    ("/magnet/inpaint", ["b8", "/etc/passwd", 0.0, 1.0, "x", "live", 1], "b8", "forbidden_path"),
+    ("/magnet/inpaint", ["b9", "relative.wav", 0.0, 1.0, "x", "live", 1], "b9", "forbidden_path"),
+    ("/magnet/continue", ["b10", "/dev/zero", "x", "live", 1, 2.0], "b10", "forbidden_path"),
+])
+def test_bad_input_gets_an_error_and_the_bridge_keeps_serving(rig, address, args, osc_id, code):
+    rig["tx"].send_message(address, args)
+    msg = rig["rx"].expect("/magnet/error", osc_id, timeout=15)
+    assert msg[2] == code and msg[3] and msg[4] == address
+    rig["tx"].send_message("/magnet/ping", [])
+    rig["rx"].expect("/magnet/pong", timeout=10)
+
+
+def test_paths_that_escape_or_are_not_audio(rig):
+    allow = rig["allow"]
+    (allow / "notes.wav").write_text("not audio")
+    (allow / "escape.wav").symlink_to("/etc/passwd")
+    (allow / "zero.wav").symlink_to("/dev/zero")
+    os.mkfifo(allow / "fifo.wav")
+    cases = {"e1": (str(allow / "notes.wav"), "invalid_audio"), "e2": (str(allow / "escape.wav"), "forbidden_path"),
+             "e3": (str(allow / "zero.wav"), "forbidden_path"), "e4": (str(allow / "fifo.wav"), "forbidden_path"),
+             "e5": (f"{allow}/../{allow.name}/notes.wav", "forbidden_path"),
+             "e6": (str(allow / "missing.wav"), "invalid_audio")}
+    for osc_id, (path, _) in cases.items():
+        rig["tx"].send_message("/magnet/inpaint", [osc_id, path, 0.0, 0.5, "x", "live", 1])
+    for osc_id, (path, code) in cases.items():
+        assert rig["rx"].expect("/magnet/error", osc_id, timeout=15)[2] == code, path
+
+
+def test_duplicate_id_is_refused(rig):
+    tx, rx = rig["tx"], rig["rx"]
+    tx.send_message("/magnet/generate", ["d1", "pad", "studio", 1, 10.0])
+    tx.send_message("/magnet/generate", ["d1", "pad", "live", 1, 1.0])
+    assert rx.expect("/magnet/error", "d1", timeout=15)[2] == "duplicate_id"
+    tx.send_message("/magnet/cancel", ["d1"])
+    rx.expect("/magnet/cancelled", "d1")
+
+
+def test_liblo_oscsend_and_oscdump(rig, tmp_path):
+    """liblo's tools speak to a second bridge (oscdump owns its reply port)."""
+    oscsend, oscdump = need_binary("oscsend", "liblo-tools"), need_binary("oscdump", "liblo-tools")
+    reply = free_udp_port()
+    bridge, port = start_bridge(rig["endpoint"], reply, rig["out"])
+    dump = subprocess.Popen([oscdump, "-L", str(reply)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(0.5)
+        send = [oscsend, "127.0.0.1", str(port)]
+        subprocess.run([*send, "/magnet/ping"], check=True, timeout=10)
+        subprocess.run([*send, "/magnet/generate", "sssiif", "lo1", "dusty drums", "live", "9", "1", "120.5"],
+                       check=True, timeout=10)
+        subprocess.run([*send, "/magnet/generate", "sssf", "lo2", "x", "live", "1.5"], check=True, timeout=10)
+        lines, deadline = [], time.monotonic() + 60
+        while time.monotonic() < deadline and not any("/magnet/done" in s for s in lines):
+            lines.append(dump.stdout.readline())
+    finally:
+        dump.terminate()
+        dump.wait(5)
+        bridge.stop()
+    text = "".join(lines)
+    assert "/magnet/pong f" in text
+    assert '/magnet/accepted si "lo1" 0' in text or '/magnet/accepted si "lo1"' in text
+    assert '/magnet/error ssss "lo2" "invalid_field"' in text
+    done = next(s for s in lines if "/magnet/done" in s)
+    assert ' ssfiiiii "lo1" "' in done and f" {bars_to_samples(1, 120.5, SR)} 32000 9 0 1" in done

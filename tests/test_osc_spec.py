@@ -1,0 +1,133 @@
+"""protocol/OSC.md against daemon/osc.py's dispatcher, argument parsing, and the Max and Pd patches' ports and
+addresses. No daemon needed."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+
+import numpy as np
+import pytest
+from test_osc_support import REPO
+
+from daemon.osc import DEFAULT_OSC, DEFAULT_REPLY_PORT, REPLIES, REQUESTS, OscError, forms, parse
+from magnet_rt.audio import bars_to_samples
+
+SPEC = (REPO / "protocol" / "OSC.md").read_text()
+MAX = REPO / "clients" / "max"
+SEND_PORT = int(DEFAULT_OSC.rpartition(":")[2])
+
+
+def table(title: str) -> dict[str, list[str]]:
+    """Rows of the four-column table under the heading `title`: address -> the other columns."""
+    section = SPEC.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 4 and cells[0].startswith("`/"):
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_request_table_matches_the_dispatcher():
+    rows = table("3. Requests")
+    assert set(rows) == set(REQUESTS)
+    for address, (args, replies, _) in rows.items():
+        assert (args.strip("`") if args != "—" else "") == REQUESTS[address], address
+        assert set(re.findall(r"`(/magnet/\w+)`", replies)) <= set(REPLIES), address
+
+
+def test_reply_table_matches_the_bridge():
+    rows = table("4. Replies")
+    assert {a: r[0].strip("`") for a, r in rows.items()} == REPLIES
+
+
+def test_ports_are_documented_first():
+    ports = SPEC.split("## 2.", 1)[0]
+    assert f"127.0.0.1:{SEND_PORT}" in ports and f"port {DEFAULT_REPLY_PORT}" in ports
+
+
+def test_forms_and_parsing():
+    assert forms(REQUESTS["/magnet/generate"]) == [
+        [("id", "s"), ("prompt", "s"), ("preset", "s"), ("seed", "i")],
+        [("id", "s"), ("prompt", "s"), ("preset", "s"), ("seed", "i"), ("duration_s", "f")],
+        [("id", "s"), ("prompt", "s"), ("preset", "s"), ("seed", "i"), ("bars", "i"), ("bpm", "f")]]
+    assert forms("") == [[]]
+    v = parse("/magnet/generate", ("g", "pad", "live", 7.0, 4.0, float(np.float32(120.1))))  # as Pd sends them
+    assert v == {"id": "g", "prompt": "pad", "preset": "live", "seed": 7, "bars": 4, "bpm": 120.1}
+    assert bars_to_samples(v["bars"], v["bpm"], 32000) == bars_to_samples(4, 120.1, 32000)
+    assert parse("/magnet/generate", ("g", "pad", "live", 1, 2))["duration_s"] == 2.0
+
+
+@pytest.mark.parametrize("address, args, words", [
+    ("/magnet/nope", (), "unknown address"),
+    ("/magnet/generate", ("g", "p", "live"), "takes 4 or 5 or 6 arguments, got 3"),
+    ("/magnet/generate", ("g", "p", "live", "x"), "argument 4 (seed) must be an integer"),
+    ("/magnet/generate", ("g", "p", "live", True), "argument 4 (seed)"),
+    ("/magnet/generate", ("g", "p", "live", 1, float("nan")), "argument 5 (duration_s) must be a number"),
+    ("/magnet/generate", ("", "p", "live", 1), "id must have 1 to 64"),
+    ("/magnet/generate", ("g", "p", "live", 2**31), "seed must be in"),
+    ("/magnet/variations", ("g", "p", "live", 1, 9), "count must be in"),
+    ("/magnet/loop", ("g", "p", 65, 120.0, "live", 1), "bars must be in"),
+    ("/magnet/loop", ("g", "p", 4, -1.0, "live", 1), "bpm must be in"),
+    ("/magnet/ping", (1,), "takes 0 arguments"),
+])
+def test_bad_arguments(address, args, words):
+    with pytest.raises(OscError) as err:
+        parse(address, args)
+    assert words in err.value.message
+
+
+# ---- Max --------------------------------------------------------------------------------------------------------
+def amxd_patch() -> dict:
+    data = (MAX / "magnet.amxd").read_bytes()
+    assert data[:4] == b"ampf" and data[8:12] == b"aaaa" and data[12:16] == b"meta" and data[24:28] == b"ptch"
+    (size,) = struct.unpack("<I", data[28:32])
+    assert size == len(data) - 32
+    return json.loads(data[32:])
+
+
+@pytest.mark.parametrize("load", [lambda: json.loads((MAX / "magnet.maxpat").read_text()), amxd_patch],
+                         ids=["maxpat", "amxd"])
+def test_max_patch(load):
+    patcher = load()["patcher"]
+    boxes = {b["box"]["id"]: b["box"] for b in patcher["boxes"]}
+    assert len(boxes) == len(patcher["boxes"])
+    for line in patcher["lines"]:
+        (src, outlet), (dst, inlet) = line["patchline"]["source"], line["patchline"]["destination"]
+        assert outlet < boxes[src]["numoutlets"] and inlet < boxes[dst]["numinlets"], line
+    texts = [b.get("text", "") for b in boxes.values()]
+    assert [t for t in texts if t.startswith("udpsend")] == [f"udpsend 127.0.0.1 {SEND_PORT}"]
+    assert [t for t in texts if t.startswith("udpreceive")] == [f"udpreceive {DEFAULT_REPLY_PORT} @defer 1"]
+    routed = {w for t in texts if t.startswith("route /magnet") for w in t.split()[1:]}
+    sent = {w for t in texts if not t.startswith("route") for w in t.split() if w.startswith("/magnet/")}
+    assert routed <= set(REPLIES) and {"/magnet/done", "/magnet/progress", "/magnet/error"} <= routed
+    assert sent <= set(REQUESTS) and {"/magnet/generate", "/magnet/loop", "/magnet/inpaint", "/magnet/variations",
+                                      "/magnet/cancel"} <= sent
+    classes = {b["maxclass"] for b in boxes.values()}
+    assert {"waveform~", "textedit", "umenu"} <= classes
+    assert any(t == "prepend replace" for t in texts) and any(t.startswith("buffer~ ") for t in texts)
+    assert any(t.startswith("groove~ ") for t in texts) and any("loop 1" in t for t in texts)
+
+
+def test_max_files_are_what_the_builder_writes(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_patch", MAX / "build_patch.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    builder.write(tmp_path)
+    for name in ("magnet.maxpat", "magnet.amxd"):
+        assert (tmp_path / name).read_bytes() == (MAX / name).read_bytes(), f"run clients/max/build_patch.py ({name})"
+    assert "live.observer tempo" in json.dumps(amxd_patch())
+
+
+# ---- Pd -----------------------------------------------------------------------------------------------------------
+def test_pd_patch_ports_and_addresses():
+    text = (REPO / "clients" / "pd" / "magnet.pd").read_text()
+    assert f"connect 127.0.0.1 {SEND_PORT};" in text and f"listen {DEFAULT_REPLY_PORT};" in text
+    routed = re.search(r"route (accepted[^;]*);", text).group(1).split()
+    assert {f"/magnet/{w}" for w in routed} <= set(REPLIES)
+    for verb in re.findall(r"magnet-send (\w+)", text):
+        assert f"/magnet/{verb}" in REQUESTS
