@@ -28,9 +28,9 @@ from .client import (
     DEFAULT_TIMEOUT_S,
     AudioAssembler,
     Result,
+    StreamState,
     _Base,
     _is_audio,
-    _Undecodable,
     build_result,
     new_request_id,
 )
@@ -41,17 +41,8 @@ __all__ = ["AsyncMagnetClient", "AsyncRequestStream"]
 log = logging.getLogger("magnet_rt.client")
 
 
-class AsyncRequestStream:
+class AsyncRequestStream(StreamState):
     """Async twin of RequestStream: `async for event in stream`, `async with`, `await stream.aclose()`."""
-
-    def __init__(self, client: AsyncMagnetClient, msg: P.Render) -> None:
-        self.client, self.request, self.id = client, msg, msg.id
-        self.accepted: P.Accepted | None = None
-        self.terminal: P.Event | None = None
-        self._data = client._encode(msg)
-        self._epoch: int | None = None
-        self._closed = False
-        self.on_cancel: Callable[[], None] | None = None  # called just before a cancel is sent
 
     def __aiter__(self) -> AsyncRequestStream:
         return self
@@ -74,29 +65,15 @@ class AsyncRequestStream:
             await self.aclose()
             raise
         except ClientError:
-            self._end() if self._epoch is not None else setattr(self, "_closed", True)  # never sent: not ours
+            self._lost()
             raise
-        if isinstance(msg, P.Accepted):
-            self.accepted = msg
-        if isinstance(msg, _Undecodable | P.Error) or P.is_terminal(msg):
-            self.terminal = msg if not isinstance(msg, _Undecodable) else None
-            self._end()
-        return c._reply(msg)
-
-    def _end(self) -> None:
-        self._closed = True
-        self.client._finish(self.id)
+        return self._received(msg)
 
     async def aclose(self) -> P.Event | None:
-        if self._closed or self.terminal is not None:
+        cancel = self._start_cancel()
+        if cancel is None:
             return self.terminal
-        self._closed = True
         c = self.client
-        if self._epoch is None or self._epoch != c._epoch:
-            return c._finish(self.id)
-        if self.on_cancel is not None:
-            self.on_cancel()
-        cancel = P.Cancel(id=new_request_id(), target=self.id)
         await c._send(cancel, share=self.id)
         deadline = time.monotonic() + c.cancel_timeout_s
         try:
@@ -105,8 +82,7 @@ class AsyncRequestStream:
                 if msg is None:
                     await c._reset()
                     break
-                if msg.id == self.id and (isinstance(msg, P.Error) or P.is_terminal(msg)):
-                    self.terminal = msg
+                self._cancel_reply(msg)
         finally:
             c._finish(self.id, cancel.id)
         return self.terminal

@@ -258,11 +258,11 @@ class _Base:
 
 
 # ==================================================================================================== blocking
-class RequestStream:
-    """Events of one generating request, ending with its terminal message (`done` or `cancelled`; an `error`
-    raises `RequestFailed`). Use it in a `with` block, or call `close()`, so an unfinished request is cancelled."""
+class StreamState:
+    """What the blocking and the asyncio stream share: the request's state and the bookkeeping around
+    each received event and around cancelling. The subclasses only add the (a)waiting."""
 
-    def __init__(self, client: MagnetClient, msg: P.Render) -> None:
+    def __init__(self, client, msg: P.Render) -> None:
         self.client, self.request, self.id = client, msg, msg.id
         self.accepted: P.Accepted | None = None
         self.terminal: P.Event | None = None
@@ -270,6 +270,46 @@ class RequestStream:
         self._epoch: int | None = None
         self._closed = False
         self.on_cancel: Callable[[], None] | None = None  # called just before a cancel is sent
+
+    def _lost(self) -> None:
+        """The connection failed: a request that was sent is over; one never sent was never ours."""
+        if self._epoch is not None:
+            self._end()
+        else:
+            self._closed = True
+
+    def _received(self, msg: Any) -> P.Event:
+        if isinstance(msg, P.Accepted):
+            self.accepted = msg
+        if isinstance(msg, _Undecodable | P.Error) or P.is_terminal(msg):
+            self.terminal = msg if not isinstance(msg, _Undecodable) else None
+            self._end()
+        return self.client._reply(msg)
+
+    def _end(self) -> None:
+        self._closed = True
+        self.client._finish(self.id)
+
+    def _start_cancel(self) -> P.Cancel | None:
+        """Mark the stream closed; the cancel to send, or None when there is nothing left to cancel."""
+        if self._closed or self.terminal is not None:
+            return None
+        self._closed = True
+        if self._epoch is None or self._epoch != self.client._epoch:  # never sent, or its connection is gone
+            self.client._finish(self.id)
+            return None
+        if self.on_cancel is not None:
+            self.on_cancel()
+        return P.Cancel(id=new_request_id(), target=self.id)
+
+    def _cancel_reply(self, msg: Any) -> None:
+        if msg.id == self.id and (isinstance(msg, P.Error) or P.is_terminal(msg)):
+            self.terminal = msg
+
+
+class RequestStream(StreamState):
+    """Events of one generating request, ending with its terminal message (`done` or `cancelled`; an `error`
+    raises `RequestFailed`). Use it in a `with` block, or call `close()`, so an unfinished request is cancelled."""
 
     def __iter__(self) -> RequestStream:
         return self
@@ -292,30 +332,16 @@ class RequestStream:
             self.close()
             raise
         except ClientError:
-            self._end() if self._epoch is not None else setattr(self, "_closed", True)  # never sent: not ours
+            self._lost()
             raise
-        if isinstance(msg, P.Accepted):
-            self.accepted = msg
-        if isinstance(msg, _Undecodable | P.Error) or P.is_terminal(msg):
-            self.terminal = msg if not isinstance(msg, _Undecodable) else None
-            self._end()
-        return c._reply(msg)
-
-    def _end(self) -> None:
-        self._closed = True
-        self.client._finish(self.id)
+        return self._received(msg)
 
     def close(self) -> P.Event | None:
         """Cancel the request if it is still running and wait (bounded) for its terminal message."""
-        if self._closed or self.terminal is not None:
+        cancel = self._start_cancel()
+        if cancel is None:
             return self.terminal
-        self._closed = True
         c = self.client
-        if self._epoch is None or self._epoch != c._epoch:  # never sent, or its connection is gone
-            return c._finish(self.id)
-        if self.on_cancel is not None:
-            self.on_cancel()
-        cancel = P.Cancel(id=new_request_id(), target=self.id)
         c._send(cancel, share=self.id)
         deadline = time.monotonic() + c.cancel_timeout_s
         try:
@@ -324,8 +350,7 @@ class RequestStream:
                 if msg is None:
                     c._reset()  # the daemon stopped answering: drop whatever is still queued
                     break
-                if msg.id == self.id and (isinstance(msg, P.Error) or P.is_terminal(msg)):
-                    self.terminal = msg
+                self._cancel_reply(msg)
         finally:
             c._finish(self.id, cancel.id)
         return self.terminal
