@@ -19,6 +19,7 @@ __all__ = [
     "as_float32",
     "bars_to_samples",
     "downmix",
+    "equal_gain_crossfade",
     "equal_power_crossfade",
     "equal_power_gains",
     "loudness_normalize",
@@ -120,6 +121,16 @@ def equal_power_crossfade(a_tail: np.ndarray, b_head: np.ndarray) -> np.ndarray:
         raise InvalidAudio(f"crossfade needs equal shapes, got {a_tail.shape} and {b_head.shape}")
     fade_out, fade_in = equal_power_gains(a_tail.shape[-1])
     return (a_tail * fade_out + b_head * fade_in).astype(np.float32)
+
+
+def equal_gain_crossfade(a_tail: np.ndarray, b_head: np.ndarray) -> np.ndarray:
+    """Crossfade with linear gains (i + 0.5) / n summing to 1: for two *correlated* signals (e.g. two
+    renderings of the same codes), where equal-power gains would swell the level by up to 3 dB."""
+    if a_tail.shape != b_head.shape:
+        raise InvalidAudio(f"crossfade needs equal shapes, got {a_tail.shape} and {b_head.shape}")
+    n = a_tail.shape[-1]
+    g = ((np.arange(n, dtype=np.float64) + 0.5) / n).astype(np.float32)
+    return (a_tail * (1 - g) + b_head * g).astype(np.float32)
 
 
 def splice(original: np.ndarray, new: np.ndarray, start: int, end: int, fade: int) -> np.ndarray:

@@ -147,6 +147,7 @@ class _Batch:
         self.gen, self.fixed, self.init, self.cond, self.cross_len = gen, fixed, init, cond, cross_len
         self.groups = groups  # list of (group index, RowGroup) still decoding
         self.cross = cross  # fast path: the text k/v of every layer, computed once per batch
+        self.rows = torch.arange(gen.shape[0])  # each live row's index in the original batch
         self.finished: dict[int, Tensor] = {}
 
     def slices(self):
@@ -165,6 +166,7 @@ class _Batch:
             self.cross_len = self.cross_len.index_select(0, idx)
         if self.cross is not None:
             self.cross = self.cross.select(idx)
+        self.rows = self.rows.index_select(0, idx.cpu())
         return [t.index_select(0, idx) for t in extra]
 
 
@@ -275,7 +277,9 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
             batch.gen[:, stage] = torch.where(masked, tokens, stage_seq)
             if rescorer is not None and params.rescore_weight > 0:
                 w = params.rescore_weight
-                conf = torch.where(sel, w * rescorer(batch.gen, stage).to(conf) + (1 - w) * conf, conf)
+                p_r = (rescorer(batch.gen, stage, rows=batch.rows) if getattr(rescorer, "takes_rows", False)
+                       else rescorer(batch.gen, stage))
+                conf = torch.where(sel, w * p_r.to(conf) + (1 - w) * conf, conf)
             if chunked and unit > 1:
                 scores = span_scores(conf, unit, params.span_scoring).masked_fill(~unit_mask, DONT_REMASK)
             elif chunked:

@@ -172,8 +172,11 @@ class MagnetPipeline:
                 on_step(ji, StepEvent(ev.step, ev.total_steps, ev.stage, ev.stage_step, ev.stage_steps, codes))
 
         cancelled = (lambda gi: is_cancelled(row_job[gi])) if is_cancelled is not None else None
+        rescorer = self.rescorer
+        if rescorer is not None and params.rescore_weight > 0 and hasattr(rescorer, "bind"):
+            rescorer = rescorer.bind(text.hidden, text.mask)  # condition the rescorer on each row's text
         out = decode(self.lm, cond, frames, params, groups, fixed=fixed, init_codes=init, cross_len=cross_len,
-                     on_step=step, is_cancelled=cancelled, fast=self.fast, rescorer=self.rescorer)
+                     on_step=step, is_cancelled=cancelled, fast=self.fast, rescorer=rescorer)
         t_dec = time.perf_counter()
         alive = [ji for ji, rows in enumerate(job_rows) if all(out[r] is not None for r in rows)]
         codes_by_job = {ji: torch.cat([out[r] for r in job_rows[ji]]) for ji in alive}
@@ -303,7 +306,8 @@ class MagnetPipeline:
             outs = []
             for v in range(len(new)):
                 cont = _channels(_fit(new[v][..., N - c0 - fade:], total - N + fade), x.shape[0])
-                mixed = audio_ops.equal_power_crossfade(x[:, N - fade:], cont[:, :fade])
+                # the source and the codec's rendering of its own codes are correlated: equal gain
+                mixed = audio_ops.equal_gain_crossfade(x[:, N - fade:], cont[:, :fade])
                 outs.append(np.concatenate([x[:, : N - fade], mixed, cont[:, fade:]], axis=-1))
             res.audio, res.sample_rate = np.stack(outs).astype(np.float32), sr
             res.timings["codec_encode"] = t_enc

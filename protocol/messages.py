@@ -131,6 +131,19 @@ def _map(value: Check | None = None, hi: int = 64) -> Check:
     return check
 
 
+def _detail(path: str, v: Any, depth: int = 0) -> Any:
+    """An error detail: a finite scalar, or a list/map of them, nested at most 4 deep."""
+    if isinstance(v, list | tuple) and depth < 4:
+        return [_detail(f"{path}[{i}]", x, depth + 1) for i, x in enumerate(v)]
+    if isinstance(v, Mapping) and depth < 4:
+        return {k: _detail(f"{path}.{k}", x, depth + 1) for k, x in _map()(path, v).items()}
+    if type(v) is float and not math.isfinite(v):
+        _fail(path, f"must be finite, got {_show(v)}")
+    if type(v) in (bool, int, float, str, bytes) or v is None:
+        return v
+    _fail(path, f"must be nil, bool, a number, str, bin, or a list/map of them; got {_show(v)}")
+
+
 def _scalar(path: str, v: Any) -> Any:
     """A small msgpack scalar: nil, bool, int, finite float, str or bin of at most 64 characters/bytes."""
     if type(v) in (bool, int) or v is None:
@@ -561,7 +574,7 @@ class Error(Event):
     id: str | None = _f(_ID, None)
     code: ErrorCode = _f(_code)
     message: str = _f(_str(0, 1000))
-    details: dict[str, Any] = _f(_map(), factory=dict)
+    details: dict[str, Any] = _f(_map(_detail), factory=dict)
 
     @classmethod
     def from_exception(cls, exc: ProtocolError, request_id: str | None = None) -> Error:
