@@ -188,7 +188,8 @@ def _stream(pipe: MagnetPipeline, prompt, total_frames: int | None, params: Deco
             x0 = emitted  # == join_start(a, prev b): the crossfade starts here
             old = prev_audio[:, x0 - prev_a * hop:x0 - prev_a * hop + fade]
             new = audio[:, x0 - a * hop:x0 - a * hop + fade]
-            out = np.concatenate([audio_ops.equal_gain_crossfade(old, new), audio[:, x0 - a * hop + fade:hold - a * hop]], -1)
+            rest = audio[:, x0 - a * hop + fade:hold - a * hop]
+            out = np.concatenate([audio_ops.equal_gain_crossfade(old, new), rest], -1)
             if fade:
                 err = float(np.sqrt(np.mean((old - new) ** 2) / max(np.mean(old**2), 1e-20)))
         chunk = Chunk(i, out.astype(np.float32), emitted, sr, text, (a, b), res.codes[0], pinned, job.seed,

@@ -71,8 +71,7 @@ class MiniLMTextEncoder:
         folder = Path(path) if path is not None else minilm_model_path()
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            model = BertModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32,
-                                              add_pooling_layer=False)
+            model = BertModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"cannot load MiniLM from {folder}: {e}") from e
         return cls(model, tokenizer, device=device, cache_size=cache_size)

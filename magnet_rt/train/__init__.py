@@ -2,9 +2,10 @@
 
 - `masking`: the span-masking objective (stage draw, cosine mask rate, span-count LUT, masked inputs);
 - `objective`: cross-entropy on the masked tokens of the drawn stage;
-- `trainer`: AdamW + cosine warm-up + clipping + EMA, resumable checkpoints, bundle/export writing;
+- `trainer`: AdamW + cosine warm-up + clipping + EMA, resumable checkpoints;
+- `loop`: the resumable LM run (logs, held-out eval, bundle + released-format export);
 - `data`: captioned audio folders -> cached codec tokens -> batches;
-- `datagen`: a deterministic captioned-MIDI music generator rendered with FluidSynth;
+- `datagen` (+ `midi`): a deterministic captioned-MIDI music generator rendered with FluidSynth;
 - `codec`: training a small EnCodec (transformers `EncodecModel`) with an EMA RVQ;
 - `metrics`: mel distance and SI-SDR;
 - `cli` (`magnet-rt train`), `magnet` (`python -m magnet_rt.train.magnet`): the LM training scripts.

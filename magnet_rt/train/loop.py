@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .data import TokenSet
-from .trainer import LMTrainer, TrainConfig
+from .trainer import LMTrainer
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,23 @@ def export_run(trainer: LMTrainer, codec, out: Path, provenance: dict, metrics: 
     from ..bundle import save_bundle
     from ..checkpoints import save_audiocraft_lm
     from ..codec import audiocraft_xp_cfg, write_audiocraft_compression_checkpoint
+    from ..conditioning import T5TextEncoder
     from ..pipeline import MagnetPipeline
 
     ema = trainer.ema_model()
-    pipe = MagnetPipeline(ema, trainer.text_encoder, codec, name=provenance.get("name", out.name))
-    bundle = save_bundle(pipe, out / "bundle", lm_dtype=lm_dtype, provenance=provenance, metrics=metrics)
+    te = trainer.text_encoder
+    spec = None  # default: MiniLM by package, a small T5 embedded in the bundle
+    if isinstance(te, T5TextEncoder) and sum(p.numel() for p in te.model.parameters()) > 50_000_000:
+        spec = {"kind": "t5", "name": text_encoder_name, "dim": te.dim}  # t5-base/large: by name, not copied
+    pipe = MagnetPipeline(ema, te, codec, name=provenance.get("name", out.name))
+    bundle = save_bundle(pipe, out / "bundle", lm_dtype=lm_dtype, text_encoder=spec, provenance=provenance,
+                         metrics=metrics)
     (out / "export").mkdir(parents=True, exist_ok=True)
     save_audiocraft_lm(ema, out / "export" / "state_dict.bin", text_encoder=text_encoder_name)
     write_audiocraft_compression_checkpoint(out / "export" / "compression_state_dict.bin", codec.model,
                                             audiocraft_xp_cfg(codec.model.config))
     if publish is not None:
-        save_bundle(pipe, publish, lm_dtype=lm_dtype, provenance=provenance, metrics=metrics)
+        save_bundle(pipe, publish, lm_dtype=lm_dtype, text_encoder=spec, provenance=provenance, metrics=metrics)
     return bundle
 
 

@@ -134,7 +134,8 @@ class StepInfo:
 class LMTrainer:
     """Trains a MagnetLM against a frozen text encoder. Batches are token grids [B, K, T] + captions."""
 
-    def __init__(self, lm: MagnetLM, text_encoder, cfg: TrainConfig | None = None, amp_dtype: torch.dtype | None = None):
+    def __init__(self, lm: MagnetLM, text_encoder, cfg: TrainConfig | None = None,
+                 amp_dtype: torch.dtype | None = None):
         self.cfg = cfg or TrainConfig()
         self.lm = lm.float().train()
         self.lm.compute_dtype = torch.float32
@@ -168,7 +169,8 @@ class LMTrainer:
             drop = bool(torch.rand(1, generator=self.generator) < self.cfg.cfg_dropout)
         codes = codes.to(self.device)
         batch = make_masked_batch(codes, self.lm.card, self.lm.cfg.span_len, self.generator, stage=stage, valid=valid)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
             cond, cross_len = self.condition(captions, drop)
             logits = self.lm(batch.inputs, self.lm.cross_inputs(cond, cross_len), batch.stage, heads="stage")
         loss = masked_stage_loss(logits, batch.targets, batch.mask, batch.stage)
