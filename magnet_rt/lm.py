@@ -281,13 +281,16 @@ class MagnetLM(nn.Module):
         return self._masks[key], ctx
 
     def forward(self, codes: Tensor, cross: CrossInputs, stage: int, *, heads: str = "all",
-                local: str = "dense") -> Tensor:
+                local: str = "dense", attn_mask: Tensor | None = None) -> Tensor:
         """codes [B, K, T] (mask id = card) -> logits [B, K, T, C] (heads="all"), [B, T, C] of
-        codebook `stage` only (heads="stage"), or the final normed states [B, T, D] (heads="none")."""
+        codebook `stage` only (heads="stage"), or the final normed states [B, T, D] (heads="none").
+
+        `attn_mask` (bool, True = attend, broadcastable to [B, H, T, T]) replaces the stage's window:
+        the hybrid training objective uses it for causal attention before a split point."""
         B, K, T = codes.shape
         x = sum(self.emb[k](codes[:, k]) for k in range(K))  # [B, T, D]
         x = x + sinusoidal_positions(T, self.cfg.dim, self.cfg.max_period, codes.device)
-        mask, ctx = self.self_attn_mask(T, stage, local)
+        mask, ctx = (attn_mask, None) if attn_mask is not None else self.self_attn_mask(T, stage, local)
         low = self.compute_dtype != torch.float32
         with torch.autocast(codes.device.type, dtype=self.compute_dtype, enabled=low):
             for i, block in enumerate(self.layers):

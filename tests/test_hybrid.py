@@ -179,3 +179,28 @@ def test_hybrid_loss_by_hand_and_gradients_only_at_targets():
     used = sel.clone()
     used[:, 0] |= hb.mask
     assert (logits.grad.abs().sum(-1)[~used] == 0).all() and (logits.grad.abs().sum(-1)[used] > 0).all()
+
+
+def test_magnet_lm_trains_the_hybrid_objective_through_its_attn_mask():
+    """MagnetLM.forward(attn_mask=HybridBatch.allowed): the causal part never sees later inputs, and
+    the hybrid loss back-propagates through the real model."""
+    from conftest import random_text, small_lm
+    from magnet_rt.train.hybrid import hybrid_loss, make_hybrid_batch
+
+    lm = small_lm(seed=3)
+    codes = torch.randint(0, lm.card, (2, 4, 20), generator=torch.Generator().manual_seed(0))
+    hb = make_hybrid_batch(codes, lm.card, lm.cfg.span_len, torch.Generator().manual_seed(1), stage=1,
+                           context=lm.cfg.subcodes_context)
+    cross = lm.cross_inputs(lm.project_text(*random_text(2, 4, 16)))
+    logits = lm(hb.inputs, cross, hb.stage, attn_mask=hb.allowed)
+    loss, parts = hybrid_loss(logits, hb)
+    loss.backward()
+    assert torch.isfinite(loss) and lm.linears[1].weight.grad.abs().sum() > 0
+    s = int(hb.split[0])
+    assert s >= 2
+    later = hb.inputs.clone()
+    later[0, :, s - 1] = (later[0, :, s - 1] + 1) % lm.card  # change the last causal position
+    with torch.no_grad():
+        a = lm(hb.inputs, cross, hb.stage, attn_mask=hb.allowed)[0, :, : s - 1]
+        b = lm(later, cross, hb.stage, attn_mask=hb.allowed)[0, :, : s - 1]
+    assert torch.equal(a, b)
