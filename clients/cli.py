@@ -128,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
                               formatter_class=fmt)
 
     sub.add_parser("serve", help="run the daemon (all arguments go to it; `magnet-rt serve -h`)", add_help=False)
+    sub.add_parser("train", help="train or fine-tune a MAGNeT LM on captioned audio (`magnet-rt train -h`)",
+                   add_help=False)
     sub.add_parser("keys", help="make a CurveZMQ key pair for the daemon (`magnet-rt keys -h`)", add_help=False)
     p = add("generate", "render music from a text prompt", [conn, render], GENERATE_EXAMPLES)
     p.add_argument("prompt", metavar="PROMPT", help="text description")
@@ -285,22 +287,24 @@ def _delegate(command: str, argv: list[str]) -> int:
     try:
         if command == "serve":
             from daemon.server import main as entry
+        elif command == "train":
+            from magnet_rt.train.cli import main as entry
         else:
             from daemon.keys import main as entry
     except ImportError as exc:
-        print(f"error: the daemon is not installed here ({exc})", file=sys.stderr)
+        print(f"error: `magnet-rt {command}` is not installed here ({exc})", file=sys.stderr)
         return E.EXIT_FAILED
     return int(entry(argv) or 0)
 
 
 def _run(argv: list[str]) -> int:
-    if argv and argv[0] in ("serve", "keys"):
+    if argv and argv[0] in ("serve", "keys", "train"):
         return _delegate(argv[0], argv[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse: 2 for usage errors, 0 for -h/--version
         return exc.code if isinstance(exc.code, int) else E.EXIT_USAGE
-    if args.command in ("serve", "keys"):  # reached only via options before the command
+    if args.command in ("serve", "keys", "train"):  # reached only via options before the command
         return _delegate(args.command, [])
     if not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")

@@ -185,6 +185,7 @@ def test_magnet_lm_trains_the_hybrid_objective_through_its_attn_mask():
     """MagnetLM.forward(attn_mask=HybridBatch.allowed): the causal part never sees later inputs, and
     the hybrid loss back-propagates through the real model."""
     from conftest import random_text, small_lm
+
     from magnet_rt.train.hybrid import hybrid_loss, make_hybrid_batch
 
     lm = small_lm(seed=3)
