@@ -14,7 +14,8 @@ FIXTURE = SHARED / "fixtures" / "audiocraft-tiny"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # the daemon subprocesses under test get the other core; 2 OpenMP threads
+# per process on 2 shared cores spin-wait on each other (measured: a small LayerNorm 100x slower)
 
 
 @pytest.fixture(scope="session")
