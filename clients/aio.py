@@ -61,6 +61,9 @@ class AsyncRequestStream(StreamState):
             if self._epoch is None:
                 self._epoch = await c._send(self.request, self._data)
             msg = await c._await(self.id, self._epoch, self.request.TYPE, alive=self.accepted is not None)
+            if (ping := c._heartbeat_due()) is not None:
+                await c._send(ping)
+                c._finish(ping.id)
         except (KeyboardInterrupt, asyncio.CancelledError):
             await self.aclose()
             raise
@@ -151,6 +154,7 @@ class AsyncMagnetClient(_Base):
         if self._sock is None:
             self._open()
         self._inbox[msg.id] = self._inbox[share] if share else asyncio.Queue()
+        self._last_send = time.monotonic()
         try:
             await self._sock.send(data, zmq.NOBLOCK)
         except zmq.Again:
@@ -238,6 +242,10 @@ class AsyncMagnetClient(_Base):
 
     async def cancel(self, request_id: str) -> P.CancelReply:
         return await self._call(lambda: P.Cancel(id=new_request_id(), target=request_id), retry=False)
+
+    async def set_prompt(self, request_id: str, prompt: str) -> P.SetPromptReply:
+        return await self._call(lambda: P.SetPrompt(id=new_request_id(), target=request_id, prompt=prompt),
+                                retry=False)
 
     def generate(self, prompt: str | None = None, *, prompts: list[str] | None = None,
                  duration_s: float | None = None, loudness: float | None = None,

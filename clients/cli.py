@@ -19,6 +19,7 @@ import protocol as P
 
 from . import errors as E
 from .client import ENV_ENDPOINT, AudioAssembler, MagnetClient, RequestStream, build_result, source_from_file
+from .modes import MODE_FLAGS, add_generate_mode_flags, add_render_mode_flags, generate_fields, run_endless
 from .output import SUBTYPES, summary, write_takes
 from .progress import make_reporter
 
@@ -39,6 +40,10 @@ examples:
   magnet-rt generate "warm rhodes chords, 84 bpm" --preset live --seed 1 -o out.wav
   magnet-rt generate "lofi drums" --duration 4 --param decoding_steps=[10,1,1,1] --json
   magnet-rt generate "dark techno" --prompt "dark techno, no kick" --variations 2 -o t.wav
+  magnet-rt generate "lofi" --preset live --rescore 0.8 -o r.wav      # daemon started with --rescorer
+  magnet-rt generate "lofi" --hybrid 2 --duration 10 -o h.wav         # first 2 s by MusicGen
+  magnet-rt generate "slow ambient drift" --duration 120 -o long.wav  # long-form, window by window
+  magnet-rt generate "deep house" --endless --play -o live.wav        # until Ctrl-C; live.wav grows
 
 With several outputs (prompts x variations) the takes are written to OUT, then OUT-2, OUT-3, ...
 (out.wav, out-2.wav, ...). Output i is prompt i // variations, variation i % variations.
@@ -58,7 +63,7 @@ examples:
 """
 FIELD_FLAGS = {"duration_s": "--duration", "start_s": "--start", "end_s": "--end", "seed": "--seed",
                "variations": "--variations", "preset": "--preset", "model": "--model", "prompt": "PROMPT",
-               "prompts": "--prompt", "params": "--param", "source": "INPUT", "chunk_s": "--chunk"}
+               "prompts": "--prompt", "params": "--param", "source": "INPUT", "chunk_s": "--chunk", **MODE_FLAGS}
 PARAM_KEYS = tuple(f.name for f in fields(P.DecodeParams))
 
 
@@ -122,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="play take 1 as it streams in; then n/p/r/q steps through the takes")
     render.add_argument("--output-device", metavar="DEVICE", help="audio output device (index or name)")
     render.add_argument("--list-devices", action=_ListDevices)
+    add_render_mode_flags(render)
 
     def add(name: str, help_: str, parents: list, description: str | None = None) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, parents=parents, description=description or help_,
@@ -135,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", metavar="PROMPT", help="text description")
     p.add_argument("--prompt", dest="more_prompts", action="append", default=[], metavar="PROMPT",
                    help="another prompt rendered in the same batch (repeatable)")
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="output length (default: the model's)")
+    p.add_argument("--duration", type=float, metavar="SECONDS",
+                   help="output length (default: the model's segment; longer: long-form, up to 600)")
+    add_generate_mode_flags(p)
     for name, text, examples in (("inpaint", "regenerate a region of a clip", INPAINT_EXAMPLES),
                                  ("continue", "extend a clip", CONTINUE_EXAMPLES)):
         p = add(name, text, [conn, render], examples)
@@ -180,12 +188,13 @@ def _stream(args: argparse.Namespace, client: MagnetClient) -> RequestStream:
     if args.loudness is not None and not -70.0 <= args.loudness <= 0.0:
         raise UsageError(f"--loudness {args.loudness:g}: must be between -70 and 0 LUFS")
     render = {"preset": args.preset, "seed": args.seed, "variations": args.variations, "params": _params(args.param),
-                  "model": args.model, "chunk_s": args.chunk, "stream": P.Stream(progress=not args.quiet)}
+                  "model": args.model, "chunk_s": args.chunk, "stream": P.Stream(progress=not args.quiet),
+                  "rescore": args.rescore}
     if args.command == "generate":
         prompts = [args.prompt, *args.more_prompts]
         one = len(prompts) == 1
         return client.generate(prompts[0] if one else None, prompts=None if one else prompts,
-                               duration_s=args.duration, **render)
+                               duration_s=args.duration, **render, **generate_fields(args))
     if not os.path.isfile(args.input):
         raise UsageError(f"INPUT {args.input!r}: no such file")
     try:
@@ -207,12 +216,17 @@ def cmd_render(args: argparse.Namespace, client: MagnetClient) -> int:
     stream = _stream(args, client)
     reporter = make_reporter(args.quiet)
     stream.on_cancel = lambda: (reporter.stop(), print("interrupted: cancelling the request ...", file=sys.stderr))
-    asm = AudioAssembler()
+    if getattr(args, "endless", False):
+        return run_endless(args, client, stream, reporter, audition)
+    asm, t0, windowed = AudioAssembler(), time.monotonic(), False
     try:
         with reporter:
             for msg in stream:
                 reporter.event(msg)
+                windowed = windowed or isinstance(msg, P.Window)
                 if isinstance(msg, P.AudioChunk) and msg.TYPE == "audio":
+                    if windowed and msg.seq == 0:
+                        reporter.note(f"first audio after {time.monotonic() - t0:.2f} s (long-form)")
                     x = asm.add(msg)
                     if audition is not None:
                         audition.on_chunk(msg.variation, x, msg.sample_rate, msg.last)

@@ -12,9 +12,12 @@ Transport (PROTOCOL.md §2, zguide Lazy Pirate): one DEALER socket. Idempotent c
 request resent, `retries` times, then `DaemonUnavailable` says how to start the daemon. Other requests are
 never resent. A generating request must be `accepted` within `timeout_s`; after that, a quiet spell makes the
 client ping the daemon on the same connection: a pong means "alive, still queued or decoding", silence means
-`DaemonTimeout`. Closing an unfinished stream (or Ctrl-C while iterating it) sends `cancel` and waits, bounded,
-for the terminal message. Sockets are not thread-safe: use one client per thread. `AsyncMagnetClient` (in
-`clients/aio.py`, re-exported here) is the asyncio twin with the same surface.
+`DaemonTimeout`. While a stream runs, the client also pings every `HEARTBEAT_S` seconds without sending
+anything else, so a long-form or endless request that streams for minutes is not taken for a silent,
+vanished client (the daemon's `--client-timeout`). Closing an unfinished stream (or Ctrl-C while iterating
+it) sends `cancel` and waits, bounded, for the terminal message. Sockets are not thread-safe: use one client
+per thread. `AsyncMagnetClient` (in `clients/aio.py`, re-exported here) is the asyncio twin with the same
+surface.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ log = logging.getLogger("magnet_rt.client")
 ENV_ENDPOINT = "MAGNET_RT_ENDPOINT"
 DEFAULT_TIMEOUT_S = 2.5  # PROTOCOL.md §2's suggested wait for any reply
 DEFAULT_RETRIES = 3
+HEARTBEAT_S = 5.0  # ping at least this often during a stream (the daemon drops clients silent for 30 s)
 
 
 def new_request_id() -> str:
@@ -187,6 +191,7 @@ class _Base:
         self._keys = zmq.curve_keypair() if self._server_key else None  # ephemeral client key pair
         self._inbox: dict[str, Any] = {}  # request id -> its mailbox (several ids may share one)
         self._epoch = 0  # bumped on every reconnect; requests sent in an older epoch are lost
+        self._last_send = time.monotonic()
 
     def _configure(self, sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.LINGER, 0)
@@ -220,6 +225,13 @@ class _Base:
     def _continue_msg(self, source, prompt, duration_s, sample_rate, request_id, render) -> P.Continue:
         return self._render(P.Continue, request_id, dict(render, source=make_source(source, sample_rate),
                                                          prompt=prompt, duration_s=duration_s))
+
+    def _heartbeat_due(self) -> P.Ping | None:
+        """A ping to send now if this connection has sent nothing for HEARTBEAT_S (its pong is dropped)."""
+        if time.monotonic() - self._last_send < HEARTBEAT_S:
+            return None
+        self._last_send = time.monotonic()
+        return P.Ping(id=new_request_id())
 
     @staticmethod
     def _decode(frame: bytes) -> Any:
@@ -328,6 +340,9 @@ class RequestStream(StreamState):
             if self._epoch is None:
                 self._epoch = c._send(self.request, self._data)
             msg = c._await(self.id, self._epoch, self.request.TYPE, alive=self.accepted is not None)
+            if (ping := c._heartbeat_due()) is not None:
+                c._send(ping)
+                c._finish(ping.id)
         except KeyboardInterrupt:
             self.close()
             raise
@@ -402,6 +417,7 @@ class MagnetClient(_Base):
         if self._sock is None:
             raise ClientError("this client is closed")
         self._inbox[msg.id] = self._inbox[share] if share else deque()
+        self._last_send = time.monotonic()
         try:
             self._sock.send(data, zmq.NOBLOCK)
         except zmq.Again:
@@ -508,11 +524,18 @@ class MagnetClient(_Base):
         """Cancel a request of this connection; its stream then ends with `cancelled`. Not retried."""
         return self._call(lambda: P.Cancel(id=new_request_id(), target=request_id), retry=False)
 
+    def set_prompt(self, request_id: str, prompt: str) -> P.SetPromptReply:
+        """Change the prompt of a long-form or endless request of this connection from its next window on;
+        the reply's `window` is the first window decoded with it. Not retried."""
+        return self._call(lambda: P.SetPrompt(id=new_request_id(), target=request_id, prompt=prompt), retry=False)
+
     def generate(self, prompt: str | None = None, *, prompts: list[str] | None = None,
                  duration_s: float | None = None, loudness: float | None = None,
                  request_id: str | None = None, **render: Any) -> RequestStream:
         """Render options (`render`): preset, params (dict or DecodeParams), seed, variations, stream, format,
-        chunk_s, model. Raises RequestFailed(local=True) at once when an argument is invalid."""
+        chunk_s, model, rescore; and the modes of generate (PROTOCOL.md §6): hybrid_s, endless, overlap_s
+        (a `duration_s` longer than the model's segment is long-form). Raises RequestFailed(local=True) at
+        once when an argument is invalid."""
         return RequestStream(self, self._generate_msg(prompt, prompts, duration_s, loudness, request_id, render))
 
     def inpaint(self, source: Any, start_s: float, end_s: float, prompt: str, *, sample_rate: int | None = None,

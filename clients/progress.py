@@ -48,7 +48,10 @@ class PlainReporter(Reporter):
             self.outputs = msg.outputs
             self.note(f"accepted {msg.id}: {msg.outputs} output(s), seed {msg.seed}, "
                       f"queue position {msg.queue_position}")
-        elif isinstance(msg, P.Progress) and msg.stage != self.stage:
+        elif isinstance(msg, P.Window):
+            self.note(f"window {msg.window}: {msg.start_s:.2f}-{msg.start_s + msg.duration_s:.2f} s "
+                      f"({msg.elapsed_s:.1f} s), prompt {msg.prompt!r}")
+        elif isinstance(msg, P.Progress) and msg.window is None and msg.stage != self.stage:
             self.stage = msg.stage
             self.note(f"codebook stage {msg.stage + 1}: {msg.stage_steps} steps "
                       f"(step {msg.step}/{msg.total}, {msg.elapsed_s:.1f} s)")

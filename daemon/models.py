@@ -1,5 +1,9 @@
 """Resident models: load (with a warm-up generation), unload, and ollama-style keep-alive.
 
+With `rescorer` (a `magnet_rt.rescoring.load_rescorer` name) one MusicGen is loaded with the first model,
+on its device, and set as `pipe.rescorer` of every compatible pipeline (same codebooks, cardinality and
+text width); it serves rescoring and hybrid decoding. It must fit the default model, else startup fails.
+
 `keep_alive_s`: negative = forever, 0 = unload as soon as idle, positive = seconds after the last use,
 None = the daemon's `--keep-alive`. The default model never expires. Loading and unloading run on the
 engine worker thread (they touch the device); the socket thread only reads facts and asks what expired.
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from magnet_rt.errors import InvalidParams
 from magnet_rt.params import DecodeParams
 from magnet_rt.pipeline import Job
 from magnet_rt.registry import TINY_RANDOM, known_models, load_pipeline
@@ -66,9 +71,12 @@ def describe_device(device: torch.device) -> str:
 
 class ModelManager:
     def __init__(self, default: str, device: str = "auto", keep_alive_s: float = 300.0,
-                 loader: Callable[..., object] = load_pipeline, clock: Callable[[], float] = time.monotonic):
+                 loader: Callable[..., object] = load_pipeline, clock: Callable[[], float] = time.monotonic,
+                 rescorer: str | None = None):
         self.default, self.device, self.keep_alive_s = default, device, keep_alive_s
         self.loader, self.clock = loader, clock
+        self.rescorer_name = rescorer
+        self.rescorer = None  # magnet_rt.rescoring.MusicgenRescorer, once loaded
         self._lock = threading.Lock()
         self._resident: dict[str, Resident] = {}
         self._facts: dict[str, Facts] = {}
@@ -115,6 +123,7 @@ class ModelManager:
             return 0.0
         t0 = time.perf_counter()
         pipe = self.loader(name, device=self.device)
+        self._attach_rescorer(name, pipe)
         warm = warm_up(pipe)
         load_s = time.perf_counter() - t0
         random = name == TINY_RANDOM
@@ -125,6 +134,29 @@ class ModelManager:
             self._resident[name] = Resident(pipe, self._keep(name, keep_alive_s), self.clock(), load_s)
             self._facts[name] = Facts(float(pipe.segment_duration), int(pipe.sample_rate), int(pipe.frame_rate))
         return load_s
+
+    def _attach_rescorer(self, name: str, pipe) -> None:
+        if self.rescorer_name is None:
+            return
+        if self.rescorer is None:
+            from magnet_rt.rescoring import load_rescorer
+
+            t0 = time.perf_counter()
+            self.rescorer = load_rescorer(self.rescorer_name, device=pipe.device)
+            log.info("rescorer %s loaded in %.2f s", self.rescorer_name, time.perf_counter() - t0,
+                     extra={"ctx": {"rescorer": self.rescorer_name}})
+        try:
+            self.rescorer.check_compatible(pipe.lm.n_q, pipe.lm.card)
+            if self.rescorer.text_dim != pipe.text_encoder.dim:
+                raise InvalidParams(f"rescorer {self.rescorer.name!r} takes {self.rescorer.text_dim}-d text states, "
+                                    f"model {name} has {pipe.text_encoder.dim}-d")
+        except InvalidParams:
+            if name == self.default:
+                raise
+            log.warning("model %s: the rescorer does not fit it; rescore and hybrid_s are refused for it", name,
+                        exc_info=True, extra={"ctx": {"model": name}})
+            return
+        pipe.rescorer = self.rescorer
 
     def unload(self, name: str) -> bool:
         with self._lock:

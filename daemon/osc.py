@@ -5,7 +5,9 @@ queues it; one thread owns a ZeroMQ DEALER to the daemon and speaks PROTOCOL.md 
 it maps OSC ids to request ids, asks for `f32` audio, reassembles the chunks of each output, trims them to
 musical time, writes WAVs into the output folder (daemon/files.py) and answers `/magnet/done`. Replies go to
 the sender's IP at the fixed reply port. `/magnet/loop` is two requests: a generate, then an inpaint of the
-rotated clip around its wrap (magnet_rt/loop.py).
+rotated clip around its wrap (magnet_rt/loop.py). Long-form and endless jobs (PROTOCOL.md §6) also get a WAV per
+window as soon as its audio is in (`/magnet/chunk`); an endless job runs until `/magnet/cancel`, and
+`/magnet/prompt` changes its prompt from the next window on.
 
     python -m daemon.osc --connect tcp://127.0.0.1:5555 --osc 127.0.0.1:9000 --osc-reply-port 9001
 """
@@ -53,6 +55,9 @@ REQUESTS = {  # address -> arguments; OSC.md's tables are checked against these 
     "/magnet/loop": "<id:s> <prompt:s> <bars:i> <bpm:f> <preset:s> <seed:i>",
     "/magnet/inpaint": "<id:s> <wav_path:s> <start_s:f> <end_s:f> <prompt:s> <preset:s> <seed:i>",
     "/magnet/continue": f"<id:s> <wav_path:s> <prompt:s> <preset:s> <seed:i> {_TIME}",
+    "/magnet/hybrid": f"<id:s> <prompt:s> <preset:s> <seed:i> <hybrid_s:f> {_TIME}",
+    "/magnet/endless": "<id:s> <prompt:s> <preset:s> <seed:i>",
+    "/magnet/prompt": "<id:s> <prompt:s>",
     "/magnet/cancel": "<id:s>",
     "/magnet/status": "",
     "/magnet/ping": "",
@@ -61,6 +66,8 @@ REPLIES = {
     "/magnet/accepted": "<id:s> <queue_position:i>",
     "/magnet/progress": "<id:s> <fraction:f>",
     "/magnet/done": "<id:s> <wav_path:s> <duration_s:f> <samples:i> <sample_rate:i> <seed:i> <variation:i> <outputs:i>",
+    "/magnet/chunk": "<id:s> <wav_path:s> <window:i> <start_s:f>",
+    "/magnet/prompt": "<id:s> <window:i>",
     "/magnet/cancelled": "<id:s>",
     "/magnet/error": "<id:s> <code:s> <message:s> <address:s>",
     "/magnet/pong": "<round_trip_ms:f>",
@@ -134,6 +141,9 @@ class Job:
     deadline: float | None = None  # until the daemon's first reply
     rate: int = 0
     chunks: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    windowed: bool = False  # long-form / endless: the daemon announces windows
+    window: tuple[int, float, float] | None = None  # (index, start_s, duration_s) of the window being received
+    window_parts: list[np.ndarray] = field(default_factory=list)
 
     @property
     def phases(self) -> int:
@@ -258,13 +268,20 @@ class OscBridge:
         try:
             if address in ("/magnet/ping", "/magnet/status"):
                 rid = self._rid("p" if address == "/magnet/ping" else "s")
-                self.pending[rid] = (ip, address, time.monotonic())
+                self.pending[rid] = (ip, address, time.monotonic(), "")
                 self._send(P.Ping(id=rid) if address == "/magnet/ping" else P.Status(id=rid))
             elif address == "/magnet/cancel":
                 job = self.by_osc.get((ip, osc_id))
                 if job is None:
                     raise OscError("not_found", f"no running job {osc_id!r} from this host")
                 self._send(P.Cancel(id=self._rid("c"), target=job.rid))
+            elif address == "/magnet/prompt":
+                job = self.by_osc.get((ip, osc_id))
+                if job is None:
+                    raise OscError("not_found", f"no running job {osc_id!r} from this host")
+                rid = self._rid("sp")
+                self.pending[rid] = (ip, address, time.monotonic(), osc_id)
+                self._send(P.SetPrompt(id=rid, target=job.rid, prompt=v["prompt"]))
             else:
                 if (ip, osc_id) in self.by_osc:
                     raise OscError("duplicate_id", f"job {osc_id!r} is still running; use a fresh id")
@@ -281,8 +298,11 @@ class OscBridge:
         v, common = job.values, {"preset": job.values["preset"], "seed": job.seed}
         seconds = job.seconds()
         duration = math.ceil(seconds * FRAME_RATE) / FRAME_RATE if seconds is not None else None  # trimmed later
-        if job.address in ("/magnet/generate", "/magnet/variations", "/magnet/loop"):
-            return P.Generate(id="x", prompt=v["prompt"], duration_s=duration, variations=job.outputs, **common)
+        if job.address in ("/magnet/generate", "/magnet/variations", "/magnet/loop", "/magnet/hybrid"):
+            return P.Generate(id="x", prompt=v["prompt"], duration_s=duration, variations=job.outputs,
+                              hybrid_s=v.get("hybrid_s"), **common)
+        if job.address == "/magnet/endless":
+            return P.Generate(id="x", prompt=v["prompt"], endless=True, **common)
         source = self._source(v["wav_path"])
         if job.address == "/magnet/inpaint":
             return P.Inpaint(id="x", source=source, start_s=v["start_s"], end_s=v["end_s"], prompt=v["prompt"],
@@ -312,14 +332,16 @@ class OscBridge:
 
     def _on_reply(self, msg: P.Message) -> None:
         if msg.id in self.pending:
-            ip, address, sent = self.pending.pop(msg.id)
-            if isinstance(msg, P.Pong):
+            ip, address, sent, osc_id = self.pending.pop(msg.id)
+            if isinstance(msg, P.SetPromptReply):
+                self.send(ip, "/magnet/prompt", osc_id, msg.window)
+            elif isinstance(msg, P.Pong):
                 self.send(ip, "/magnet/pong", (time.monotonic() - sent) * 1000.0)
             elif isinstance(msg, P.StatusReply):
                 queued = sum(e.state == "queued" for e in msg.queue)
                 self.send(ip, "/magnet/status", msg.model or "", msg.device, msg.running, queued, len(self.by_osc))
             elif isinstance(msg, P.Error):
-                self.error(ip, "", msg.code.value, msg.message, address)
+                self.error(ip, osc_id, msg.code.value, msg.message, address)
             return
         job = self.jobs.get(msg.id)
         if job is None:
@@ -329,9 +351,15 @@ class OscBridge:
             self.send(job.ip, "/magnet/accepted", job.osc_id, msg.queue_position)
         elif isinstance(msg, P.Progress):
             self.send(job.ip, "/magnet/progress", job.osc_id, (job.phase + msg.step / msg.total) / job.phases)
+        elif isinstance(msg, P.Window):
+            self._flush_window(job)
+            job.windowed, job.window, job.window_parts = True, (msg.window, msg.start_s, msg.duration_s), []
         elif isinstance(msg, P.AudioChunk):
             job.rate = msg.sample_rate
-            job.chunks.setdefault(msg.variation, []).append(P.pcm_decode(msg.data, msg.format, msg.channels))
+            x = P.pcm_decode(msg.data, msg.format, msg.channels)
+            if job.address != "/magnet/endless":  # an endless job never ends with the whole take
+                job.chunks.setdefault(msg.variation, []).append(x)
+            self._window_audio(job, msg, x)
         elif isinstance(msg, P.Done):
             try:
                 self._done(job, msg)
@@ -341,10 +369,34 @@ class OscBridge:
                 self.error(job.ip, job.osc_id, err.code.value, err.message, job.address)
         elif isinstance(msg, P.Cancelled):
             self._end(job)
+            self._flush_window(job)
             self.send(job.ip, "/magnet/cancelled", job.osc_id)
         elif isinstance(msg, P.Error):
             self._end(job)
             self.error(job.ip, job.osc_id, msg.code.value, msg.message, job.address)
+
+    def _window_audio(self, job: Job, msg: P.AudioChunk, x: np.ndarray) -> None:
+        """Long-form / endless: gather a window's audio; once it is all in, write it and send /magnet/chunk.
+        Audio with no window announced (the tail sent after a cancel) is window -1."""
+        if not job.windowed:
+            return
+        if job.window is None:
+            job.window = (-1, msg.start_s, 0.0)
+        index, _, duration = job.window
+        job.window_parts.append(x)
+        have = sum(p.shape[-1] for p in job.window_parts)
+        if msg.last or (index >= 0 and have >= round(duration * msg.sample_rate)):
+            self._flush_window(job)
+
+    def _flush_window(self, job: Job) -> None:
+        if job.window is None or not job.window_parts:
+            job.window = None
+            return
+        index, start, _ = job.window
+        audio = np.concatenate(job.window_parts, axis=-1)
+        job.window, job.window_parts = None, []
+        path = self.output.write_wav(audio, job.rate, name_hint=f"{job.osc_id}-w{index}")
+        self.send(job.ip, "/magnet/chunk", job.osc_id, path, index, float(start))
 
     def _done(self, job: Job, msg: P.Done) -> None:
         outs = [np.concatenate(job.chunks[v], axis=-1) for v in range(job.outputs)]
@@ -373,10 +425,10 @@ class OscBridge:
         for job in [j for j in self.jobs.values() if j.deadline is not None and now > j.deadline]:
             self._end(job)
             self.error(job.ip, job.osc_id, "unreachable", late, job.address)
-        for rid, (ip, address, sent) in list(self.pending.items()):
+        for rid, (ip, address, sent, osc_id) in list(self.pending.items()):
             if now - sent > REPLY_TIMEOUT_S:
                 del self.pending[rid]
-                self.error(ip, "", "unreachable", late, address)
+                self.error(ip, osc_id, "unreachable", late, address)
 
 
 def _inline(audio: np.ndarray, rate: int) -> P.Source:

@@ -106,12 +106,19 @@ class Scheduler:
             mine = [t for t in self._active.values() if t.client == client]
             return [t for t in mine if self._cancel_locked(t, None) == State.QUEUED]
 
-    def cancel_running(self) -> list[Ticket]:
-        """Flag every running ticket (second SIGINT); the worker ends them with `cancelled`."""
+    def cancel_running(self, which: Callable[[Ticket], bool] | None = None) -> list[Ticket]:
+        """Flag every running ticket (second SIGINT), or those `which` picks (endless requests at shutdown);
+        the worker ends them with `cancelled`."""
         with self._lock:
-            for t in self._running:
+            picked = [t for t in self._running if which is None or which(t)]
+            for t in picked:
                 t.cancel_requested = True
-            return list(self._running)
+            return picked
+
+    def find(self, client: bytes, rid: str) -> Ticket | None:
+        """The queued or running ticket `rid` of `client`, or None."""
+        with self._lock:
+            return self._active.get((client, rid))
 
     def _cancel_locked(self, t: Ticket, by: str | None) -> State:
         was = t.state

@@ -7,8 +7,12 @@ batch runs. Every frame gets a typed answer: a frame that is not a message gets 
 handler that raises gets its error, and the loop goes on.
 
 Shutdown (SIGINT/SIGTERM): stop accepting work (new requests get `shutting_down`), answer queued requests
-with `cancelled` (PROTOCOL.md §6), let the running batch finish (`done`), then close with linger and exit 0.
-A second signal cancels the running batch at its next step.
+with `cancelled` (PROTOCOL.md §6), cancel running endless requests, let the running batch and long-form
+requests finish (`done`), then close with linger and exit 0. A second signal cancels everything running at
+its next step.
+
+`--rescorer MODEL` loads a MusicGen (magnet_rt.rescoring) beside the models: it rescores requests with
+`rescore` > 0 (or the `rescored` preset) and generates the autoregressive prefix of `hybrid_s` requests.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from importlib import metadata
 import torch
 import zmq
 
-from magnet_rt.presets import preset_names
 from magnet_rt.registry import TINY_RANDOM
 from protocol import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_LONG_DURATION_S,
     MAX_OUTPUTS,
     MAX_PROMPTS,
     MAX_VARIATIONS,
@@ -46,6 +50,7 @@ from protocol import (
     Pong,
     ProtocolError,
     QueueEntry,
+    SetPromptReply,
     StatusReply,
     UnloadReply,
     Welcome,
@@ -85,7 +90,8 @@ class Daemon:
         self.args = args
         self.max_bytes = args.max_message_bytes
         self.sched = Scheduler(max_queue=args.max_queue, max_batch=args.max_batch)
-        self.models = ModelManager(args.model, device=args.device, keep_alive_s=args.keep_alive)
+        self.models = ModelManager(args.model, device=args.device, keep_alive_s=args.keep_alive,
+                                   rescorer=args.rescorer)
         self.files = PathPolicy(args.allow_dir)
         self.outputs = OutputDir(args.output_dir, ttl_s=args.output_ttl)
         self.started = time.monotonic()
@@ -96,7 +102,8 @@ class Daemon:
         self.gone: set[bytes] = set()
         self.handlers: dict[str, Callable[[bytes, Message], None]] = {
             "hello": self.on_hello, "ping": self.on_ping, "status": self.on_status, "models": self.on_models,
-            "cancel": self.on_cancel, "load": self.on_load, "unload": self.on_unload,
+            "cancel": self.on_cancel, "set_prompt": self.on_set_prompt, "load": self.on_load,
+            "unload": self.on_unload,
             "generate": self.on_render, "inpaint": self.on_render, "continue": self.on_render,
         }
 
@@ -121,7 +128,8 @@ class Daemon:
         self.pull = self.zctx.socket(zmq.PULL)
         self.pull.bind(OUTBOX)
         self.models.load(self.args.model)
-        self.worker = Worker(self.zctx, OUTBOX, self.sched, self.models, self.max_bytes)
+        self.worker = Worker(self.zctx, OUTBOX, self.sched, self.models, self.max_bytes,
+                             endless_ahead_s=self.args.endless_ahead)
         self.worker.start()
         self.outputs.cleanup()
         return endpoint
@@ -252,7 +260,9 @@ class Daemon:
     def begin_shutdown(self) -> None:
         self.stopping = True
         drained = self.sched.close()
-        log.info("shutting down: %d queued request(s) cancelled, finishing the running batch", len(drained))
+        endless = self.sched.cancel_running(lambda t: getattr(t.payload, "mode", None) == "endless")
+        log.info("shutting down: %d queued request(s) cancelled, %d endless request(s) stopping, finishing the "
+                 "running batch", len(drained), len(endless))
         for t in drained:  # accepted work always gets a terminal answer: done (running) or cancelled (queued)
             self.send(t.client, Cancelled(id=t.rid))
 
@@ -262,11 +272,14 @@ class Daemon:
         log.info("hello from %s", msg.client, extra=ctx(msg.id, client))
         facts = self.models.facts(self.args.model)
         limits = Limits(max_message_bytes=self.max_bytes, max_duration_s=facts.segment_s, max_prompts=MAX_PROMPTS,
-                        max_variations=MAX_VARIATIONS, max_outputs=MAX_OUTPUTS, max_queue=self.sched.max_queue)
+                        max_variations=MAX_VARIATIONS, max_outputs=MAX_OUTPUTS, max_queue=self.sched.max_queue,
+                        max_long_duration_s=MAX_LONG_DURATION_S)
+        rescorer = self.models.rescorer
         self.send(client, Welcome(id=msg.id, daemon_version=daemon_version(), protocol_version=PROTOCOL_VERSION,
                                   models=tuple(self.models.known()), default_model=self.args.model,
-                                  presets=tuple(preset_names()), limits=limits, sample_rate=facts.sample_rate,
-                                  frame_rate=facts.frame_rate))
+                                  presets=tuple(render.offered_presets(rescorer)), limits=limits,
+                                  sample_rate=facts.sample_rate, frame_rate=facts.frame_rate,
+                                  rescorer=rescorer.name[:256] if rescorer is not None else None))
 
     def on_ping(self, client: bytes, msg) -> None:
         self.send(client, Pong(id=msg.id, token=msg.token, time=time.time()))
@@ -275,7 +288,8 @@ class Daemon:
         entries, running = self.sched.snapshot()
         now = self.sched.clock()
         queue = tuple(QueueEntry(id=t.rid, type=t.kind, state="running" if t.state == State.RUNNING else "queued",
-                                 position=pos, elapsed_s=max(0.0, now - t.accepted_at), own=t.client == client)
+                                 position=pos, elapsed_s=max(0.0, now - t.accepted_at), own=t.client == client,
+                                 **_stream_info(t))
                       for t, pos in entries if t.state != State.FINISHED)
         loaded = self.models.loaded()
         on_device = entries[0][0].model if running else (self.args.model if self.args.model in loaded else
@@ -299,6 +313,19 @@ class Daemon:
         self.send(client, CancelReply(id=msg.id, target=msg.target, state=state.value))
         if state == State.QUEUED:  # a running target ends on the worker at its next step
             self.send(client, Cancelled(id=msg.target, by=msg.id))
+
+    def on_set_prompt(self, client: bytes, msg) -> None:
+        t = self.sched.find(client, msg.target)
+        if t is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no queued or running request {msg.target!r}",
+                                details={"target": msg.target})
+        holder = getattr(t.payload, "prompt", None)
+        if holder is None:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, f"target: {msg.target!r} is not a long-form or endless "
+                                "generate", details={"field": "target"})
+        window = holder.set(msg.prompt)
+        log.info("set_prompt %s from window %d", msg.target, window, extra=ctx(msg.id, client, target=msg.target))
+        self.send(client, SetPromptReply(id=msg.id, target=msg.target, window=window))
 
     def _known_model(self, name: str) -> None:
         if not self.models.is_known(name):
@@ -331,7 +358,7 @@ class Daemon:
                                 details={"model": name})
         plan = render.admit(msg, pipe, self.files)
         ticket = Ticket(client, msg.id, msg.TYPE, name, rows=plan.outputs, payload=plan,
-                        prepared=plan.job is not None,
+                        prepared=plan.job is not None or plan.streaming,
                         key=(name, plan.job.batch_key()) if plan.job is not None else None)
         position = self.sched.submit(ticket)
         self.send(client, Accepted(id=msg.id, queue_position=position, outputs=plan.outputs, seed=plan.seed))
@@ -341,6 +368,14 @@ class Daemon:
     def _refuse_if_stopping(self) -> None:
         if self.stopping:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down and takes no more work")
+
+
+def _stream_info(t: Ticket) -> dict:
+    """QueueEntry's `mode` and `window` for long-form and endless requests."""
+    plan = t.payload
+    if not getattr(plan, "streaming", False):
+        return {}
+    return {"mode": plan.mode, "window": t.extra.get("window", 0)}
 
 
 def memory_stats() -> dict[str, int]:
@@ -370,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"ZeroMQ endpoint (default {DEFAULT_ENDPOINT}; ipc:// too; tcp://127.0.0.1:* picks a port)")
     p.add_argument("--model", default=TINY_RANDOM, help=f"model to serve and keep loaded (default {TINY_RANDOM})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--rescorer", default=None, metavar="MODEL",
+                   help="MusicGen for rescoring (`rescore`, preset rescored) and hybrid decoding (`hybrid_s`): "
+                        "tiny-random (tests), a folder, or a hub id such as facebook/musicgen-small")
+    p.add_argument("--endless-ahead", type=float, default=15.0, metavar="SECONDS",
+                   help="an endless request decodes its next window only while it is less than this far ahead "
+                        "of real time; 0: as fast as possible (default 15)")
     p.add_argument("--max-queue", type=int, default=32, metavar="N", help="queued requests before busy (default 32)")
     p.add_argument("--max-batch", type=int, default=16, metavar="ROWS",
                    help="most outputs decoded in one batch (default 16)")

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .errors import Cancelled, InvalidParams
 from .params import DecodeParams
-from .sampling import choose_tokens, exponential_noise, probs_at, span_scores, step_temperature
+from .sampling import choose_tokens, probs_at, span_scores, step_temperature, uniforms
 
 DONT_REMASK = -1e4  # the release's DONT_REMASK_ME_SCORE
 
@@ -115,14 +115,13 @@ def least_probable_spans(scores: Tensor, target: int, span_len: int) -> Tensor:
 # ---- the forward with classifier-free guidance --------------------------------------------------------
 def cfg_logits_at(lm, gen: Tensor, cond: Tensor, cross_len: Tensor | None, stage: int, coef: float,
                   sel: Tensor, fast: bool, cross=None) -> Tensor:
-    """[n, C] CFG logits of codebook `stage` at the n positions where `sel` [B, T] is True, from one
-    forward of [cond rows; null rows].
+    """CFG logits of codebook `stage` from one forward of [cond rows; null rows].
 
-    fast: `cross` holds the request's precomputed text k/v (null rows skip cross-attention, whose
-    output is exactly 0 for an all-zero condition), the window uses banded attention, the stage head
-    runs only at the selected positions, and the null half is skipped when coef == 1 (it cannot change
-    the result). Otherwise the reference computation: all heads at all positions, dense masked
-    attention, null rows attended too; then the same positions are picked out.
+    fast: [n, C] at the n positions where `sel` [B, T] is True: `cross` holds the request's precomputed
+    text k/v (null rows skip cross-attention, whose output is exactly 0 for an all-zero condition), the
+    window uses banded attention, the stage head runs only at the selected positions, and the null half is
+    skipped when coef == 1 (it cannot change the result). Otherwise [B, T, C], the reference computation:
+    all heads at all positions, dense masked attention, null rows attended too.
     """
     B = gen.shape[0]
     if fast:
@@ -136,7 +135,7 @@ def cfg_logits_at(lm, gen: Tensor, cond: Tensor, cross_len: Tensor | None, stage
     both_len = None if cross_len is None else torch.cat([cross_len, cross_len])
     all_logits = lm(torch.cat([gen, gen]), lm.cross_inputs(both, both_len), stage)  # [2B, K, T, C]
     cond_l, uncond_l = all_logits.split(B)
-    return (uncond_l + (cond_l - uncond_l) * coef)[:, stage][sel]
+    return (uncond_l + (cond_l - uncond_l) * coef)[:, stage]
 
 
 # ---- decoding ---------------------------------------------------------------------------------------
@@ -254,26 +253,26 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
             masked = stage_seq == C  # before pinned tokens are re-written: the units' positions
             stage_seq = torch.where(batch.fixed[:, stage], batch.init[:, stage], stage_seq)
             batch.gen[:, stage] = stage_seq
-            # Only positions of units masked this step can change or be scored: sample there alone.
+            # Only positions of units masked this step can change or be scored. The fast path samples
+            # there alone; the reference path samples every position, as the release does.
             sel = masked if chunked else stage_seq == C
             masked = stage_seq == C
+            at = sel if fast else torch.ones_like(sel)
             logits = cfg_logits_at(lm, batch.gen, batch.cond, batch.cross_len, stage,
-                                   cfg_coef(mask_p, params), sel, fast, batch.cross)  # [n, C]
+                                   cfg_coef(mask_p, params), sel, fast, batch.cross)
+            logits = logits.reshape(-1, logits.shape[-1])  # [n, C]
             temp = step_temperature(params.temperature, params.anneal_temperature, steps - 1 - i, steps)
             probs = probs_at(logits, temp)
-            noise = None
-            if params.use_sampling:  # drawn group by group, for the group's selected positions only
-                counts = sel.sum(-1).tolist()
-                per_group = []
-                for _, g, sl in batch.slices():
-                    per_group.append((sum(counts[sl]), g.generator))
-                noise = exponential_noise(probs.shape, per_group, probs.device)
-            tok_sel, conf_sel = choose_tokens(logits, probs, use_sampling=params.use_sampling, top_p=params.top_p,
-                                              top_k=params.top_k, noise=noise)
+            u = None
+            if params.use_sampling:  # drawn group by group, for the group's positions only
+                counts = at.sum(-1).tolist()
+                u = uniforms([(sum(counts[sl]), g.generator) for _, g, sl in batch.slices()], probs.device)
+            tok, cf = choose_tokens(logits, probs, use_sampling=params.use_sampling, top_p=params.top_p,
+                                    top_k=params.top_k, u=u)
             tokens = stage_seq.clone()
-            tokens[sel] = tok_sel
+            tokens[at] = tok
             conf = torch.ones(stage_seq.shape, device=stage_seq.device)
-            conf[sel] = conf_sel
+            conf[at] = cf
             batch.gen[:, stage] = torch.where(masked, tokens, stage_seq)
             if rescorer is not None and params.rescore_weight > 0:
                 w = params.rescore_weight

@@ -6,8 +6,9 @@ Semantics follow audiocraft `utils.py:105-141` and `lm_magnet.py:393-414`:
   confidences keep the full distribution);
 - top-k renormalises the distribution itself, so with top-k the confidences are the truncated ones
   (the release modifies `probs` in place; magnet-reference gotcha 11).
-Draws use the exponential race argmax(p / E), E ~ Exp(1) drawn per request group: the same
-distribution as `multinomial`, with no host synchronisation (gpt-fast `generate.py:40-42`).
+Draws invert the cumulative distribution with one uniform per position (drawn per request group):
+the same distribution as `multinomial`, with no host synchronisation and n random numbers instead of
+n x C (gpt-fast's exponential race needs one per entry).
 """
 
 from __future__ import annotations
@@ -27,25 +28,25 @@ def probs_at(logits: Tensor, temperature: float) -> Tensor:
     return torch.softmax(logits.float() / max(temperature, TEMPERATURE_FLOOR), dim=-1)
 
 
-def exponential_noise(shape: tuple[int, ...], generators: list[tuple[int, torch.Generator | None]],
-                      device) -> Tensor:
-    """Exp(1) noise [B, ...]: rows drawn group by group, each from its own generator, so a request's
-    draws do not depend on what else shares the batch. `generators`: (rows, generator) in row order."""
-    return torch.cat([torch.empty((rows, *shape[1:]), device=device).exponential_(1.0, generator=g)
-                      for rows, g in generators])
+def uniforms(counts: list[tuple[int, torch.Generator | None]], device) -> Tensor:
+    """U(0, 1) draws [n]: `counts` is (how many, generator) per request group in row order, so a
+    request's draws do not depend on what else shares the batch."""
+    return torch.cat([torch.rand(n, device=device, generator=g) for n, g in counts])
 
 
-def exponential_race(probs: Tensor, noise: Tensor) -> Tensor:
-    """One draw per row of `probs` [..., C] -> indices [...]: argmax(p / E) ~ Categorical(p)."""
-    return torch.argmax(probs / noise, dim=-1)
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """One draw per row of `probs` [n, C] (need not be normalised) from u [n]: the first index whose
+    cumulative mass exceeds u * total. Zero-probability entries are never drawn."""
+    cdf = torch.cumsum(probs, dim=-1)
+    target = (u * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
-def sample_top_p(probs: Tensor, p: float, noise: Tensor) -> Tensor:
+def sample_top_p(probs: Tensor, p: float, u: Tensor) -> Tensor:
+    """Nucleus sampling as released: sort, keep the tokens whose mass *before* them is <= p, draw."""
     probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
     keep = (torch.cumsum(probs_sort, dim=-1) - probs_sort) <= p
-    probs_sort = probs_sort * keep
-    probs_sort = probs_sort / probs_sort.sum(dim=-1, keepdim=True)
-    choice = exponential_race(probs_sort, noise)
+    choice = inverse_cdf(probs_sort * keep, u)
     return torch.gather(probs_idx, -1, choice.unsqueeze(-1)).squeeze(-1)
 
 
@@ -57,8 +58,8 @@ def truncate_top_k(probs: Tensor, k: int) -> Tensor:
 
 
 def choose_tokens(logits: Tensor, probs: Tensor, *, use_sampling: bool, top_p: float, top_k: int,
-                  noise: Tensor | None) -> tuple[Tensor, Tensor]:
-    """logits/probs [..., C] -> (tokens [...], confidence of each chosen token [...]).
+                  u: Tensor | None) -> tuple[Tensor, Tensor]:
+    """logits/probs [n, C] -> (tokens [n], confidence of each chosen token [n]); u [n] uniforms.
 
     Greedy takes the argmax of the CFG logits. top_p < 1 -> nucleus; else top_k > 0 -> top-k;
     else the full distribution (top_p = 1 keeps every token, which is the same draw).
@@ -66,12 +67,12 @@ def choose_tokens(logits: Tensor, probs: Tensor, *, use_sampling: bool, top_p: f
     if not use_sampling:
         tokens = torch.argmax(logits, dim=-1)
     elif top_p < 1.0:
-        tokens = sample_top_p(probs, top_p, noise)
+        tokens = sample_top_p(probs, top_p, u)
     elif top_k > 0:
         probs = truncate_top_k(probs, top_k)
-        tokens = exponential_race(probs, noise)
+        tokens = inverse_cdf(probs, u)
     else:
-        tokens = exponential_race(probs, noise)
+        tokens = inverse_cdf(probs, u)
     confidence = torch.gather(probs, -1, tokens.unsqueeze(-1)).squeeze(-1)
     return tokens, confidence
 

@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     MODEL_NOT_LOADED = "model_not_loaded"
     INTERNAL = "internal"
     SHUTTING_DOWN = "shutting_down"
+    RESCORER_UNAVAILABLE = "rescorer_unavailable"
 
 
 class ErrorHelp(NamedTuple):
@@ -92,6 +93,9 @@ ERROR_HELP: Mapping[ErrorCode, ErrorHelp] = MappingProxyType({
     E.SHUTTING_DOWN: ErrorHelp(
         "The daemon is shutting down and takes no more work.",
         "Restart the daemon and send the request again."),
+    E.RESCORER_UNAVAILABLE: ErrorHelp(
+        "The request needs the rescoring model (`rescore` or `hybrid_s`), and this daemon has none loaded.",
+        "Start the daemon with `--rescorer MODEL`, or send the request without them."),
 })
 del E
 

@@ -25,7 +25,8 @@ MAX_PROMPT_CHARS = 2000
 MAX_PROMPTS = 16
 MAX_VARIATIONS = 8
 MAX_OUTPUTS = 16  # prompts x variations in one request
-MAX_DURATION_S = 30.0
+MAX_DURATION_S = 30.0  # one window: inpaint, continue, chunk_s, hybrid_s
+MAX_LONG_DURATION_S = 600.0  # generate: beyond the model's segment it is long-form (window by window)
 MAX_SEED = 2**63 - 1
 MIN_REGION_S = 0.06  # one MAGNeT span: 3 frames at 50 frames/s
 AUDIO_FORMATS = ("f32", "s16")
@@ -353,6 +354,7 @@ class Limits(Struct):
     max_variations: int = _f(_int(1))
     max_outputs: int = _f(_int(1))
     max_queue: int = _f(_COUNT)
+    max_long_duration_s: float | None = _f(_float(0.0, above=True), None)
 
 
 @struct
@@ -363,6 +365,8 @@ class QueueEntry(Struct):
     position: int = _f(_COUNT)
     elapsed_s: float = _f(_SECONDS)
     own: bool = _f(_bool)
+    mode: str | None = _f(_choice("long", "endless"), None)
+    window: int | None = _f(_COUNT, None)
 
 
 @struct
@@ -394,6 +398,7 @@ class Render(Request):
     format: str = _f(_FORMAT, "f32")
     chunk_s: float = _f(_float(0.1, MAX_DURATION_S), 1.0)
     model: str | None = _f(_NAME, None)
+    rescore: float | None = _f(_float(0.0, 1.0), None)
 
     @property
     def outputs(self) -> int:
@@ -405,8 +410,11 @@ class Generate(Render):
     TYPE = "generate"
     prompt: str | None = _f(_PROMPT, None)
     prompts: tuple[str, ...] | None = _f(_list(_PROMPT, 1, MAX_PROMPTS), None)
-    duration_s: float | None = _f(_float(0.0, MAX_DURATION_S, above=True), None)
+    duration_s: float | None = _f(_float(0.0, MAX_LONG_DURATION_S, above=True), None)
     loudness: float | None = _f(_float(-70.0, 0.0), None)
+    hybrid_s: float | None = _f(_float(0.0, MAX_DURATION_S, above=True), None)
+    overlap_s: float | None = _f(_float(0.0, MAX_DURATION_S, above=True), None)
+    endless: bool = _f(_bool, False)
 
     @property
     def all_prompts(self) -> tuple[str, ...]:
@@ -421,6 +429,11 @@ class Generate(Render):
             _fail("prompt", "give exactly one of prompt and prompts")
         if self.outputs > MAX_OUTPUTS:
             _fail("variations", f"len(prompts) * variations must be at most {MAX_OUTPUTS}, got {self.outputs}")
+        if self.hybrid_s is not None:
+            if self.endless:
+                _fail("hybrid_s", "an endless request cannot be hybrid")
+            if self.duration_s is not None and self.hybrid_s >= self.duration_s:
+                _fail("hybrid_s", f"must be shorter than duration_s ({self.duration_s:g} s), got {self.hybrid_s:g}")
 
 
 @struct
@@ -457,6 +470,13 @@ class Continue(Render):
 class Cancel(Request):
     TYPE = "cancel"
     target: str = _f(_ID)
+
+
+@struct
+class SetPrompt(Request):
+    TYPE = "set_prompt"
+    target: str = _f(_ID)
+    prompt: str = _f(_PROMPT)
 
 
 @struct
@@ -500,6 +520,7 @@ class Welcome(Event):
     limits: Limits = _f(_struct(Limits))
     sample_rate: int = _f(_RATE)
     frame_rate: int = _f(_int(1, 1000))
+    rescorer: str | None = _f(_str(1, 256), None)
 
 
 @struct
@@ -519,6 +540,7 @@ class Progress(Event):
     stage_step: int = _f(_int(1))
     stage_steps: int = _f(_int(1))
     elapsed_s: float = _f(_SECONDS)
+    window: int | None = _f(_COUNT, None)
 
     def _check_whole(self, path: str) -> None:
         if self.step > self.total:
@@ -560,6 +582,19 @@ class Done(Event):
     timings: dict[str, float] = _f(_map(_SECONDS), factory=dict)
     batch_size: int = _f(_int(1))
     model: str = _f(_NAME)
+    time_to_first_audio_s: float | None = _f(_SECONDS, None)
+    windows: int | None = _f(_int(1), None)
+
+
+@struct
+class Window(Event):
+    TYPE = "window"
+    window: int = _f(_COUNT)
+    prompt: str | None = _f(_PROMPT, None)
+    seed: int = _f(_SEED)
+    start_s: float = _f(_SECONDS)
+    duration_s: float = _f(_SECONDS)
+    elapsed_s: float = _f(_SECONDS)
 
 
 @struct
@@ -631,16 +666,24 @@ class CancelReply(Event):
     state: str = _f(_choice("queued", "running"))
 
 
+@struct
+class SetPromptReply(Event):
+    TYPE = "set_prompt_reply"
+    target: str = _f(_ID)
+    window: int = _f(_COUNT)
+
+
 # --- registry ------------------------------------------------------------------------------------------------
 MESSAGE_TYPES: Mapping[str, type[Message]] = MappingProxyType({cls.TYPE: cls for cls in (
-    Hello, Generate, Inpaint, Continue, Cancel, Status, Models, Load, Unload, Ping,
-    Welcome, Accepted, Progress, Preview, AudioChunk, Done, Cancelled, Error, Pong,
-    StatusReply, ModelsReply, LoadReply, UnloadReply, CancelReply,
+    Hello, Generate, Inpaint, Continue, Cancel, SetPrompt, Status, Models, Load, Unload, Ping,
+    Welcome, Accepted, Progress, Preview, AudioChunk, Window, Done, Cancelled, Error, Pong,
+    StatusReply, ModelsReply, LoadReply, UnloadReply, CancelReply, SetPromptReply,
 )})
 
 # The one terminal message a request ends with when it succeeds; `error` ends any request.
 REPLY_TYPES: Mapping[str, str] = MappingProxyType({
     "hello": "welcome", "generate": "done", "inpaint": "done", "continue": "done", "cancel": "cancel_reply",
+    "set_prompt": "set_prompt_reply",
     "status": "status_reply", "models": "models_reply", "load": "load_reply", "unload": "unload_reply",
     "ping": "pong",
 })

@@ -144,7 +144,7 @@ def test_usage_errors_exit_2(daemon, tmp_path, capsys):
     ep = ("--connect", daemon.endpoint)
     for argv, needle in [
         (("generate",), "required"),
-        (("generate", "x", "--duration", "50", *ep), "--duration"),
+        (("generate", "x", "--duration", "650", *ep), "--duration"),
         (("generate", "x", "--variations", "9", *ep), "--variations"),
         (("generate", "x", "--param", "nope=1", *ep), "decoding_steps"),
         (("generate", "x", "--param", "decoding_steps=[1,2]", *ep), "--param"),

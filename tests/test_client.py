@@ -150,7 +150,7 @@ def test_error_reply_raises_request_failed_with_code(daemon, client):
 
 
 def test_invalid_arguments_fail_locally_before_sending(daemon, client):
-    for kwargs in ({"duration_s": 50.0}, {"variations": 9}, {"params": {"decoding_steps": [1, 2]}},
+    for kwargs in ({"duration_s": 650.0}, {"variations": 9}, {"params": {"decoding_steps": [1, 2]}},
                    {"prompt": None}):
         with pytest.raises(RequestFailed) as info:
             client.generate(**{"prompt": "x", **kwargs})

@@ -269,6 +269,18 @@ def test_vanished_client_is_dropped_and_daemon_keeps_serving(daemon, zctx):
     assert "unreachable" in daemon.log()
 
 
+def test_modes_that_need_a_rescorer_are_refused_without_one(client):
+    """This daemon has no --rescorer: `rescore` and `hybrid_s` get the typed error before `accepted`, the
+    rescoring preset is neither offered nor accepted, and a plain long-form request is fine."""
+    assert "rescored" not in client.call(Hello(id="h", client="pytest")).presets
+    for rid, kw, field in (("r1", dict(rescore=0.5), "rescore"), ("r2", dict(hybrid_s=0.5), "hybrid_s")):
+        err = client.call(gen(rid, 1.0, **kw))
+        assert (err.TYPE, err.code, err.details.get("field")) == ("error", "rescorer_unavailable", field), err
+    err = client.call(Generate(id="r3", prompt="x", preset="rescored", duration_s=1.0))
+    assert (err.code, err.details.get("preset")) == ("unknown_preset", "rescored")
+    assert client.request(gen("r4", 1.0, rescore=0.0))[-1].TYPE == "done"  # 0: rescoring off
+
+
 # ---- a second daemon: heartbeat timeout, JSON logs, graceful shutdown ----------------------------------------
 @pytest.fixture(scope="module")
 def short_daemon(tmp_path_factory):

@@ -102,7 +102,7 @@ CASES = [
      {"field": "variations"}),
     ("negative seed", req("generate", prompt="x", seed=-1), "invalid_field", "r1", {"field": "seed"}),
     ("seed beyond the engine", req("generate", prompt="x", seed=2**63 - 1), "invalid_field", "r1", {"field": "seed"}),
-    ("duration beyond the model", req("generate", prompt="x", duration_s=20.0), "invalid_field", "r1",
+    ("duration beyond long-form", req("generate", prompt="x", duration_s=700.0), "invalid_field", "r1",
      {"field": "duration_s"}),
     ("bad decoding steps", req("generate", prompt="x", params={"decoding_steps": [1, 2]}), "invalid_field", "r1",
      {"field": "params.decoding_steps"}),

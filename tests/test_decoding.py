@@ -218,12 +218,28 @@ def test_frames_beyond_the_segment_are_refused():
         decode_single(LM, *TEXT, LM.cfg.segment_frames + 1, params(), seed=0)
 
 
-def test_both_paths_draw_the_same_samples_for_a_seed():
-    """Noise is drawn only at the re-masked positions in both paths, so a seed means one take."""
+def test_each_path_is_deterministic_for_a_seed():
+    """The reference path samples every position (as released), the fast path only re-masked ones, so
+    their random streams differ; each is reproducible for a seed, and greedy decodes agree exactly
+    (test_fast_and_reference_paths_agree)."""
     lm = small_lm(seed=6)
     h, m = random_text(1, 5, 16)
     for arrangement in ("nonoverlap", "stride1"):
         p = params(span_arrangement=arrangement, decoding_steps=(5, 2, 2, 2))
-        a = decode_single(lm, h, m, 36, p, seed=42, fast=False)
-        b = decode_single(lm, h, m, 36, p, seed=42, fast=True)
-        assert torch.equal(a, b)
+        for fast in (False, True):
+            a = decode_single(lm, h, m, 36, p, seed=42, fast=fast)
+            assert torch.equal(a, decode_single(lm, h, m, 36, p, seed=42, fast=fast))
+            assert int((a == lm.card).sum()) == 0
+
+
+def test_inverse_cdf_draws_follow_the_distribution():
+    from magnet_rt.sampling import inverse_cdf, sample_top_p, truncate_top_k
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2]]).expand(40000, 4)
+    counts = torch.bincount(inverse_cdf(probs, torch.rand(40000, generator=g)), minlength=4) / 40000
+    assert counts[1] == 0 and torch.allclose(counts, probs[0], atol=0.01)
+    top_p = torch.bincount(sample_top_p(probs, 0.6, torch.rand(40000, generator=g)), minlength=4) / 40000
+    assert torch.allclose(top_p, torch.tensor([0.5 / 0.8, 0.0, 0.3 / 0.8, 0.0]), atol=0.01)  # mass before <= p
+    top_k = torch.bincount(inverse_cdf(truncate_top_k(probs, 1), torch.rand(40000, generator=g)), minlength=4)
+    assert top_k.tolist() == [40000, 0, 0, 0]

@@ -34,6 +34,7 @@ SAMPLES: dict[str, p.Message] = {m.TYPE: m for m in [
     p.Inpaint(id="a", source=p.Source(audio=CLIP), start_s=0.25, end_s=0.5, prompt="fill"),
     p.Continue(id="a", source=p.Source(path="/music/a.wav"), prompt="more", duration_s=10),
     p.Cancel(id="a", target="b"),
+    p.SetPrompt(id="a", target="b", prompt="now with strings"),
     p.Status(id="a"),
     p.Models(id="a"),
     p.Load(id="a", model="m", keep_alive_s=-1),
@@ -64,6 +65,8 @@ SAMPLES: dict[str, p.Message] = {m.TYPE: m for m in [
     p.LoadReply(id="a", model="m", load_s=2.5),
     p.UnloadReply(id="a", model="m"),
     p.CancelReply(id="a", target="b", state="queued"),
+    p.SetPromptReply(id="a", target="b", window=3),
+    p.Window(id="a", window=2, prompt="p", seed=5, start_s=14.0, duration_s=7.0, elapsed_s=3.5),
 ]}
 
 
@@ -157,7 +160,13 @@ CASES = [
     (wire(G, prompt=..., prompts="abc"), E.INVALID_FIELD, "prompts"),
     (wire(G, prompt=..., prompts=["a"] * 4, variations=5), E.INVALID_FIELD, "variations"),
     (wire(G, duration_s=0), E.INVALID_FIELD, "duration_s"),
-    (wire(G, duration_s=30.5), E.INVALID_FIELD, "duration_s"),
+    (wire(G, duration_s=600.5), E.INVALID_FIELD, "duration_s"),  # long-form: up to 600 s
+    (wire(G, rescore=1.5), E.INVALID_FIELD, "rescore"),
+    (wire(G, hybrid_s=0), E.INVALID_FIELD, "hybrid_s"),
+    (wire(G, duration_s=4, hybrid_s=4), E.INVALID_FIELD, "hybrid_s"),
+    (wire(G, endless=True, hybrid_s=1), E.INVALID_FIELD, "hybrid_s"),
+    (wire(G, endless=1), E.INVALID_FIELD, "endless"),
+    (wire(G, overlap_s=-1), E.INVALID_FIELD, "overlap_s"),
     (wire(G, duration_s=math.nan), E.INVALID_FIELD, "duration_s"),
     (wire(G, duration_s=math.inf), E.INVALID_FIELD, "duration_s"),
     (wire(G, duration_s=True), E.INVALID_FIELD, "duration_s"),
@@ -253,7 +262,7 @@ def test_from_dict_of_a_class_checks_the_type() -> None:
 
 def test_to_dict_validates_what_we_send() -> None:
     with pytest.raises(p.ProtocolError, match="duration_s"):
-        p.Generate(id="x", prompt="p", duration_s=99).to_dict()
+        p.Generate(id="x", prompt="p", duration_s=999).to_dict()
     with pytest.raises(p.ProtocolError, match="seeds"):
         dataclasses.replace(SAMPLES["done"], seeds=()).to_dict()
     assert p.Error(code=E.INTERNAL, message="m").to_dict()["code"] == "internal"

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from ..lm import MagnetConfig, MagnetLM
+from .hybrid import hybrid_loss, make_hybrid_batch
 from .masking import make_masked_batch
 from .objective import masked_stage_accuracy, masked_stage_loss
 
@@ -53,6 +54,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     cfg_dropout: float = 0.3  # music release; 0.1 for sound
     seed: int = 0
+    hybrid: bool = False  # Hybrid-MAGNeT objective: causal + AR loss before a random split (train/hybrid.py)
+    ar_weight: float = 1.0  # weight of the AR loss when `hybrid`
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -168,6 +171,8 @@ class LMTrainer:
         if drop is None:
             drop = bool(torch.rand(1, generator=self.generator) < self.cfg.cfg_dropout)
         codes = codes.to(self.device)
+        if self.cfg.hybrid:
+            return self._hybrid_loss(codes, captions, valid, stage, drop)
         batch = make_masked_batch(codes, self.lm.card, self.lm.cfg.span_len, self.generator, stage=stage, valid=valid)
         amp = self.amp_dtype is not None
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
@@ -176,6 +181,21 @@ class LMTrainer:
         loss = masked_stage_loss(logits, batch.targets, batch.mask, batch.stage)
         info = {"stage": batch.stage, "dropped": drop, "masked": int(batch.mask.sum()),
                 "accuracy": masked_stage_accuracy(logits, batch.targets, batch.mask, batch.stage)}
+        return loss, info
+
+    def _hybrid_loss(self, codes, captions, valid, stage, drop) -> tuple[Tensor, dict]:
+        """The hybrid objective: delayed layout, causal attention and every head's AR loss before a split
+        drawn per row, MAGNeT's span masking and loss after it (train/hybrid.py)."""
+        hb = make_hybrid_batch(codes, self.lm.card, self.lm.cfg.span_len, self.generator, stage=stage,
+                               context=self.lm.cfg.subcodes_context, valid=valid)
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
+            cond, cross_len = self.condition(captions, drop)
+            logits = self.lm(hb.inputs, self.lm.cross_inputs(cond, cross_len), hb.stage, attn_mask=hb.allowed)
+        loss, parts = hybrid_loss(logits, hb, self.cfg.ar_weight)
+        info = {"stage": hb.stage, "dropped": drop, "masked": int(hb.mask.sum()),
+                "accuracy": masked_stage_accuracy(logits, hb.targets, hb.mask, hb.stage),
+                "magnet_loss": float(parts["magnet"]), "ar_loss": float(parts["ar"])}
         return loss, info
 
     def train_step(self, codes: Tensor, captions: list[str | None], valid: Tensor | None = None) -> StepInfo:
