@@ -59,21 +59,88 @@ class CacheInfo:
     currsize: int
 
 
-class T5TextEncoder:
-    """Frozen T5 encoder + tokenizer with a per-prompt LRU cache of hidden states."""
+class CachedTextEncoder:
+    """A frozen transformers encoder + tokenizer with the `TextEncoder` interface: the release's padding
+    (longest entry of the batch, nulls count as "" and get a zero mask row) and a per-prompt LRU cache of
+    unpadded hidden states. Subclasses set `dim` and the tokenizer's keyword arguments."""
 
-    def __init__(self, model: T5EncoderModel, tokenizer, device: str | torch.device = "cpu",
-                 cache_size: int = 256):
+    tokenizer_kwargs: dict = {}
+
+    def __init__(self, model, tokenizer, device: str | torch.device = "cpu", cache_size: int = 256):
         if cache_size < 0:
             raise InvalidParams(f"cache_size must be >= 0, got {cache_size}")
         self.device = torch.device(device)
-        self.model = model.to(device=self.device, dtype=torch.float32).eval()  # T5 runs in fp32
+        self.model = model.to(device=self.device, dtype=torch.float32).eval()  # text encoders run in fp32
         self.tokenizer = tokenizer
         self.cache_size = cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> [S_p, D]
         self._hits = self._misses = 0
         self._lock = threading.Lock()
-        self._null_len = len(tokenizer("").input_ids)  # "" -> [EOS]
+        self._null_len = len(tokenizer("").input_ids)  # "" -> [EOS] (T5) or [CLS] [SEP] (BERT)
+
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    def cache_info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, self.cache_size, len(self._cache))
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._hits = self._misses = 0
+
+    def encode(self, prompts: Sequence[str | None]) -> EncodedText:
+        """Prompts (None or "" = null condition) -> `EncodedText` `[B, S, D]` / `[B, S]`, S = the longest
+        tokenized entry of the batch (nulls count as `""`, their mask row is zero)."""
+        if isinstance(prompts, str) or not len(prompts):
+            raise InvalidParams("prompts must be a non-empty list of str or None")
+        entries = ["" if p is None else p for p in prompts]
+        if not all(isinstance(p, str) for p in entries):
+            raise InvalidParams("prompts must be str or None")
+        states = self._states({p for p in entries if p})
+        lengths = [states[p].shape[0] if p else self._null_len for p in entries]
+        hidden = torch.zeros(len(entries), max(lengths), self.dim, device=self.device)  # [B, S, D]
+        mask = torch.zeros(len(entries), max(lengths), dtype=torch.int64, device=self.device)  # [B, S]
+        for i, p in enumerate(entries):
+            if p:
+                hidden[i, : lengths[i]] = states[p]
+                mask[i, : lengths[i]] = 1
+        return EncodedText(hidden, mask)
+
+    def _states(self, prompts: set[str]) -> dict[str, torch.Tensor]:
+        """Unpadded hidden states `[S_p, D]` per distinct non-empty prompt, from the cache or the model."""
+        found: dict[str, torch.Tensor] = {}
+        with self._lock:
+            for p in prompts:
+                if p in self._cache:
+                    self._cache.move_to_end(p)
+                    found[p] = self._cache[p]
+                    self._hits += 1
+                else:
+                    self._misses += 1
+        todo = sorted(prompts - found.keys())
+        if todo:
+            found.update(self._run(todo))
+            with self._lock:
+                for p in todo:
+                    self._cache[p] = found[p]
+                    self._cache.move_to_end(p)
+                while len(self._cache) > self.cache_size:  # also empties it when caching is off
+                    self._cache.popitem(last=False)
+        return found
+
+    def _run(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, **self.tokenizer_kwargs).to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(**inputs).last_hidden_state.float()  # [n, S, D]
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        return {p: hidden[i, :n].clone() for i, (p, n) in enumerate(zip(prompts, lengths, strict=True))}
+
+
+class T5TextEncoder(CachedTextEncoder):
+    """Frozen T5 encoder + tokenizer (no truncation, as released)."""
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
@@ -93,62 +160,6 @@ class T5TextEncoder:
     @property
     def dim(self) -> int:
         return int(self.model.config.d_model)
-
-    def cache_info(self) -> CacheInfo:
-        with self._lock:
-            return CacheInfo(self._hits, self._misses, self.cache_size, len(self._cache))
-
-    def cache_clear(self) -> None:
-        with self._lock:
-            self._cache.clear()
-            self._hits = self._misses = 0
-
-    def encode(self, prompts: Sequence[str | None]) -> EncodedText:
-        """Prompts (None or "" = null condition) -> `EncodedText` `[B, S, D]` / `[B, S]`, S = the longest
-        tokenized entry of the batch (nulls count as `""` -> 1 token, their mask row is zero)."""
-        if isinstance(prompts, str) or not len(prompts):
-            raise InvalidParams("prompts must be a non-empty list of str or None")
-        entries = ["" if p is None else p for p in prompts]
-        if not all(isinstance(p, str) for p in entries):
-            raise InvalidParams("prompts must be str or None")
-        states = self._states({p for p in entries if p})
-        lengths = [states[p].shape[0] if p else self._null_len for p in entries]
-        hidden = torch.zeros(len(entries), max(lengths), self.dim, device=self.device)  # [B, S, D]
-        mask = torch.zeros(len(entries), max(lengths), dtype=torch.int64, device=self.device)  # [B, S]
-        for i, p in enumerate(entries):
-            if p:
-                hidden[i, : lengths[i]] = states[p]
-                mask[i, : lengths[i]] = 1
-        return EncodedText(hidden, mask)
-
-    def _states(self, prompts: set[str]) -> dict[str, torch.Tensor]:
-        """Unpadded hidden states `[S_p, D]` per distinct non-empty prompt, from the cache or from T5."""
-        found: dict[str, torch.Tensor] = {}
-        with self._lock:
-            for p in prompts:
-                if p in self._cache:
-                    self._cache.move_to_end(p)
-                    found[p] = self._cache[p]
-                    self._hits += 1
-                else:
-                    self._misses += 1
-        todo = sorted(prompts - found.keys())
-        if todo:
-            found.update(self._run_t5(todo))
-            with self._lock:
-                for p in todo:
-                    self._cache[p] = found[p]
-                    self._cache.move_to_end(p)
-                while len(self._cache) > self.cache_size:  # also empties it when caching is off
-                    self._cache.popitem(last=False)
-        return found
-
-    def _run_t5(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
-        with torch.inference_mode():
-            hidden = self.model(**inputs).last_hidden_state.float()  # [n, S, D]
-        lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        return {p: hidden[i, :n].clone() for i, (p, n) in enumerate(zip(prompts, lengths, strict=True))}
 
 
 # ---- tiny random T5 (tests, offline "tiny-random" model) -----------------------------------------------

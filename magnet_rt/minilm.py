@@ -15,15 +15,13 @@ absolute positions), so each prompt's unpadded states are cached.
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from .conditioning import EncodedText
-from .errors import CheckpointError, InvalidParams
+from .conditioning import CachedTextEncoder
+from .errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +44,14 @@ def minilm_model_path() -> Path:
     return path
 
 
-class MiniLMTextEncoder:
+class MiniLMTextEncoder(CachedTextEncoder):
     """Frozen all-MiniLM-L6-v2 (BertModel) with the `TextEncoder` interface and a per-prompt LRU cache."""
 
     kind = "minilm"
+    tokenizer_kwargs = {"truncation": True, "max_length": 256}  # all-MiniLM-L6-v2's max_seq_length
 
-    def __init__(self, model, tokenizer, device: str | torch.device = "cpu", cache_size: int = 1024,
-                 max_length: int = 256):
-        self.device = torch.device(device)
-        self.model = model.to(device=self.device, dtype=torch.float32).eval()
-        self.tokenizer = tokenizer
-        self.cache_size = cache_size
-        self.max_length = max_length  # all-MiniLM-L6-v2's max_seq_length
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
-        self._null_len = len(tokenizer("").input_ids)  # [CLS] [SEP]
+    def __init__(self, model, tokenizer, device: str | torch.device = "cpu", cache_size: int = 1024):
+        super().__init__(model, tokenizer, device=device, cache_size=cache_size)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -79,43 +70,6 @@ class MiniLMTextEncoder:
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)  # 384
-
-    def encode(self, prompts: Sequence[str | None]) -> EncodedText:
-        """Prompts (None or "" = null) -> EncodedText hidden [B, S, 384] float32, mask [B, S] int64."""
-        if isinstance(prompts, str) or not len(prompts):
-            raise InvalidParams("prompts must be a non-empty list of str or None")
-        entries = ["" if p is None else p for p in prompts]
-        if not all(isinstance(p, str) for p in entries):
-            raise InvalidParams("prompts must be str or None")
-        states = self._states({p for p in entries if p})
-        lengths = [states[p].shape[0] if p else self._null_len for p in entries]
-        hidden = torch.zeros(len(entries), max(lengths), self.dim, device=self.device)  # [B, S, D]
-        mask = torch.zeros(len(entries), max(lengths), dtype=torch.int64, device=self.device)  # [B, S]
-        for i, p in enumerate(entries):
-            if p:
-                hidden[i, : lengths[i]] = states[p]
-                mask[i, : lengths[i]] = 1
-        return EncodedText(hidden, mask)
-
-    def _states(self, prompts: set[str]) -> dict[str, torch.Tensor]:
-        with self._lock:
-            found = {p: self._cache[p] for p in prompts if p in self._cache}
-            for p in found:
-                self._cache.move_to_end(p)
-        todo = sorted(prompts - found.keys())
-        if todo:
-            inputs = self.tokenizer(todo, return_tensors="pt", padding=True, truncation=True,
-                                    max_length=self.max_length).to(self.device)
-            with torch.inference_mode():
-                hidden = self.model(**inputs).last_hidden_state.float()  # [n, S, D]
-            lengths = inputs["attention_mask"].sum(dim=1).tolist()
-            new = {p: hidden[i, :n].clone() for i, (p, n) in enumerate(zip(todo, lengths, strict=True))}
-            found.update(new)
-            with self._lock:
-                self._cache.update(new)
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        return found
 
     def sentence_embedding(self, prompts: Sequence[str]) -> torch.Tensor:
         """[B, 384] L2-normalised mean-pooled embeddings (sentence-transformers' output; for checks)."""

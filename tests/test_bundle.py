@@ -12,15 +12,6 @@ from magnet_rt.bundle import is_bundle, load_bundle, read_bundle_config, save_bu
 from magnet_rt.errors import CheckpointError
 from magnet_rt.params import DecodeParams
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast and far steadier on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 PARAMS = DecodeParams(decoding_steps=(3, 2, 1, 1))
 
 

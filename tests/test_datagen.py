@@ -11,19 +11,9 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from magnet_rt.train import datagen
 from magnet_rt.train.midi import Note, midi_bytes
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast and far steadier on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 N_DRAWS = 400
 

@@ -11,15 +11,6 @@ import torch
 from magnet_rt.minilm import MiniLMTextEncoder  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast and far steadier on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def enc():
     assert os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -16,15 +16,6 @@ from magnet_rt.train.objective import masked_stage_loss
 from magnet_rt.train.trainer import EMA, LMTrainer, TrainConfig, cosine_with_warmup
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast and far steadier on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class WordHashEncoder:
     """A deterministic stand-in text encoder: one fixed random vector per word; None/"" -> null row."""
 
