@@ -20,7 +20,8 @@ from .errors import ErrorCode, ProtocolError
 PROTOCOL_VERSION = 1  # the only place the version is written; PROTOCOL.md quotes it (a test checks)
 SUPPORTED_VERSIONS = (1,)
 MAX_ID_CHARS = 64
-MAX_NAME_CHARS = 64  # model, preset, client and capability names
+MAX_NAME_CHARS = 64  # preset, client and capability names
+MAX_MODEL_CHARS = 512  # model names: a registry name, a hub id or a folder path
 MAX_PROMPT_CHARS = 2000
 MAX_PROMPTS = 16
 MAX_VARIATIONS = 8
@@ -204,6 +205,7 @@ def _wire(v: Any) -> Any:
 
 _ID = _str(1, MAX_ID_CHARS)
 _NAME = _str(1, MAX_NAME_CHARS)
+_MODEL = _str(1, MAX_MODEL_CHARS)
 _PROMPT = _str(0, MAX_PROMPT_CHARS)
 _FORMAT = _choice(*AUDIO_FORMATS)
 _SECONDS = _float(0.0)
@@ -371,7 +373,7 @@ class QueueEntry(Struct):
 
 @struct
 class ModelInfo(Struct):
-    name: str = _f(_NAME)
+    name: str = _f(_MODEL)
     loaded: bool = _f(_bool)
     segment_s: float = _f(_float(0.0, above=True))
     sample_rate: int = _f(_RATE)
@@ -397,7 +399,7 @@ class Render(Request):
     stream: Stream = _f(_struct(Stream), Stream())
     format: str = _f(_FORMAT, "f32")
     chunk_s: float = _f(_float(0.1, MAX_DURATION_S), 1.0)
-    model: str | None = _f(_NAME, None)
+    model: str | None = _f(_MODEL, None)
     rescore: float | None = _f(_float(0.0, 1.0), None)
 
     @property
@@ -492,14 +494,14 @@ class Models(Request):
 @struct
 class Load(Request):
     TYPE = "load"
-    model: str = _f(_NAME)
+    model: str = _f(_MODEL)
     keep_alive_s: float | None = _f(_float(), None)
 
 
 @struct
 class Unload(Request):
     TYPE = "unload"
-    model: str = _f(_NAME)
+    model: str = _f(_MODEL)
 
 
 @struct
@@ -514,13 +516,13 @@ class Welcome(Event):
     TYPE = "welcome"
     daemon_version: str = _f(_NAME)
     protocol_version: int = _f(_int(1))
-    models: tuple[str, ...] = _f(_list(_NAME, 0, 64))
-    default_model: str | None = _f(_NAME, None)
+    models: tuple[str, ...] = _f(_list(_MODEL, 0, 64))
+    default_model: str | None = _f(_MODEL, None)
     presets: tuple[str, ...] = _f(_list(_NAME, 0, 64))
     limits: Limits = _f(_struct(Limits))
     sample_rate: int = _f(_RATE)
     frame_rate: int = _f(_int(1, 1000))
-    rescorer: str | None = _f(_str(1, 256), None)
+    rescorer: str | None = _f(_MODEL, None)
 
 
 @struct
@@ -581,7 +583,7 @@ class Done(Event):
     sample_rate: int = _f(_RATE)
     timings: dict[str, float] = _f(_map(_SECONDS), factory=dict)
     batch_size: int = _f(_int(1))
-    model: str = _f(_NAME)
+    model: str = _f(_MODEL)
     time_to_first_audio_s: float | None = _f(_SECONDS, None)
     windows: int | None = _f(_int(1), None)
 
@@ -629,7 +631,7 @@ class Pong(Event):
 @struct
 class StatusReply(Event):
     TYPE = "status_reply"
-    model: str | None = _f(_NAME, None)
+    model: str | None = _f(_MODEL, None)
     device: str = _f(_str(1, 128))
     memory: dict[str, int] = _f(_map(_COUNT), factory=dict)
     queue: tuple[QueueEntry, ...] = _f(_list(_struct(QueueEntry), 0, 4096), ())
@@ -643,20 +645,20 @@ class StatusReply(Event):
 class ModelsReply(Event):
     TYPE = "models_reply"
     models: tuple[ModelInfo, ...] = _f(_list(_struct(ModelInfo), 0, 64))
-    default_model: str | None = _f(_NAME, None)
+    default_model: str | None = _f(_MODEL, None)
 
 
 @struct
 class LoadReply(Event):
     TYPE = "load_reply"
-    model: str = _f(_NAME)
+    model: str = _f(_MODEL)
     load_s: float = _f(_SECONDS)
 
 
 @struct
 class UnloadReply(Event):
     TYPE = "unload_reply"
-    model: str = _f(_NAME)
+    model: str = _f(_MODEL)
 
 
 @struct
