@@ -7,7 +7,8 @@ Random weights of the named shape (tiny = the shared fixture's structure, small 
 medium = magnet-medium-10secs), batch B with classifier-free guidance (2B rows per forward), 10 s
 (500 frames). The baseline is the reference computation (all heads, dense masked attention, null rows
 through cross-attention, fp32 on CPU / fp16 blocks on CUDA as released); the fast path is
-`decoding.decode(..., fast=True)`, in `--fast-dtype` (auto: bf16 blocks on CPU, fp16 on CUDA).
+`decoding.decode(..., fast=True)`, in `--fast-dtype` (auto: fp16 blocks on CUDA as released, fp32 on CPU:
+bf16 matmuls measured slower than fp32 on our CPU build, see RESULTS.md; `--fast-dtype bf16` to try).
 Iteration -1 (warm-up) is reported apart. With `--codec`, a random EnCodec 32 kHz of the released
 architecture decodes the codes too (LM + codec, as a request is served).
 """
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     params = resolve_params(args.preset, steps)
     base_dtype = torch.float16 if device.type == "cuda" else torch.float32
     fast_dtype = DTYPES[args.fast_dtype] if args.fast_dtype != "auto" else (
-        torch.float16 if device.type == "cuda" else torch.bfloat16)
+        torch.float16 if device.type == "cuda" else torch.float32)
 
     base = build(args.shape, device, base_dtype)
     fast = base if fast_dtype == base_dtype else copy.deepcopy(base).set_precision(fast_dtype)
