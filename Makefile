@@ -9,7 +9,7 @@ MODEL ?= tiny-random
 BIND ?= tcp://127.0.0.1:5555
 SERVE_ARGS ?=
 
-.PHONY: install serve test test-gpu bench clean
+.PHONY: install serve test test-gpu demo bench clean
 
 $(BIN)/magnet-rt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The daemon on the demo bundle (tiny-random until the bundle is built): three takes, one inpaint, a PNG.
+demo: install
+	$(BIN)/python -m clients.demo --out out/demo
 
 bench: install
 	$(BIN)/python -m benchmarks.latency --shape tiny --device cpu --preset live --repeats 5
