@@ -35,7 +35,7 @@ SHAPES = {
     "small": RELEASED_SHAPES["facebook/magnet-small-10secs"],
     "medium": RELEASED_SHAPES["facebook/magnet-medium-10secs"],
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.qint8}
 
 
 def sync(device: torch.device) -> None:
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--frames", type=int, default=500)
-    ap.add_argument("--fast-dtype", choices=["auto", *DTYPES], default="auto")
+    ap.add_argument("--fast-dtype", choices=["auto", *DTYPES], default="auto",
+                    help="int8: dynamically quantized block projections (CPU; MagnetLM.quantize_int8)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--codec", action="store_true", help="include EnCodec 32 kHz decoding (random weights)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -103,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.float16 if device.type == "cuda" else torch.float32)
 
     base = build(args.shape, device, base_dtype)
-    fast = base if fast_dtype == base_dtype else copy.deepcopy(base).set_precision(fast_dtype)
+    if fast_dtype == base_dtype:
+        fast = base
+    elif fast_dtype == torch.qint8:
+        fast = copy.deepcopy(base).quantize_int8()
+    else:
+        fast = copy.deepcopy(base).set_precision(fast_dtype)
     text = torch.randn(args.batch, 12, base.cfg.text_dim, generator=torch.Generator().manual_seed(1)).to(device)
     mask = torch.ones(args.batch, 12, dtype=torch.long, device=device)
     codec = None

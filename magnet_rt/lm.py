@@ -114,10 +114,12 @@ class SelfAttention(nn.Module):
         self.num_heads = cfg.num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * cfg.dim, cfg.dim))
         self.out_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.in_proj_int8: nn.Module | None = None  # set by MagnetLM.quantize_int8 (CPU fast path)
 
     def forward(self, x: Tensor, mask: Tensor | None, context: int | None, local: str) -> Tensor:
         B, T, D = x.shape
-        qkv = F.linear(x, self.in_proj_weight).view(B, T, 3, self.num_heads, D // self.num_heads)
+        qkv = self.in_proj_int8(x) if self.in_proj_int8 is not None else F.linear(x, self.in_proj_weight)
+        qkv = qkv.view(B, T, 3, self.num_heads, D // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, E]
         if context is not None and local == "banded":
             y = banded_attention(q, k, v, context)
@@ -134,6 +136,7 @@ class CrossAttention(nn.Module):
         self.num_heads = cfg.num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * cfg.dim, cfg.dim))
         self.out_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.q_proj_int8: nn.Module | None = None  # set by MagnetLM.quantize_int8 (CPU fast path)
 
     def kv(self, cond: Tensor) -> tuple[Tensor, Tensor]:
         """cond [B, S, D] -> k, v [B, H, S, E]; computed once per request by the fast path."""
@@ -144,7 +147,8 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
         B, T, D = x.shape
-        q = F.linear(x, self.in_proj_weight[:D]).view(B, T, self.num_heads, D // self.num_heads)
+        q = self.q_proj_int8(x) if self.q_proj_int8 is not None else F.linear(x, self.in_proj_weight[:D])
+        q = q.view(B, T, self.num_heads, D // self.num_heads)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.to(q.dtype), v.to(q.dtype), attn_mask=bias)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
 
@@ -242,6 +246,28 @@ class MagnetLM(nn.Module):
         for p in self.layers.parameters():
             if p.dim() == 2:  # matrices; LayerNorms stay fp32 (autocast runs them in fp32 anyway)
                 p.data = p.data.to(dtype)
+        return self
+
+    def quantize_int8(self) -> MagnetLM:
+        """CPU fast path: every projection inside the blocks as a dynamically quantized int8 linear
+        (int8 weights, activations quantized per call: VNNI GEMMs). Embeddings,
+        norms, heads, the text projection and the cross-attention k/v (computed once per request) stay fp32.
+        Changes the numerics: benchmarks/RESULTS.md reports the measured logit error. Not for parity."""
+        from torch.ao.quantization import quantize_dynamic
+
+        def int8(weight: Tensor) -> nn.Module:
+            lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+            lin.weight.data.copy_(weight.detach().float())
+            return quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)[0]
+
+        for blk in self.layers:
+            D = blk.self_attn.in_proj_weight.shape[1]
+            blk.self_attn.in_proj_int8 = int8(blk.self_attn.in_proj_weight)
+            blk.cross_attention.q_proj_int8 = int8(blk.cross_attention.in_proj_weight[:D])
+            for name in ("linear1", "linear2"):
+                setattr(blk, name, int8(getattr(blk, name).weight))
+            blk.self_attn.out_proj = int8(blk.self_attn.out_proj.weight)
+            blk.cross_attention.out_proj = int8(blk.cross_attention.out_proj.weight)
         return self
 
     @property

@@ -243,3 +243,20 @@ def test_inverse_cdf_draws_follow_the_distribution():
     assert torch.allclose(top_p, torch.tensor([0.5 / 0.8, 0.0, 0.3 / 0.8, 0.0]), atol=0.01)  # mass before <= p
     top_k = torch.bincount(inverse_cdf(truncate_top_k(probs, 1), torch.rand(40000, generator=g)), minlength=4)
     assert top_k.tolist() == [40000, 0, 0, 0]
+
+
+def test_int8_cpu_fast_path_stays_close_to_fp32():
+    """MagnetLM.quantize_int8 (CPU fast path): logits within a few percent of fp32, decoding works."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    lm = small_lm(seed=2, dim=64, num_heads=4)
+    q = small_lm(seed=2, dim=64, num_heads=4).quantize_int8()
+    h, m = random_text(1, 4, 16)
+    codes = torch.randint(0, lm.card, (1, 4, 30), generator=torch.Generator().manual_seed(2))
+    for stage in (0, 2):
+        ref, got = lm.logits(codes, h, m, stage), q.logits(codes, h, m, stage)
+        err = ((got - ref).abs().max() / ref.abs().max()).item()
+        assert 0 < err < 0.05, err
+    out = decode_single(q, h, m, 24, params(), seed=1)
+    assert out.shape == (1, 4, 24) and int((out == q.card).sum()) == 0
