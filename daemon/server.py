@@ -18,6 +18,7 @@ its next step.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -29,7 +30,7 @@ from importlib import metadata
 import torch
 import zmq
 
-from magnet_rt.registry import TINY_RANDOM
+from magnet_rt.registry import PRECISIONS, TINY_RANDOM, load_pipeline
 from protocol import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -91,7 +92,8 @@ class Daemon:
         self.max_bytes = args.max_message_bytes
         self.sched = Scheduler(max_queue=args.max_queue, max_batch=args.max_batch)
         self.models = ModelManager(args.model, device=args.device, keep_alive_s=args.keep_alive,
-                                   rescorer=args.rescorer)
+                                   rescorer=args.rescorer,
+                                   loader=functools.partial(load_pipeline, precision=args.precision))
         self.files = PathPolicy(args.allow_dir)
         self.outputs = OutputDir(args.output_dir, ttl_s=args.output_ttl)
         self.started = time.monotonic()
@@ -405,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"ZeroMQ endpoint (default {DEFAULT_ENDPOINT}; ipc:// too; tcp://127.0.0.1:* picks a port)")
     p.add_argument("--model", default=TINY_RANDOM, help=f"model to serve and keep loaded (default {TINY_RANDOM})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: as released (fp16 blocks on CUDA, fp32 on CPU); int8: quantized block "
+                        "projections, ~1.8x faster on a CPU at ~2 %% logit error (default auto)")
     p.add_argument("--rescorer", default=None, metavar="MODEL",
                    help="MusicGen for rescoring (`rescore`, preset rescored) and hybrid decoding (`hybrid_s`): "
                         "tiny-random (tests), a folder, or a hub id such as facebook/musicgen-small")

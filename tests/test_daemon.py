@@ -330,3 +330,21 @@ def test_graceful_shutdown_answers_everything(short_daemon, zctx):
     assert short_daemon.wait(60) == 0
     lines = short_daemon.log().splitlines()
     assert all(json.loads(line) for line in lines if line.strip()), "every log line is one JSON object"
+
+
+def test_int8_precision_serves_a_take(tmp_path):
+    """`serve --precision int8`: the CPU fast path loads, warms up and renders through the protocol."""
+    d = DaemonProcess("--model", "tiny-random", "--device", "cpu", "--precision", "int8")
+    d.start()
+    try:
+        c = Client(zmq.Context.instance(), d.endpoint)
+        try:
+            msgs = c.request(gen("q8", 1.0, FAST), timeout=60)
+            assert msgs[-1].TYPE == "done"
+            samples = sum(len(m.data) // 4 for m in msgs if m.TYPE == "audio")
+            assert samples == 32000
+        finally:
+            c.close()
+    finally:
+        assert d.stop() == 0
+    assert "int8" in d.log()
