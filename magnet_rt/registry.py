@@ -58,18 +58,24 @@ def build_tiny_random(directory: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def tiny_random_dir() -> Path:
-    """The tiny-random model's folder in the cache, built on first use (atomically)."""
-    target = cache_dir() / f"{TINY_RANDOM}-v{TINY_RANDOM_VERSION}"
-    if not (target / "state_dict.bin").is_file():
+def cached_build(folder: str, marker: str, build) -> Path:
+    """`cache_dir()/folder`, made by `build(tmp)` on first use and moved into place atomically (a
+    concurrent builder's result wins; ours is discarded). `marker` is a file that proves it complete."""
+    target = cache_dir() / folder
+    if not (target / marker).is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-        build_tiny_random(tmp)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder}-", dir=target.parent))
+        build(tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def tiny_random_dir() -> Path:
+    """The tiny-random model's folder in the cache, built on first use."""
+    return cached_build(f"{TINY_RANDOM}-v{TINY_RANDOM_VERSION}", "state_dict.bin", build_tiny_random)
 
 
 def resolve_model(name: str) -> str | Path:

@@ -28,9 +28,6 @@ classifier-free guidance in rescoring: one conditional forward per step.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -240,18 +237,10 @@ def build_tiny_random_musicgen(directory: str | Path, seed: int = 0, n_q: int = 
 
 
 def tiny_random_musicgen_dir() -> Path:
-    from .registry import cache_dir
+    from .registry import cached_build
 
-    target = cache_dir() / f"musicgen-{TINY_RANDOM_MUSICGEN}-v{TINY_RANDOM_MUSICGEN_VERSION}"
-    if not (target / "config.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-musicgen-", dir=target.parent))
-        build_tiny_random_musicgen(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return cached_build(f"musicgen-{TINY_RANDOM_MUSICGEN}-v{TINY_RANDOM_MUSICGEN_VERSION}", "config.json",
+                        build_tiny_random_musicgen)
 
 
 def load_rescorer(name: str, device: str | torch.device = "cpu", **kwargs) -> MusicgenRescorer:
