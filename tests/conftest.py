@@ -40,3 +40,12 @@ def random_text(B: int, L: int, dim: int, lengths=None, seed: int = 0):
     for b, n in enumerate(lengths or []):
         mask[b, n:] = 0
     return hidden, mask
+
+
+@pytest.fixture(scope="session")
+def pipe(tmp_path_factory):
+    """The tiny-random pipeline (random weights, loaded through the released formats), built once."""
+    os.environ.setdefault("MAGNET_RT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    from magnet_rt.registry import load_pipeline
+
+    return load_pipeline("tiny-random", device="cpu")

@@ -1,7 +1,6 @@
 """Hybrid-MAGNeT: MusicGen's AR prefix (delay pattern, KV cache, seeded draws) pinned into a MAGNeT job on
 the tiny-random pipeline; the rescorer through the pipeline's hook; the hybrid training objective."""
 
-import os
 
 import pytest
 import torch
@@ -14,14 +13,6 @@ from magnet_rt.rescoring import MusicgenRescorer, build_tiny_random_musicgen, de
 from magnet_rt.train.hybrid import IGNORE, hybrid_attention_bias, hybrid_loss, make_hybrid_batch
 
 FAST = resolve_params("live", {"decoding_steps": [2, 1, 1, 1]})
-
-
-@pytest.fixture(scope="session")
-def pipe(tmp_path_factory):
-    os.environ.setdefault("MAGNET_RT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    from magnet_rt.registry import load_pipeline
-
-    return load_pipeline("tiny-random", device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Long-form and endless generation on the tiny-random pipeline (10 s segment): exact lengths, pinned
 overlaps, streaming order, seamless joins, endless windows with a live prompt and cancellation."""
 
-import os
 
 import numpy as np
 import pytest
@@ -12,14 +11,6 @@ from magnet_rt.longform import PromptHolder, endless, generate_long, plan_window
 from magnet_rt.presets import resolve_params
 
 FAST = resolve_params("live", {"decoding_steps": [1, 1, 1, 1]})
-
-
-@pytest.fixture(scope="session")
-def pipe(tmp_path_factory):
-    os.environ.setdefault("MAGNET_RT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    from magnet_rt.registry import load_pipeline
-
-    return load_pipeline("tiny-random", device="cpu")
 
 
 @pytest.fixture(scope="module")

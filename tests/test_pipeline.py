@@ -11,16 +11,6 @@ from magnet_rt.presets import resolve_params
 FAST = resolve_params("live", {"decoding_steps": [3, 1, 1, 1]})
 
 
-@pytest.fixture(scope="session")
-def pipe(tmp_path_factory):
-    import os
-
-    os.environ.setdefault("MAGNET_RT_CACHE", str(tmp_path_factory.mktemp("cache")))
-    from magnet_rt.registry import load_pipeline
-
-    return load_pipeline("tiny-random", device="cpu")
-
-
 def test_generate_shapes_seeds_and_determinism(pipe):
     r = pipe.generate(["warm rhodes chords", "fast drums"], duration_s=2.0, params=FAST, seed=5, variations=2)
     assert r.audio.shape == (4, 1, 64000) and r.codes.shape == (4, 4, 100) and r.sample_rate == 32000
