@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", help="override decoding_steps, e.g. 20,10,10,10")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch-sweep", help="fast path only: latency, throughput and peak memory for each batch "
+                    "size, e.g. 1,2,4,8,16 (the paper's Fig. 2)")
     ap.add_argument("--frames", type=int, default=500)
     ap.add_argument("--fast-dtype", choices=["auto", *DTYPES], default="auto",
                     help="int8: dynamically quantized block projections (CPU; MagnetLM.quantize_int8)")
@@ -124,15 +126,32 @@ def main(argv: list[str] | None = None) -> int:
                             use_conv_shortcut=False, codebook_size=2048, target_bandwidths=[2.2])
         codec = Codec(random_encodec_model(cfg), device=device)
 
-    def run(lm: MagnetLM, is_fast: bool):
+    def run(lm: MagnetLM, is_fast: bool, batch: int = args.batch):
         def go():
             with torch.inference_mode():
-                cond = lm.project_text(text, mask)
+                cond = lm.project_text(text[:1].expand(batch, -1, -1), mask[:1].expand(batch, -1))
                 g = torch.Generator(device=device).manual_seed(0)
-                codes = decode(lm, cond, args.frames, params, [RowGroup(args.batch, g)], fast=is_fast)[0]
+                codes = decode(lm, cond, args.frames, params, [RowGroup(batch, g)], fast=is_fast)[0]
                 if codec is not None:
                     codec.decode(codes)
         return go
+
+    if args.batch_sweep:
+        sweep = []
+        for b in (int(x) for x in args.batch_sweep.split(",")):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t = time_interleaved({"fast": run(fast, True, b)}, args.repeats, device)["fast"]
+            peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+            rate = b * args.frames / 50 / t["p50_s"]  # seconds of audio made per second
+            sweep.append({"batch": b, **t, "audio_s_per_s": rate, "peak_memory_bytes": peak})
+        text_out = json.dumps({"shape": args.shape, "device": str(device), "preset": args.preset,
+                               "fast_dtype": str(fast_dtype), "frames": args.frames, "sweep": sweep}, indent=2)
+        print(text_out)
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                f.write(text_out + "\n")
+        return 0
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
