@@ -11,7 +11,6 @@ ratios are what count (overhead of the socket path, chunking and msgpack); on a 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -21,6 +20,8 @@ import zmq
 
 from daemon.testing import DaemonProcess
 from protocol import Generate, Stream, pack, unpack
+
+from .report import emit
 
 
 def through_daemon(endpoint: str, args, i: int) -> dict:
@@ -97,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "daemon_engine_total_p50_s": float(np.median([r["engine"].get("total", np.nan) for r in remote])),
         "command": "python -m benchmarks.daemon_latency " + " ".join(argv or []),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.json_out)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import resource
 import sys
@@ -29,6 +28,8 @@ import torch
 from magnet_rt.decoding import RowGroup, decode
 from magnet_rt.lm import RELEASED_SHAPES, MagnetConfig, MagnetLM
 from magnet_rt.presets import resolve_params
+
+from .report import emit
 
 SHAPES = {
     "tiny": MagnetConfig(dim=64, num_heads=4, num_layers=2, card=2048, text_dim=768),
@@ -145,12 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
             rate = b * args.frames / 50 / t["p50_s"]  # seconds of audio made per second
             sweep.append({"batch": b, **t, "audio_s_per_s": rate, "peak_memory_bytes": peak})
-        text_out = json.dumps({"shape": args.shape, "device": str(device), "preset": args.preset,
-                               "fast_dtype": str(fast_dtype), "frames": args.frames, "sweep": sweep}, indent=2)
-        print(text_out)
-        if args.json_out:
-            with open(args.json_out, "w") as f:
-                f.write(text_out + "\n")
+        emit({"shape": args.shape, "device": str(device), "preset": args.preset, "fast_dtype": str(fast_dtype),
+              "frames": args.frames, "sweep": sweep}, args.json_out)
         return 0
 
     if device.type == "cuda":
@@ -174,11 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         result["fast_logit_rel_error"] = logit_error(base, fast, args.batch, min(args.frames, 100), device)
     result["peak_memory_bytes"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    text_out = json.dumps(result, indent=2)
-    print(text_out)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(text_out + "\n")
+    emit(result, args.json_out)
     return 0
 
 

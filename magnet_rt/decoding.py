@@ -250,13 +250,13 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
                 for b in range(stage_seq.shape[0]):
                     if num[b] > 0:
                         stage_seq[b, least_probable_spans(scores[b], int(num[b]), span)] = C
-            masked = stage_seq == C  # before pinned tokens are re-written: the units' positions
+            in_units = stage_seq == C  # every position of the masked units, pinned ones included
             stage_seq = torch.where(batch.fixed[:, stage], batch.init[:, stage], stage_seq)
             batch.gen[:, stage] = stage_seq
+            masked = stage_seq == C  # what this step samples into
             # Only positions of units masked this step can change or be scored. The fast path samples
             # there alone; the reference path samples every position, as the release does.
-            sel = masked if chunked else stage_seq == C
-            masked = stage_seq == C
+            sel = in_units if chunked else masked
             at = sel if fast else torch.ones_like(sel)
             logits = cfg_logits_at(lm, batch.gen, batch.cond, batch.cross_len, stage,
                                    cfg_coef(mask_p, params), sel, fast, batch.cross)
@@ -281,10 +281,8 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
                 conf = torch.where(sel, w * p_r.to(conf) + (1 - w) * conf, conf)
             if chunked and unit > 1:
                 scores = span_scores(conf, unit, params.span_scoring).masked_fill(~unit_mask, DONT_REMASK)
-            elif chunked:
-                scores = (-torch.log(conf)).masked_fill(~unit_mask, DONT_REMASK)
-            else:
-                scores = (-torch.log(conf)).masked_fill(~masked, DONT_REMASK)
+            else:  # single tokens: -log p, frozen where not masked this step
+                scores = (-torch.log(conf)).masked_fill(~(unit_mask if chunked else masked), DONT_REMASK)
         done += 1
         if on_step is not None:
             last = i == steps - 1
