@@ -147,7 +147,7 @@ def test_loss_gradient_only_reaches_masked_stage_logits():
 # ---- optimisation ------------------------------------------------------------------------------------
 def test_ema_update_math():
     lin = torch.nn.Linear(3, 2)
-    ema = EMA(lin, 0.9)
+    ema = EMA(lin, 0.9, warmup=False)
     w0 = lin.weight.detach().clone()
     with torch.no_grad():
         lin.weight.add_(1.0)
@@ -158,6 +158,22 @@ def test_ema_update_math():
     other = torch.nn.Linear(3, 2)
     ema.copy_to(other)
     assert torch.equal(other.weight, ema.shadow["weight"])
+
+
+def test_ema_warmup_follows_early_weights_then_settles_at_decay():
+    lin = torch.nn.Linear(3, 2)
+    ema = EMA(lin, 0.999)  # warm-up on: update n uses min(0.999, (1 + n) / (10 + n))
+    w0 = lin.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.update(lin)  # d_0 = 0.1: the shadow moves 90 % of the way at once
+    assert torch.allclose(ema.shadow["weight"], 0.1 * w0 + 0.9 * (w0 + 1.0))
+    for _ in range(20000):
+        ema.update(lin)
+    assert ema.updates == 20001 and min(ema.decay, 20001 / 20010) == 0.999
+    restored = EMA(torch.nn.Linear(3, 2), 0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert (restored.decay, restored.warmup, restored.updates) == (0.999, True, 20001)
 
 
 def test_cosine_schedule_with_warmup():

@@ -200,22 +200,30 @@ def held_out_clips(folder: Path, n: int, seconds: float, every: int = 50) -> Ten
 
 
 class CodecTrainer:
+    """`decoder_only`: the encoder and codebooks are frozen (tokens fixed, e.g. while an LM trains on them)
+    and only the decoder learns."""
+
     def __init__(self, model: nn.Module, lr: float = 3e-4, seed: int = 0, n_q: int = 4,
-                 weights: dict[str, float] | None = None):
+                 weights: dict[str, float] | None = None, decoder_only: bool = False):
         self.model = model.train()
+        self.decoder_only = decoder_only
         self.rvq = TrainableRVQ(model.quantizer, n_q)
         self.n_q = n_q
         self.spec_loss = MultiResolutionSTFTLoss(SR)
         self.weights = {"sc": 1.0, "logmag": 1.0, "mel": 1.0, "l1": 0.1, "commit": 1.0, **(weights or {})}
-        params = [p for n, p in model.named_parameters() if not n.startswith("quantizer.")]
+        prefixes = ("decoder.",) if decoder_only else ("encoder.", "decoder.")
+        params = [p for n, p in model.named_parameters() if n.startswith(prefixes)]
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith(prefixes))
         self.optimizer = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.9))
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
 
     def reconstruct(self, x: Tensor, train: bool) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, 1, N] -> (y [B, 1, N], codes [K, B, T], commitment)."""
-        z = self.model.encoder(x)
-        q, codes, commit = self.rvq(z, self.generator, train=train)
+        with torch.set_grad_enabled(train and not self.decoder_only):
+            z = self.model.encoder(x)
+            q, codes, commit = self.rvq(z, self.generator, train=train and not self.decoder_only)
         y = self.model.decoder(q)[..., : x.shape[-1]]
         return y, codes, commit
 
@@ -241,11 +249,13 @@ class CodecTrainer:
         return res
 
     def state_dict(self) -> dict:
-        return {"version": 1, "step": self.step, "model": self.model.state_dict(),
+        return {"version": 1, "step": self.step, "decoder_only": self.decoder_only, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "config": self.model.config.to_dict(),
                 "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()}}
 
     def load_state_dict(self, state: dict) -> None:
+        if bool(state.get("decoder_only", False)) != self.decoder_only:
+            raise ValueError("checkpoint and trainer disagree on --decoder-only; start a new --out with --init")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
@@ -296,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--loss-weights", default="", help="overrides, e.g. 'l1=1.0,commit=0.5' (keys: sc, logmag, "
                    "mel, l1, commit; defaults 1, 1, 1, 0.1, 1)")
+    p.add_argument("--init", help="start a new run from these codec weights (a trainer.pt or a codec folder)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="freeze the encoder and codebooks (tokens unchanged) and train only the decoder")
     p.add_argument("--eval-only", action="store_true", help="score OUT/codec on the held-out clips and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -318,22 +331,40 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = demo_codec_config(args.filters, args.dimension, args.lstm)
     weights = {k.strip(): float(v) for k, v in (kv.split("=") for kv in args.loss_weights.split(",") if kv.strip())}
-    trainer = CodecTrainer(build_model(config), lr=args.lr, seed=args.seed, weights=weights)
+    model = build_model(config)
     ckpt = out / "trainer.pt"
+    if args.init and not ckpt.is_file():
+        init = Path(args.init)
+        if init.is_dir():
+            from ..bundle import load_codec
+
+            init_model = load_codec(init).model
+        else:
+            init_model = build_model(config)
+            init_model.load_state_dict(load_checkpoint_file(init)["model"])
+        if init_model.config.to_dict() != config.to_dict():
+            print(f"codec: error: --init {init} has another codec config", file=sys.stderr)
+            return 2
+        model.load_state_dict(init_model.state_dict())
+        log.info("initialised from %s", init)
+    trainer = CodecTrainer(model, lr=args.lr, seed=args.seed, weights=weights, decoder_only=args.decoder_only)
     if ckpt.is_file():
         state = load_checkpoint_file(ckpt)
         if state.get("config") != config.to_dict():
             print(f"codec: error: {ckpt} was trained with another codec config; use a new --out", file=sys.stderr)
             return 2
         trainer.load_state_dict(state)
-        log.info("resumed %s at step %d", ckpt, trainer.step)
+        for group in trainer.optimizer.param_groups:  # --lr applies to a resumed run too
+            group["lr"] = args.lr
+        log.info("resumed %s at step %d (lr %g)", ckpt, trainer.step, args.lr)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     log.info("codec %.2fM params, %d train files, %d held out", n_params / 1e6, len(train_files), len(held))
     seg = int(args.seconds * SR)
     metrics: dict = {}
     eval_set, scanned_at = None, None
     deadline = time.time() + args.max_minutes * 60 if args.max_minutes else None
-    provenance = {"data": str(data.resolve()), "steps_target": args.steps, "batch_size": args.batch_size,
+    provenance = {"data": str(data.resolve()), "init": args.init, "decoder_only": args.decoder_only,
+                  "steps_target": args.steps, "batch_size": args.batch_size,
                   "crop_seconds": args.seconds, "lr": args.lr, "params": n_params, "loss_weights": trainer.weights}
     with (out / "log.jsonl").open("a") as logf:
         while trainer.step < args.steps:

@@ -80,10 +80,16 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), int(sr)
 
 
+TOKEN_PARTS = ("encoder.", "quantizer.")  # what maps audio to tokens; the decoder does not
+
+
 def codec_fingerprint(codec) -> str:
-    """A short hash of the codec's weights and config (tokens cached per codec)."""
+    """A short hash of the config and of the weights that determine the tokens (encoder + quantizer), so
+    tokens stay valid while only the decoder is fine-tuned (`train.codec --decoder-only`)."""
     h = hashlib.sha256(json.dumps(codec.model.config.to_dict(), sort_keys=True, default=str).encode())
     for k, v in sorted(codec.model.state_dict().items()):
+        if not k.startswith(TOKEN_PARTS):
+            continue
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -81,19 +81,26 @@ def cosine_with_warmup(warmup: int, total: int, min_ratio: float = 0.0):
 
 
 class EMA:
-    """Exponential moving average of a model's floating-point state: shadow = d * shadow + (1 - d) * w."""
+    """Exponential moving average of a model's floating-point state: shadow = d * shadow + (1 - d) * w.
 
-    def __init__(self, model: nn.Module, decay: float):
+    With `warmup`, update n (from 0) uses d_n = min(decay, (1 + n) / (10 + n)), so a short run's average is
+    not dominated by the initial weights (0.999^1000 = 0.37 of the init would remain after 1000 steps)."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
+        self.warmup = warmup
+        self.updates = 0
         self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        self.updates += 1
         for k, v in model.state_dict().items():
             if k in self.shadow:
-                self.shadow[k].mul_(self.decay).add_(v.detach().float(), alpha=1.0 - self.decay)
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1.0 - d)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> nn.Module:
@@ -103,10 +110,12 @@ class EMA:
         return model
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "shadow": self.shadow}
+        return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates, "shadow": self.shadow}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay = float(state["decay"])
+        self.warmup = bool(state.get("warmup", False))  # checkpoints before the warm-up existed: plain EMA
+        self.updates = int(state.get("updates", 0))
         missing = set(self.shadow) - set(state["shadow"])
         if missing:
             raise CheckpointError(f"EMA state lacks {sorted(missing)[:5]}")
