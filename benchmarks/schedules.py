@@ -62,8 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from magnet_rt.bundle import load_bundle
-    from magnet_rt.train.adherence import (accuracy, frechet_distance, generated_features, labels_of,
-                                           load_classifier, split_like_lm)
+    from magnet_rt.train.adherence import (
+        accuracy,
+        frechet_distance,
+        generated_features,
+        labels_of,
+        load_classifier,
+        split_like_lm,
+    )
 
     split = split_like_lm(Path(args.data), args.valid)
     held = split.held[: args.n]

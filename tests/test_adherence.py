@@ -3,8 +3,17 @@
 import numpy as np
 import torch
 
-from magnet_rt.train.adherence import (TARGETS, accuracy, audio_features, chance, fit_classifier, frechet_distance,
-                                       load_classifier, save_classifier, tempo_class)
+from magnet_rt.train.adherence import (
+    TARGETS,
+    accuracy,
+    audio_features,
+    chance,
+    fit_classifier,
+    frechet_distance,
+    load_classifier,
+    save_classifier,
+    tempo_class,
+)
 
 SR = 32000
 
