@@ -117,3 +117,49 @@ def test_demo_script_defaults():
 
     args = build_parser(defaults=DEMO_DEFAULTS).parse_args(["--data", "d", "--out", "o", "--codec", "c"])
     assert (args.dim, args.layers, args.heads, args.text_encoder, args.segment) == (256, 6, 4, "minilm", 10.0)
+
+
+def test_decoder_only_finetune_keeps_tokens_and_publishes_with_the_lm(data_dir, codec_dir, tmp_path):
+    """The demo recipe: the LM trains on frozen tokens while the codec's decoder keeps learning; the shipped
+    bundle pairs the LM with that decoder, and refuses a codec whose tokens differ."""
+    from magnet_rt.bundle import load_bundle, load_codec, read_bundle_config
+    from magnet_rt.conditioning import build_random_t5
+    from magnet_rt.errors import CheckpointError
+    from magnet_rt.train import cli
+    from magnet_rt.train import codec as codec_train
+    from magnet_rt.train.data import codec_fingerprint
+    from magnet_rt.train.publish import publish
+
+    dec = tmp_path / "codec-dec"
+    rc = codec_train.main(["--data", str(data_dir), "--out", str(dec), "--init", str(codec_dir / "codec"),
+                           "--decoder-only", "--steps", "2", "--batch-size", "2", "--seconds", "0.5", "--filters", "4",
+                           "--dimension", "16", "--lr", "1e-2", "--eval-every", "2", "--eval-clips", "2",
+                           "--eval-seconds", "1", "--held-out-every", "3"])
+    assert rc == 0
+    before, after = load_codec(codec_dir / "codec"), load_codec(dec / "codec")
+    a, b = before.model.state_dict(), after.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "quantizer.")))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    assert codec_fingerprint(before) == codec_fingerprint(after)
+    assert read_bundle_config(dec / "codec")["provenance"]["decoder_only"] is True
+    # resuming a decoder-only run with a full-codec trainer is refused, not silently mixed
+    assert codec_train.main(["--data", str(data_dir), "--out", str(dec), "--steps", "3", "--filters", "4",
+                             "--dimension", "16"]) == 2
+
+    run = tmp_path / "lm"
+    te = build_random_t5(tmp_path / "t5", d_model=16)
+    assert cli.main(["--data", str(data_dir), "--out", str(run), "--codec", str(codec_dir / "codec"), "--text-encoder",
+                     str(te), "--dim", "32", "--layers", "1", "--heads", "2", "--segment", "1.0", "--steps", "1",
+                     "--batch-size", "2", "--valid", "2", "--device", "cpu"]) == 0
+    out = publish(run / "bundle", dec / "codec", tmp_path / "demo", {"adherence": {"mean": 0.5}})
+    pipe = load_bundle(out, device="cpu")
+    assert all(torch.equal(v, b[k]) for k, v in pipe.codec.model.state_dict().items())
+    cfg = read_bundle_config(out)
+    assert cfg["name"] == "demo" and cfg["metrics"]["adherence"] == {"mean": 0.5}
+    assert cfg["provenance"]["codec"]["decoder_only"] is True
+    other = tmp_path / "other"
+    assert codec_train.main(["--data", str(data_dir), "--out", str(other), "--steps", "1", "--batch-size", "2",
+                             "--seconds", "0.5", "--filters", "4", "--dimension", "16", "--seed", "5",
+                             "--eval-clips", "2", "--eval-seconds", "1", "--held-out-every", "3"]) == 0
+    with pytest.raises(CheckpointError, match="differ"):
+        publish(run / "bundle", other / "codec", tmp_path / "bad")

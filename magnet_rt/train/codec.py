@@ -353,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         if state.get("config") != config.to_dict():
             print(f"codec: error: {ckpt} was trained with another codec config; use a new --out", file=sys.stderr)
             return 2
-        trainer.load_state_dict(state)
+        try:
+            trainer.load_state_dict(state)
+        except ValueError as e:
+            print(f"codec: error: {ckpt}: {e}", file=sys.stderr)
+            return 2
         for group in trainer.optimizer.param_groups:  # --lr applies to a resumed run too
             group["lr"] = args.lr
         log.info("resumed %s at step %d (lr %g)", ckpt, trainer.step, args.lr)
