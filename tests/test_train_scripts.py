@@ -163,3 +163,16 @@ def test_decoder_only_finetune_keeps_tokens_and_publishes_with_the_lm(data_dir, 
                              "--eval-clips", "2", "--eval-seconds", "1", "--held-out-every", "3"]) == 0
     with pytest.raises(CheckpointError, match="differ"):
         publish(run / "bundle", other / "codec", tmp_path / "bad")
+
+
+def test_parallel_encode_equals_serial_and_checks_the_codec(data_dir, codec_dir, tmp_path):
+    from magnet_rt.bundle import load_codec
+    from magnet_rt.train.data import encode_folder
+
+    codec = load_codec(codec_dir / "codec")
+    serial = encode_folder(codec, data_dir, cache=tmp_path / "a.pt")
+    parallel = encode_folder(codec, data_dir, cache=tmp_path / "b.pt", workers=2, codec_path=codec_dir / "codec")
+    assert serial.files == parallel.files and serial.captions == parallel.captions and len(serial) == 10
+    assert all(torch.equal(a, b) for a, b in zip(serial.codes, parallel.codes, strict=True))
+    with pytest.raises(ValueError, match="codec_path"):
+        encode_folder(codec, data_dir, cache=tmp_path / "c.pt", workers=2)

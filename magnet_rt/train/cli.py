@@ -51,6 +51,8 @@ def build_parser(prog: str = "magnet-rt train", defaults: dict | None = None) ->
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--encode-workers", type=int, default=1,
+                   help="processes that encode the data folder to tokens (first run only; needs --codec)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--publish", help="also write the final bundle here (e.g. magnet_rt/assets/demo)")
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None, prog: str = "magnet-rt train", defaults:
             lm, te, codec, te_name = load_init(args.init, device)
         else:
             lm, te, codec, te_name = build_scratch(args, device)
-        tokens = encode_folder(codec, args.data)
+        workers = args.encode_workers if args.codec and not args.init else 1
+        tokens = encode_folder(codec, args.data, workers=workers, codec_path=args.codec)
         n_valid = min(args.valid, max(0, len(tokens) // 10))
         train, valid = tokens.split(n_valid)
         lr = args.lr if args.lr is not None else (1e-5 if args.init else 5e-4)

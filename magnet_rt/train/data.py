@@ -131,9 +131,34 @@ class TokenSet:
         return self.batch(idx, frames, generator)
 
 
+def _encode_files(codec, paths: list[Path], max_seconds: float | None, progress_every: int = 0,
+                  total: int = 0) -> list[Tensor]:
+    codes = []
+    for n, path in enumerate(paths, 1):
+        audio, sr = load_audio(path)
+        if max_seconds:
+            audio = audio[:, : int(max_seconds * sr)]
+        c = codec.encode(audio, sr)[0].cpu()  # [K, T]
+        codes.append(c.to(torch.int16) if codec.card <= 32767 else c)
+        if progress_every and n % progress_every == 0:
+            log.info("encoded %d/%d files", n, total or len(paths))
+    return codes
+
+
+def _encode_shard(codec_path: str, paths: list[Path], max_seconds: float | None) -> list[Tensor]:
+    """Worker (spawned process, one thread): load the codec from its folder and encode a shard."""
+    torch.set_num_threads(1)
+    from .cli import load_codec_any
+
+    return _encode_files(load_codec_any(codec_path, "cpu"), paths, max_seconds)
+
+
 def encode_folder(codec, folder: str | Path, cache: str | Path | None = None, max_seconds: float | None = None,
-                  progress_every: int = 100) -> TokenSet:
-    """Codec tokens of every captioned file in `folder`, cached in `cache` (default FOLDER/tokens-<fp>.pt)."""
+                  progress_every: int = 100, workers: int = 1, codec_path: str | Path | None = None) -> TokenSet:
+    """Codec tokens of every captioned file in `folder`, cached in `cache` (default FOLDER/tokens-<fp>.pt).
+
+    `workers` > 1 encodes contiguous shards in that many spawned processes (one thread each), each loading
+    the codec from `codec_path` (required then; checked to have the same fingerprint)."""
     items = find_captioned_audio(folder)
     if not items:
         raise CheckpointError(f"{folder}: no captioned audio (a .txt beside each file or a captions.jsonl)")
@@ -144,15 +169,25 @@ def encode_folder(codec, folder: str | Path, cache: str | Path | None = None, ma
         if blob.get("fingerprint") == fp and blob.get("files") == [str(it.path) for it in items]:
             return TokenSet(list(blob["codes"]), list(blob["captions"]), list(blob["files"]))
         log.info("%s is stale (different codec or files); re-encoding", cache)
-    codes = []
-    for n, it in enumerate(items, 1):
-        audio, sr = load_audio(it.path)
-        if max_seconds:
-            audio = audio[:, : int(max_seconds * sr)]
-        c = codec.encode(audio, sr)[0].cpu()  # [K, T]
-        codes.append(c.to(torch.int16) if codec.card <= 32767 else c)
-        if progress_every and n % progress_every == 0:
-            log.info("encoded %d/%d files", n, len(items))
+    paths = [it.path for it in items]
+    if workers > 1 and len(paths) > 1:
+        if codec_path is None:
+            raise ValueError("encode_folder: workers > 1 needs codec_path (each worker loads the codec itself)")
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        from .cli import load_codec_any
+
+        if codec_fingerprint(load_codec_any(str(codec_path), "cpu")) != fp:
+            raise ValueError(f"encode_folder: {codec_path} is not the codec passed in")
+        bounds = np.linspace(0, len(paths), workers + 1).astype(int)
+        log.info("encoding %d files in %d processes", len(paths), workers)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_encode_shard, str(codec_path), paths[a:b], max_seconds)
+                       for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+            codes = [c for f in futures for c in f.result()]
+    else:
+        codes = _encode_files(codec, paths, max_seconds, progress_every, len(paths))
     blob = {"fingerprint": fp, "files": [str(it.path) for it in items], "captions": [it.caption for it in items],
             "codes": codes}
     tmp = cache.with_name(cache.name + ".tmp")
