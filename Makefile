@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel. On a GPU machine install your CUDA build of torch into .venv first and pass
 # TORCH_SPEC= (empty) so it is kept: `make install TORCH_SPEC=`.
 TORCH_SPEC ?= torch==2.13.0
-MODEL ?= tiny-random
+MODEL ?= demo
 BIND ?= tcp://127.0.0.1:5555
 SERVE_ARGS ?=
 

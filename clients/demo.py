@@ -18,23 +18,19 @@ import sys
 import time
 from pathlib import Path
 
+from magnet_rt import registry
+
+# In the demo model's vocabulary (the data generator's captions: styles, GM instruments, drums, tempo, key).
 PROMPTS = (
-    "upbeat funk with slap bass and drums at 110 bpm",
-    "calm piano ballad in C major",
-    "dark synthwave with arpeggios and a steady kick",
+    "energetic funk with clavinet, slap bass and drums at 110 bpm in E minor",
+    "gentle ambient track, vibraphone over warm pad, without drums, 66 bpm, C major",
+    "driving rock with distorted guitar, electric bass and drums at 140 bpm in A minor",
 )
-INPAINT = ("drum fill", 3.0, 5.0)  # prompt, start_s, end_s in take 1
+INPAINT = ("funk with alto sax, slap bass and drums", 3.0, 5.0)  # prompt, start_s, end_s in take 1
 
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "clients.cli", *args]
-
-
-def default_model() -> str:
-    from magnet_rt import registry
-    from magnet_rt.bundle import is_bundle
-
-    return "demo" if is_bundle(registry.demo_dir()) else "tiny-random"
 
 
 def start_daemon(model: str, timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
@@ -87,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--param", action="append", default=[], help="extra KEY=JSON decoding overrides")
     args = ap.parse_args(argv)
-    model = args.model or default_model()
+    model = args.model or registry.default_model()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if model == "tiny-random":

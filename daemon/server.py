@@ -30,7 +30,7 @@ from importlib import metadata
 import torch
 import zmq
 
-from magnet_rt.registry import PRECISIONS, TINY_RANDOM, load_pipeline
+from magnet_rt.registry import PRECISIONS, TINY_RANDOM, default_model, load_pipeline
 from protocol import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -88,6 +88,8 @@ def daemon_version() -> str:
 
 class Daemon:
     def __init__(self, args: argparse.Namespace):
+        if args.model is None:
+            args.model = default_model()  # the shipped demo bundle
         self.args = args
         self.max_bytes = args.max_message_bytes
         self.sched = Scheduler(max_queue=args.max_queue, max_batch=args.max_batch)
@@ -405,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bind", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
                    help=f"ZeroMQ endpoint (default {DEFAULT_ENDPOINT}; ipc:// too; tcp://127.0.0.1:* picks a port)")
-    p.add_argument("--model", default=TINY_RANDOM, help=f"model to serve and keep loaded (default {TINY_RANDOM})")
+    p.add_argument("--model", default=None, help="model to serve and keep loaded: demo (the shipped bundle, the "
+                   "default), tiny-random (random weights, tests), a released hub id or a folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: as released (fp16 blocks on CUDA, fp32 on CPU); int8: quantized block "

@@ -125,6 +125,14 @@ def demo_dir() -> Path:
     return Path(__file__).resolve().parent / "assets" / "demo"
 
 
+def default_model() -> str:
+    """What `magnet-rt serve` and `make demo` run without --model: the shipped demo bundle; tiny-random
+    (random weights) only in a checkout whose bundle was removed."""
+    from .bundle import is_bundle
+
+    return DEMO if is_bundle(demo_dir()) else TINY_RANDOM
+
+
 def load_demo(device: str = "auto", fast: bool = True):
     from .bundle import is_bundle, load_bundle
     from .errors import CheckpointError

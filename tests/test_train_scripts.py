@@ -4,6 +4,7 @@ bundle + released-format export that load and generate."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,36 @@ def test_parallel_encode_equals_serial_and_checks_the_codec(data_dir, codec_dir,
     assert all(torch.equal(a, b) for a, b in zip(serial.codes, parallel.codes, strict=True))
     with pytest.raises(ValueError, match="codec_path"):
         encode_folder(codec, data_dir, cache=tmp_path / "c.pt", workers=2)
+
+
+def test_recipe_commands_are_valid_invocations_of_each_stage(monkeypatch, capsys):
+    """Every command of the one-command recipe parses with its module's own argument parser."""
+    import argparse
+    import importlib
+    from types import SimpleNamespace
+
+    from magnet_rt.train import recipe
+
+    class Parsed(Exception):
+        pass
+
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(original(self, args, namespace))
+
+    todo = recipe.stages(Path("w"), Path("pub"), SimpleNamespace(codec_steps=10, lm_steps=5, decoder_steps=7,
+                                                                 threads=2))
+    assert [n for n, _ in todo] == ["data", "codec", "lm+decoder", "adherence", "publish"]
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    for _, cmds in todo:
+        for cmd in cmds:
+            assert cmd[1] == "-m"
+            module = importlib.import_module(cmd[2])
+            with pytest.raises(Parsed):
+                module.main(cmd[3:])
+    monkeypatch.undo()
+    assert recipe.main(["--work", "w", "--dry-run", "--from-stage", "adherence"]) == 0
+    out = capsys.readouterr().out
+    assert "== adherence" in out and "== publish" in out and "== codec" not in out
+    assert "python -m magnet_rt.train.publish --lm w/runs/lm/bundle" in out
