@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="out", help="data and runs go under WORK/data, WORK/runs")
     p.add_argument("--publish", default="magnet_rt/assets/demo")
     p.add_argument("--codec-steps", type=int, default=4500)
-    p.add_argument("--lm-steps", type=int, default=1300)
+    p.add_argument("--lm-steps", type=int, default=2000)
     p.add_argument("--decoder-steps", type=int, default=25000)
     p.add_argument("--threads", type=int, default=2, help="torch threads of the single-process stages")
     p.add_argument("--from-stage", default="data", help="skip the stages before this one")
