@@ -143,6 +143,11 @@ def test_decoder_only_finetune_keeps_tokens_and_publishes_with_the_lm(data_dir, 
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
     assert codec_fingerprint(before) == codec_fingerprint(after)
     assert read_bundle_config(dec / "codec")["provenance"]["decoder_only"] is True
+    # --eval-only scores the folder's weights now and records that in its config
+    assert codec_train.main(["--data", str(data_dir), "--out", str(dec), "--eval-only", "--eval-clips", "2",
+                             "--eval-seconds", "1", "--held-out-every", "3"]) == 0
+    m = read_bundle_config(dec / "codec")["metrics"]
+    assert m["step"] == 2 and m["clips"] == 2 and np.isfinite(m["mel_distance"])
     # resuming a decoder-only run with a full-codec trainer is refused, not silently mixed
     assert codec_train.main(["--data", str(data_dir), "--out", str(dec), "--steps", "3", "--filters", "4",
                              "--dimension", "16"]) == 2

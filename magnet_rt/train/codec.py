@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", help="start a new run from these codec weights (a trainer.pt or a codec folder)")
     p.add_argument("--decoder-only", action="store_true",
                    help="freeze the encoder and codebooks (tokens unchanged) and train only the decoder")
-    p.add_argument("--eval-only", action="store_true", help="score OUT/codec on the held-out clips and exit")
+    p.add_argument("--eval-only", action="store_true",
+                   help="score OUT/codec on the held-out clips, record the result in its config.json, exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -322,7 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         if clips is None:
             print(f"codec: error: no held-out files under {data}", file=sys.stderr)
             return 2
-        print(json.dumps(evaluate_model(load_codec(out / "codec").model, clips)))
+        cfg_path = out / "codec" / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        metrics = {"step": cfg.get("provenance", {}).get("step"), **evaluate_model(load_codec(out / "codec").model, clips)}
+        cfg["metrics"] = metrics  # the folder's weights, scored now (the last in-run eval may predate them)
+        cfg_path.write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+        print(json.dumps(metrics))
         return 0
     out.mkdir(parents=True, exist_ok=True)
     train_files, held = list_audio(data, args.held_out_every)
