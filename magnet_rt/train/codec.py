@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         cfg_path = out / "codec" / "config.json"
         cfg = json.loads(cfg_path.read_text())
-        metrics = {"step": cfg.get("provenance", {}).get("step"), **evaluate_model(load_codec(out / "codec").model, clips)}
+        scores = evaluate_model(load_codec(out / "codec").model, clips)
+        metrics = {"step": cfg.get("provenance", {}).get("step"), **scores}
         cfg["metrics"] = metrics  # the folder's weights, scored now (the last in-run eval may predate them)
         cfg_path.write_text(json.dumps(cfg, indent=2, default=str) + "\n")
         print(json.dumps(metrics))
