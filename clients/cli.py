@@ -27,7 +27,7 @@ DEBUG_ENV = "MAGNET_RT_DEBUG"
 log = logging.getLogger("magnet_rt.cli")
 ROOT_EXAMPLES = """\
 examples:
-  magnet-rt serve --model tiny-random                        # start the daemon (see `magnet-rt serve -h`)
+  magnet-rt serve                                            # start the daemon on the demo model (`serve -h`)
   magnet-rt generate "warm rhodes chords, 84 bpm" --preset live --seed 1 -o out.wav
   magnet-rt generate "dark techno" --variations 3 -o techno.wav   # techno.wav techno-2.wav techno-3.wav
   magnet-rt inpaint loop.wav --start 2.0 --end 4.0 "snare fill" --preset live --seed 2 -o fill.wav
