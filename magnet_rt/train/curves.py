@@ -49,22 +49,26 @@ def plot(codec_runs: list[str], lm_runs: list[str], out: str | Path) -> Path:
     fig, axes = plt.subplots(rows, 2, figsize=(12, 3.6 * rows), squeeze=False)
     r = 0
     if codec_runs:
-        offset = 0
+        offset, last, sdr = 0, 0, []
         for run in codec_runs:
             train, evals = read_log(run)
             if not train:
                 continue
+            if train[0]["step"] < last / 2:  # restarted its count (decoder-only from --init), not a resume
+                offset = last
             steps = np.array([t["step"] for t in train]) + offset
             for key in ("mel", "logmag", "sc", "l1"):
-                axes[r, 0].plot(steps[len(steps) - len(smooth(np.zeros(len(steps)), 20)):],
-                                smooth(np.array([t[key] for t in train]), 20), label=f"{key} ({Path(run).name})")
+                y = smooth(np.array([t[key] for t in train]), 20)
+                axes[r, 0].plot(steps[len(steps) - len(y):], y, label=f"{key} ({Path(run).name})")
             if evals:
-                es = np.array([e["step"] for e in evals]) + offset
+                es = [e["step"] + offset for e in evals]
                 axes[r, 1].plot(es, [e["mel_distance"] for e in evals], "o-", label=f"mel distance ({Path(run).name})")
-                ax2 = axes[r, 1].twinx()
-                ax2.plot(es, [e["si_sdr"] for e in evals], "s--", color="gray", label="SI-SDR dB")
-                ax2.set_ylabel("SI-SDR (dB)")
-            offset = int(steps[-1])
+                sdr += [(x, e["si_sdr"]) for x, e in zip(es, evals, strict=True)]
+            last = int(steps[-1])
+        if sdr:
+            ax2 = axes[r, 1].twinx()
+            ax2.plot(*zip(*sorted(sdr), strict=True), "s--", color="gray", label="SI-SDR (dB)")
+            ax2.set_ylabel("SI-SDR (dB), gray")
         axes[r, 0].set(title="codec: training losses (20-step mean)", xlabel="step")
         axes[r, 0].legend(fontsize=7)
         axes[r, 1].set(title="codec: held-out mel distance", xlabel="step")
