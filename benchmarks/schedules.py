@@ -31,15 +31,15 @@ GRID_FIRST = (5, 10, 20)
 GRID_HIGHER = (1, 3, 10)
 
 
-def schedules(presets: list[str]) -> list[tuple[str, object]]:
+def schedules(presets: list[str], grid_first=GRID_FIRST, grid_higher=GRID_HIGHER) -> list[tuple[str, object]]:
     """(label, DecodeParams) for each preset and each point of the Fig. 7 grid (non-overlapping spans)."""
     from magnet_rt.presets import resolve_params
 
     out = [(f"preset {p}", resolve_params(p)) for p in presets]
     base = resolve_params("reference")
     seen = {tuple(p.decoding_steps) + (p.span_arrangement,) for _, p in out}
-    for first in GRID_FIRST:
-        for higher in GRID_HIGHER:
+    for first in grid_first:
+        for higher in grid_higher:
             params = replace(base, decoding_steps=(first, higher, higher, higher))
             if tuple(params.decoding_steps) + (params.span_arrangement,) not in seen:
                 out.append((f"grid [{first},{higher},{higher},{higher}]", params))
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=48, help="held-out captions generated per schedule")
     p.add_argument("--presets", default="live,balanced,studio,reference")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True, help="include the Fig. 7 grid")
+    p.add_argument("--grid-first", default=",".join(map(str, GRID_FIRST)), help="first-codebook steps of the grid")
+    p.add_argument("--grid-higher", default=",".join(map(str, GRID_HIGHER)), help="steps per higher codebook")
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", dest="json_out")
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     clf = load_classifier(Path(args.classifier) / "classifier.safetensors")
     real = clf.embed(torch.load(Path(args.classifier) / "features.pt", weights_only=True)["held"])
     pipe = load_bundle(args.bundle, device="cpu")
-    todo = schedules([s for s in args.presets.split(",") if s])
+    todo = schedules([s for s in args.presets.split(",") if s], [int(x) for x in args.grid_first.split(",")],
+                     [int(x) for x in args.grid_higher.split(",")])
     if not args.grid:
         todo = [t for t in todo if t[0].startswith("preset")]
     rows = []

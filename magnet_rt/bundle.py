@@ -85,6 +85,9 @@ def save_bundle(pipe, directory: str | Path, *, lm_dtype: torch.dtype = torch.fl
             "provenance": provenance or {}, "metrics": metrics or {},
         }
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=False, default=str) + "\n")
+        for f in tmp.rglob("*"):  # mkdtemp and safetensors create owner-only files; a bundle is for everyone
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
