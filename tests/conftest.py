@@ -49,3 +49,11 @@ def pipe(tmp_path_factory):
     from magnet_rt.registry import load_pipeline
 
     return load_pipeline("tiny-random", device="cpu")
+
+
+def sigint_default() -> None:
+    """`preexec_fn` for a CLI a test will Ctrl-C: SIGINT handled as on a terminal. A job a shell started in
+    the background (`cmd &`, as some CI runners do) inherits SIGINT *ignored*, and so would the CLI."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import sigint_default
 
 from clients.cli import main
 from clients.fakedaemon import FakeDaemon
@@ -233,6 +234,7 @@ def test_subprocess_exit_codes(tmp_path):
 def test_ctrl_c_cancels_and_waits_for_the_end(daemon, tmp_path):
     daemon.step_delay_s = 0.1  # 10 steps: about a second of decoding
     proc = subprocess.Popen([str(EXE), "generate", "x", "--connect", daemon.endpoint, "-o", "o.wav"], cwd=tmp_path,
+                            preexec_fn=sigint_default,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr.readline().startswith("accepted")

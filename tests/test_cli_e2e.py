@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import sigint_default
 
 from clients.client import AsyncMagnetClient, MagnetClient
 
@@ -125,7 +126,7 @@ def test_python_clients_against_the_daemon(endpoint):
 
 def test_ctrl_c_cancels_on_the_daemon(endpoint, tmp_path):
     proc = subprocess.Popen([str(EXE), "generate", "x", "--connect", endpoint, "--param",
-                             "decoding_steps=[200,50,50,50]", "-o", "c.wav"], cwd=tmp_path,
+                             "decoding_steps=[200,50,50,50]", "-o", "c.wav"], cwd=tmp_path, preexec_fn=sigint_default,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr.readline().startswith("accepted")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import zmq
+from conftest import sigint_default
 
 from clients.client import MagnetClient
 from daemon.testing import Client, DaemonProcess
@@ -220,7 +221,8 @@ def test_cli_endless_grows_a_wav_until_ctrl_c(daemon, tmp_path):
     out = tmp_path / "live.wav"
     proc = subprocess.Popen([str(EXE), "generate", "deep house", "--endless", "--connect", daemon.endpoint,
                              "--preset", "live", "--param", "decoding_steps=[3,1,1,1]", "-o", str(out)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (not out.exists() or sf.info(out).frames < 12 * SR):
