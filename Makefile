@@ -26,7 +26,7 @@ serve: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# The daemon on the demo bundle (tiny-random until the bundle is built): three takes, one inpaint, a PNG.
+# The daemon on its default model (the shipped demo bundle): three takes, one inpaint, a PNG.
 demo: install
 	$(BIN)/python -m clients.demo --out out/demo
 

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         accuracy,
         frechet_distance,
         generated_features,
+        held_out_features,
         labels_of,
         load_classifier,
         split_like_lm,
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     held = split.held[: args.n]
     labels = labels_of([f.labels for f in held])
     clf = load_classifier(Path(args.classifier) / "classifier.safetensors")
-    real = clf.embed(torch.load(Path(args.classifier) / "features.pt", weights_only=True)["held"])
+    real = clf.embed(held_out_features(Path(args.classifier), Path(args.bundle)))
     pipe = load_bundle(args.bundle, device="cpu")
     todo = schedules([s for s in args.presets.split(",") if s], [int(x) for x in args.grid_first.split(",")],
                      [int(x) for x in args.grid_higher.split(",")])

@@ -2,10 +2,10 @@
 
     python -m clients.demo [--model demo|tiny-random|FOLDER] [--out out/demo] [--preset live]
 
-The model defaults to the offline demo bundle when it is built, else `tiny-random` (random weights: noise,
-said plainly). Everything goes through the real command line (`magnet-rt serve`, `magnet-rt generate`,
-`magnet-rt inpaint`) on a free loopback port. Writes `take-1.wav` .. `take-3.wav`, `inpainted.wav` and
-`demo.png` (waveform and spectrogram of each, the inpainted region marked).
+The model defaults to the daemon's (`registry.default_model`: the shipped demo bundle; `tiny-random`, random
+weights, said plainly, only in a checkout without the bundle). Everything goes through the real command line
+(`magnet-rt serve`, `magnet-rt generate`, `magnet-rt inpaint`) on a free loopback port. Writes `take-1.wav` ..
+`take-3.wav`, `inpainted.wav` and `demo.png` (waveform and spectrogram of each, the inpainted region marked).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def plot(files: list[Path], region: tuple[float, float], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="default: the demo bundle if built, else tiny-random")
+    ap.add_argument("--model", default=None, help="default: the shipped demo bundle")
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--preset", default="live")
     ap.add_argument("--duration", type=float, default=10.0)

@@ -72,3 +72,19 @@ def test_frechet_distance_zero_for_same_set_and_grows_with_shift():
     assert abs(frechet_distance(a, a)) < 1e-6
     near, far = frechet_distance(a, a + 0.1), frechet_distance(a, a + 1.0)
     assert abs(near - 8 * 0.01) < 1e-6 and abs(far - 8.0) < 1e-6
+
+
+def test_held_out_features_are_checked_against_the_bundles_codec(tmp_path):
+    import pytest
+
+    from magnet_rt.train.adherence import FEATURES, file_sha, held_out_features
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "codec.safetensors").write_bytes(b"codec A")
+    held = torch.arange(6.0).view(2, 3)
+    torch.save({"codec": file_sha(bundle / "codec.safetensors"), "held": held}, tmp_path / FEATURES)
+    assert torch.equal(held_out_features(tmp_path, bundle), held)
+    (bundle / "codec.safetensors").write_bytes(b"codec B")
+    with pytest.raises(ValueError, match="another codec"):
+        held_out_features(tmp_path, bundle)

@@ -144,6 +144,24 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean.real))
 
 
+FEATURES = "features.pt"  # in the --out folder: features of the reconstructed clips, keyed by codec and clips
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def held_out_features(folder: Path, bundle: Path) -> Tensor:
+    """The reconstructed held-out clips' features an adherence run left in `folder`, checked to come from
+    `bundle`'s codec (for `benchmarks/schedules.py`)."""
+    from ..bundle import CODEC_FILE
+
+    blob = torch.load(Path(folder) / FEATURES, weights_only=True)
+    if blob.get("codec") != file_sha(Path(bundle) / CODEC_FILE):
+        raise ValueError(f"{folder / FEATURES} was made with another codec than {bundle}'s; re-run the adherence")
+    return blob["held"]
+
+
 def save_classifier(clf: AdherenceClassifier, path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -224,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ..bundle import load_bundle
+    from ..bundle import CODEC_FILE, LM_FILE, load_bundle
     from ..presets import resolve_params
 
     out = Path(args.out)
@@ -236,18 +254,19 @@ def main(argv: list[str] | None = None) -> int:
     pick = split.train[:: max(1, len(split.train) // args.train_clips)][: args.train_clips]
     pipe = load_bundle(args.bundle, device="cpu")
     train_labels, held_labels = labels_of([f.labels for f in pick]), labels_of([f.labels for f in split.held])
-    cache = out / "features.pt"
-    if cache.is_file():
-        blob = torch.load(cache, weights_only=True)
+    key = {"codec": file_sha(Path(args.bundle) / CODEC_FILE), "train_files": [str(f.path) for f in pick],
+           "held_files": [str(f.path) for f in split.held]}
+    blob = torch.load(out / FEATURES, weights_only=True) if (out / FEATURES).is_file() else {}
+    if all(blob.get(k) == v for k, v in key.items()):  # same codec, same clips: same reconstructions
         train_x, held_x = blob["train"], blob["held"]
     else:
         log.info("reconstructing %d training + %d held-out clips", len(pick), len(split.held))
         train_x = reconstructed_features(pipe.codec, pick)
         held_x = reconstructed_features(pipe.codec, split.held)
-        torch.save({"train": train_x, "held": held_x}, cache)
+        torch.save({**key, "train": train_x, "held": held_x}, out / FEATURES)
     clf = fit_classifier(train_x, train_labels)
     save_classifier(clf, out / "classifier.safetensors")
-    lm_hash = hashlib.sha256((Path(args.bundle) / "model.safetensors").read_bytes()).hexdigest()[:12]
+    lm_hash = file_sha(Path(args.bundle) / LM_FILE)
     gen_cache = out / f"generated-{args.preset}-seed{args.seed}-valid{args.valid}-{lm_hash}.pt"
     if gen_cache.is_file():  # the same LM, preset, seed and captions: the same audio
         blob = torch.load(gen_cache, weights_only=True)

@@ -72,20 +72,14 @@ def load_init(name: str, device):
     return pipe.lm, pipe.text_encoder, pipe.codec, te_name
 
 
-def load_codec_any(path: str, device):
-    from ..bundle import is_bundle, load_codec
-    from ..codec import Codec
-
-    return load_codec(path, device=device) if is_bundle(path) or (Path(path) / "codec.safetensors").is_file() \
-        else Codec.from_audiocraft(path, device=device)
-
-
 def build_scratch(args, device):
     from ..lm import MagnetConfig, MagnetLM
     from ..minilm import MINILM_NAME, MiniLMTextEncoder
 
     if not args.codec:
         raise SystemExit("magnet-rt train: without --init, --codec is required (the codec whose tokens to model)")
+    from .data import load_codec_any
+
     codec = load_codec_any(args.codec, device)
     if args.text_encoder == "minilm":
         te, te_name = MiniLMTextEncoder.from_pretrained(device=device), MINILM_NAME

@@ -346,13 +346,14 @@ def main(argv: list[str] | None = None) -> int:
             from ..bundle import load_codec
 
             init_model = load_codec(init).model
+            init_config, init_state = init_model.config.to_dict(), init_model.state_dict()
         else:
-            init_model = build_model(config)
-            init_model.load_state_dict(load_checkpoint_file(init)["model"])
-        if init_model.config.to_dict() != config.to_dict():
+            state = load_checkpoint_file(init)
+            init_config, init_state = state.get("config"), state["model"]
+        if init_config != config.to_dict():
             print(f"codec: error: --init {init} has another codec config", file=sys.stderr)
             return 2
-        model.load_state_dict(init_model.state_dict())
+        model.load_state_dict(init_state)
         log.info("initialised from %s", init)
     trainer = CodecTrainer(model, lr=args.lr, seed=args.seed, weights=weights, decoder_only=args.decoder_only)
     if ckpt.is_file():

@@ -80,6 +80,15 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), int(sr)
 
 
+def load_codec_any(path: str | Path, device="cpu"):
+    """A codec from a bundle, a codec folder (codec.safetensors) or a released compression checkpoint."""
+    from ..bundle import is_bundle, load_codec
+    from ..codec import Codec
+
+    return load_codec(path, device=device) if is_bundle(path) or (Path(path) / "codec.safetensors").is_file() \
+        else Codec.from_audiocraft(path, device=device)
+
+
 TOKEN_PARTS = ("encoder.", "quantizer.")  # what maps audio to tokens; the decoder does not
 
 
@@ -148,8 +157,6 @@ def _encode_files(codec, paths: list[Path], max_seconds: float | None, progress_
 def _encode_shard(codec_path: str, paths: list[Path], max_seconds: float | None) -> list[Tensor]:
     """Worker (spawned process, one thread): load the codec from its folder and encode a shard."""
     torch.set_num_threads(1)
-    from .cli import load_codec_any
-
     return _encode_files(load_codec_any(codec_path, "cpu"), paths, max_seconds)
 
 
@@ -175,8 +182,6 @@ def encode_folder(codec, folder: str | Path, cache: str | Path | None = None, ma
             raise ValueError("encode_folder: workers > 1 needs codec_path (each worker loads the codec itself)")
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-
-        from .cli import load_codec_any
 
         if codec_fingerprint(load_codec_any(str(codec_path), "cpu")) != fp:
             raise ValueError(f"encode_folder: {codec_path} is not the codec passed in")

@@ -29,7 +29,7 @@ def publish(lm_bundle: str | Path, codec_dir: str | Path, out: str | Path, extra
         raise CheckpointError(f"{codec_dir}: its encoder/codebooks differ from the ones that made the LM's tokens "
                               f"({lm_bundle}); only a --decoder-only fine-tune of that codec can be published with it")
     lm_cfg = read_bundle_config(lm_bundle)
-    codec_cfg = json.loads((Path(codec_dir) / "config.json").read_text())
+    codec_cfg = read_bundle_config(codec_dir)
     pipe.codec = codec
     metrics = {"lm": lm_cfg.get("metrics", {}), "codec": codec_cfg.get("metrics", {}), **(extra_metrics or {})}
     provenance = {"lm": lm_cfg.get("provenance", {}), "codec": codec_cfg.get("provenance", {})}
