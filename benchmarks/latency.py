@@ -9,7 +9,11 @@ medium = magnet-medium-10secs), batch B with classifier-free guidance (2B rows p
 through cross-attention, fp32 on CPU / fp16 blocks on CUDA as released); the fast path is
 `decoding.decode(..., fast=True)`, in `--fast-dtype` (auto: fp16 blocks on CUDA as released, fp32 on CPU:
 bf16 matmuls measured slower than fp32 on our CPU build, see RESULTS.md; `--fast-dtype bf16` to try).
-Iteration -1 (warm-up) is reported apart. With `--codec`, a random EnCodec 32 kHz of the released
+The fast path comes in two forms, both timed: `dynamic` (samples only the re-masked positions, with
+data-dependent shapes) and `static` (`magnet_rt.graphs`: fixed shapes, no host sync, replayed as CUDA
+graphs on a GPU, eager on the CPU). `fast` reports the form the pipeline serves with on that device
+(`magnet_rt.graphs.use_static`), `fast_dynamic` / `fast_static` the other. Iteration -1 (warm-up, which
+captures the graphs) is reported apart. With `--codec`, a random EnCodec 32 kHz of the released
 architecture decodes the codes too (LM + codec, as a request is served).
 """
 
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 
 from magnet_rt.decoding import RowGroup, decode
+from magnet_rt.graphs import StepGraphs, use_static
 from magnet_rt.lm import RELEASED_SHAPES, MagnetConfig, MagnetLM
 from magnet_rt.presets import resolve_params
 
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fast-dtype", choices=["auto", *DTYPES], default="auto",
                     help="int8: dynamically quantized block projections (CPU; MagnetLM.quantize_int8)")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--skip-other", action="store_true", help="time only the fast form served on this device")
     ap.add_argument("--codec", action="store_true", help="include EnCodec 32 kHz decoding (random weights)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", dest="json_out")
@@ -127,12 +133,19 @@ def main(argv: list[str] | None = None) -> int:
                             use_conv_shortcut=False, codebook_size=2048, target_bandwidths=[2.2])
         codec = Codec(random_encodec_model(cfg), device=device)
 
-    def run(lm: MagnetLM, is_fast: bool, batch: int = args.batch):
+    graphs = {}
+
+    def run(lm: MagnetLM, is_fast: bool, batch: int = args.batch, static: bool | None = None):
+        static = use_static(device) if static is None else static
+        if static:
+            graphs.setdefault(id(lm), StepGraphs(lm))
+
         def go():
             with torch.inference_mode():
                 cond = lm.project_text(text[:1].expand(batch, -1, -1), mask[:1].expand(batch, -1))
                 g = torch.Generator(device=device).manual_seed(0)
-                codes = decode(lm, cond, args.frames, params, [RowGroup(batch, g)], fast=is_fast)[0]
+                codes = decode(lm, cond, args.frames, params, [RowGroup(batch, g)], fast=is_fast,
+                               graphs=graphs.get(id(lm)) if static else None)[0]
                 if codec is not None:
                     codec.decode(codes)
         return go
@@ -161,12 +174,20 @@ def main(argv: list[str] | None = None) -> int:
         "fast_dtype": str(fast_dtype), "params": sum(p.numel() for p in base.parameters()),
         "torch": torch.__version__, "command": " ".join(["python -m benchmarks.latency", *(argv or sys.argv[1:])]),
     }
+    served = use_static(device)
+    result["fast_form"] = "static" if served else "dynamic"
     paths = {"fast": run(fast, True)}
+    if not args.skip_other:
+        paths["fast_dynamic" if served else "fast_static"] = run(fast, True, static=not served)
     if not args.skip_baseline:
         paths["baseline"] = run(base, False)
     result.update(time_interleaved(paths, args.repeats, device))
     if not args.skip_baseline:
         result["speedup"] = result["baseline"]["p50_s"] / result["fast"]["p50_s"]
+    other = "fast_dynamic" if served else "fast_static"
+    if other in result:
+        result["static_vs_dynamic"] = (result["fast_dynamic" if served else "fast"]["p50_s"]
+                                       / result["fast" if served else "fast_static"]["p50_s"])
     if fast is not base:
         result["fast_logit_rel_error"] = logit_error(base, fast, args.batch, min(args.frames, 100), device)
     result["peak_memory_bytes"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"

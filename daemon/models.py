@@ -24,6 +24,7 @@ import torch
 from magnet_rt.errors import InvalidParams
 from magnet_rt.params import DecodeParams
 from magnet_rt.pipeline import Job
+from magnet_rt.presets import DEFAULT_PRESET, resolve_params
 from magnet_rt.registry import TINY_RANDOM, known_models, load_pipeline
 from protocol import ModelInfo
 
@@ -51,11 +52,15 @@ def guess_facts(name: str) -> Facts:
 
 
 def warm_up(pipe) -> float:
-    """One tiny generation (two spans, one step per stage): allocations, kernels and caches get made
-    before the first real request. Returns seconds."""
+    """One short generation (one step per stage): allocations, kernels and caches get made before the
+    first real request. With step graphs (CUDA) it runs at the model's full segment, one row, with the
+    default preset's sampling, which captures the graphs of the most common request. Returns seconds."""
     t0 = time.perf_counter()
-    frames = 2 * pipe.lm.cfg.span_len
-    job = Job([""], frames, DecodeParams(decoding_steps=(1,) * pipe.lm.n_q), seed=0)
+    steps = {"decoding_steps": (1,) * pipe.lm.n_q}
+    if pipe.graphs is not None:
+        job = Job([""], pipe.lm.cfg.segment_frames, resolve_params(DEFAULT_PRESET, steps), seed=0)
+    else:
+        job = Job([""], 2 * pipe.lm.cfg.span_len, DecodeParams(**steps), seed=0)
     pipe.run_batch([job])
     if pipe.device.type == "cuda":
         torch.cuda.synchronize(pipe.device)
@@ -127,9 +132,13 @@ class ModelManager:
         warm = warm_up(pipe)
         load_s = time.perf_counter() - t0
         random = name == TINY_RANDOM
-        log.info("model %s loaded on %s in %.2f s (warm-up %.2f s)%s", name, describe_device(pipe.device), load_s,
-                 warm, " -- RANDOM WEIGHTS: it makes noise, not music" if random else "",
-                 extra={"ctx": {"model": name, "load_s": load_s, "warm_up_s": warm, "random_weights": random}})
+        graphs = pipe.graphs
+        steps = "off" if graphs is None else f"static ({graphs.captured()} CUDA graphs captured)"
+        log.info("model %s loaded on %s in %.2f s (warm-up %.2f s, step graphs %s)%s", name,
+                 describe_device(pipe.device), load_s, warm, steps,
+                 " -- RANDOM WEIGHTS: it makes noise, not music" if random else "",
+                 extra={"ctx": {"model": name, "load_s": load_s, "warm_up_s": warm, "random_weights": random,
+                                "step_graphs": steps}})
         with self._lock:
             self._resident[name] = Resident(pipe, self._keep(name, keep_alive_s), self.clock(), load_s)
             self._facts[name] = Facts(float(pipe.segment_duration), int(pipe.sample_rate), int(pipe.frame_rate))

@@ -30,6 +30,7 @@ from importlib import metadata
 import torch
 import zmq
 
+from magnet_rt.graphs import STEP_GRAPHS
 from magnet_rt.registry import PRECISIONS, TINY_RANDOM, default_model, load_pipeline
 from protocol import (
     DEFAULT_ENDPOINT,
@@ -95,7 +96,8 @@ class Daemon:
         self.sched = Scheduler(max_queue=args.max_queue, max_batch=args.max_batch)
         self.models = ModelManager(args.model, device=args.device, keep_alive_s=args.keep_alive,
                                    rescorer=args.rescorer,
-                                   loader=functools.partial(load_pipeline, precision=args.precision))
+                                   loader=functools.partial(load_pipeline, precision=args.precision,
+                                                           step_graphs=args.step_graphs))
         self.files = PathPolicy(args.allow_dir)
         self.outputs = OutputDir(args.output_dir, ttl_s=args.output_ttl)
         self.started = time.monotonic()
@@ -413,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: as released (fp16 blocks on CUDA, fp32 on CPU); int8: quantized block "
                         "projections, ~1.8x faster on a CPU at ~2 %% logit error (default auto)")
+    p.add_argument("--step-graphs", default="auto", choices=STEP_GRAPHS,
+                   help="decode with static-shape steps captured as CUDA graphs at warm-up (auto: on CUDA, "
+                        "off on a CPU where the dynamic fast path is faster); the codes are the same either way")
     p.add_argument("--rescorer", default=None, metavar="MODEL",
                    help="MusicGen for rescoring (`rescore`, preset rescored) and hybrid decoding (`hybrid_s`): "
                         "tiny-random (tests), a folder, or a hub id such as facebook/musicgen-small")

@@ -32,13 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import Cancelled, InvalidParams
+from .graphs import DONT_REMASK, Mode, StepGraphs, rescore_units, top_units, unit_positions, units_to_mask
 from .params import DecodeParams
-from .sampling import choose_tokens, probs_at, span_scores, step_temperature, uniforms
-
-DONT_REMASK = -1e4  # the release's DONT_REMASK_ME_SCORE
+from .sampling import TEMPERATURE_FLOOR, choose_tokens, probs_at, sampler, step_temperature, uniforms
 
 
 @dataclass
@@ -65,26 +65,12 @@ def mask_fractions(steps: int) -> list[Tensor]:
     return [torch.cos(t * math.pi * 0.5) for t in torch.linspace(0, 1, steps)]
 
 
-def units_to_mask(mask_p: Tensor, n_units: Tensor) -> Tensor:
-    """[B] count of units to (re-)mask: max(int(mask_p * N), 1), or 0 for rows with nothing to generate."""
-    num = (mask_p * n_units).to(torch.int64)  # float32 product, truncated like int()
-    return torch.where(n_units > 0, num.clamp(min=1), torch.zeros_like(num))
-
-
 def cfg_coef(mask_p: Tensor, params: DecodeParams) -> float:
     p = float(mask_p)
     return p * params.max_cfg_coef + (1 - p) * params.min_cfg_coef
 
 
-# ---- span selection ----------------------------------------------------------------------------------
-def top_units(scores: Tensor, num: Tensor) -> Tensor:
-    """[B, U] bool: the `num[b]` highest-scoring units of each row (the release's `topk`)."""
-    order = torch.argsort(scores, dim=-1, descending=True, stable=True)
-    positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(-1, order, positions)
-    return rank < num.to(scores.device)[:, None]
-
-
+# ---- span selection (`nonoverlap` units: units_to_mask, top_units, ... live with the static step) ------
 def spans_mask(starts: Tensor, T: int, span_len: int) -> Tensor:
     mask = torch.zeros(T, dtype=torch.bool, device=starts.device)
     for d in range(span_len):
@@ -140,13 +126,16 @@ def cfg_logits_at(lm, gen: Tensor, cond: Tensor, cross_len: Tensor | None, stage
 
 # ---- decoding ---------------------------------------------------------------------------------------
 class _Batch:
-    """Decoding state of the live rows; rows of cancelled groups are dropped between steps."""
+    """Decoding state of the live rows; rows of cancelled groups are dropped between steps.
+
+    On the static path `gen` is the bound bucket's buffer, updated in place by each step."""
 
     def __init__(self, gen, fixed, init, cond, cross_len, groups, cross):
         self.gen, self.fixed, self.init, self.cond, self.cross_len = gen, fixed, init, cond, cross_len
         self.groups = groups  # list of (group index, RowGroup) still decoding
         self.cross = cross  # fast path: the text k/v of every layer, computed once per batch
         self.rows = torch.arange(gen.shape[0])  # each live row's index in the original batch
+        self.bucket = None  # static path: the graphs.Bucket holding this batch's state
         self.finished: dict[int, Tensor] = {}
 
     def slices(self):
@@ -166,6 +155,7 @@ class _Batch:
         if self.cross is not None:
             self.cross = self.cross.select(idx)
         self.rows = self.rows.index_select(0, idx.cpu())
+        self.bucket = None  # fewer rows: another bucket
         return [t.index_select(0, idx) for t in extra]
 
 
@@ -178,12 +168,15 @@ def decode(lm, cond: Tensor, frames: int, params: DecodeParams, groups: list[Row
            fixed: Tensor | None = None, init_codes: Tensor | None = None, cross_len: Tensor | None = None,
            on_step: Callable[[StepEvent], None] | None = None,
            is_cancelled: Callable[[int], bool] | None = None, fast: bool = True,
-           rescorer: Rescorer | None = None) -> list[Tensor | None]:
+           rescorer: Rescorer | None = None, graphs: StepGraphs | None = None) -> list[Tensor | None]:
     """Decode a batch of request groups. cond [B, S, D] is the projected text (`lm.project_text`);
     rows are ordered group by group. Returns codes [rows, K, frames] per group, None if cancelled.
 
     With a `rescorer` and `params.rescore_weight` w > 0, the confidence of each sampled token becomes
-    w * p_rescorer + (1 - w) * p_magnet before spans are scored (Ziv et al., Eq. 5)."""
+    w * p_rescorer + (1 - w) * p_magnet before spans are scored (Ziv et al., Eq. 5).
+
+    `graphs` (fast path, `nonoverlap`, no rescorer): run each step as `graphs.static_step`, replayed as a
+    CUDA graph on a GPU. Same codes as the fast path; the choice of path never changes a result."""
     K, C, device = lm.n_q, lm.card, lm.device
     params.check_stages(K)
     B = sum(g.rows for g in groups)
@@ -195,15 +188,19 @@ def decode(lm, cond: Tensor, frames: int, params: DecodeParams, groups: list[Row
     fixed, init = _pinned(fixed, init_codes, B, K, frames, C, device)
     gen = torch.where(fixed, init, torch.full_like(init, C))
     cond = cond.to(device)
-    cross = lm.cross_inputs(cond, cross_len) if fast else None
+    chunked = params.span_arrangement == "nonoverlap" or lm.cfg.span_len == 1
+    rescoring = rescorer is not None and params.rescore_weight > 0
+    static = graphs if fast and chunked and not rescoring else None
+    cross = lm.cross_inputs(cond, cross_len) if fast and static is None else None  # a bucket holds its own
     batch = _Batch(gen, fixed, init, cond, cross_len, list(enumerate(groups)), cross)
     total, done = params.total_steps, 0
     for stage, steps in enumerate(params.decoding_steps):
-        done = _decode_stage(lm, batch, stage, steps, params, fast, done, total, on_step, is_cancelled, rescorer)
+        done = _decode_stage(lm, batch, stage, steps, params, fast, done, total, on_step, is_cancelled,
+                             rescorer if rescoring else None, static)
         if not batch.groups:
             break
     for gi, _, sl in batch.slices():
-        batch.finished[gi] = batch.gen[sl]
+        batch.finished[gi] = batch.gen[sl].clone()  # not a view of a bucket's buffer
     return [batch.finished.get(i) for i in range(len(groups))]
 
 
@@ -224,13 +221,13 @@ def _pinned(fixed, init_codes, B, K, T, C, device) -> tuple[Tensor, Tensor]:
 
 
 def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on_step, is_cancelled,
-                  rescorer=None) -> int:
-    C, T, span = lm.card, batch.gen.shape[-1], lm.cfg.span_len
+                  rescorer=None, graphs: StepGraphs | None = None) -> int:
+    T, span = batch.gen.shape[-1], lm.cfg.span_len
     chunked = params.span_arrangement == "nonoverlap" or span == 1
     unit = span if chunked else 1
-    fixed_s = batch.fixed[:, stage]
+    kind = sampler(params.use_sampling, params.top_p, params.top_k)
     pad = (-T) % unit
-    pinned = torch.nn.functional.pad(fixed_s, (0, pad), value=True).view(fixed_s.shape[0], -1, unit).all(-1)
+    pinned = F.pad(batch.fixed[:, stage], (0, pad), value=True).view(batch.gen.shape[0], -1, unit).all(-1)
     scores = torch.zeros(pinned.shape, device=batch.gen.device).masked_fill(pinned, DONT_REMASK)
     n_units = (~pinned).sum(-1)
     for i, mask_p in enumerate(mask_fractions(steps)):
@@ -240,55 +237,87 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
                 scores, n_units = batch.drop(gone, [scores, n_units])
                 if not batch.groups:
                     return done
-        stage_seq = batch.gen[:, stage].clone()
-        if bool((n_units > 0).any()):
-            num = units_to_mask(mask_p, n_units.cpu())
-            if chunked:
-                unit_mask = top_units(scores, num)
-                stage_seq[unit_mask.repeat_interleave(unit, dim=-1)[:, :T]] = C
-            else:
-                for b in range(stage_seq.shape[0]):
-                    if num[b] > 0:
-                        stage_seq[b, least_probable_spans(scores[b], int(num[b]), span)] = C
-            in_units = stage_seq == C  # every position of the masked units, pinned ones included
-            stage_seq = torch.where(batch.fixed[:, stage], batch.init[:, stage], stage_seq)
-            batch.gen[:, stage] = stage_seq
-            masked = stage_seq == C  # what this step samples into
-            # Only positions of units masked this step can change or be scored. The fast path samples
-            # there alone; the reference path samples every position, as the release does.
-            sel = in_units if chunked else masked
-            at = sel if fast else torch.ones_like(sel)
-            logits = cfg_logits_at(lm, batch.gen, batch.cond, batch.cross_len, stage,
-                                   cfg_coef(mask_p, params), sel, fast, batch.cross)
-            logits = logits.reshape(-1, logits.shape[-1])  # [n, C]
-            temp = step_temperature(params.temperature, params.anneal_temperature, steps - 1 - i, steps)
-            probs = probs_at(logits, temp)
-            u = None
-            if params.use_sampling:  # drawn group by group, for the group's positions only
-                counts = at.sum(-1).tolist()
-                u = uniforms([(sum(counts[sl]), g.generator) for _, g, sl in batch.slices()], probs.device)
-            tok, cf = choose_tokens(logits, probs, use_sampling=params.use_sampling, top_p=params.top_p,
-                                    top_k=params.top_k, u=u)
-            tokens = stage_seq.clone()
-            tokens[at] = tok
-            conf = torch.ones(stage_seq.shape, device=stage_seq.device)
-            conf[at] = cf
-            batch.gen[:, stage] = torch.where(masked, tokens, stage_seq)
-            if rescorer is not None and params.rescore_weight > 0:
-                w = params.rescore_weight
-                p_r = (rescorer(batch.gen, stage, rows=batch.rows) if getattr(rescorer, "takes_rows", False)
-                       else rescorer(batch.gen, stage))
-                conf = torch.where(sel, w * p_r.to(conf) + (1 - w) * conf, conf)
-            if chunked and unit > 1:
-                scores = span_scores(conf, unit, params.span_scoring).masked_fill(~unit_mask, DONT_REMASK)
-            else:  # single tokens: -log p, frozen where not masked this step
-                scores = (-torch.log(conf)).masked_fill(~(unit_mask if chunked else masked), DONT_REMASK)
+        coef = cfg_coef(mask_p, params)
+        temp = step_temperature(params.temperature, params.anneal_temperature, steps - 1 - i, steps)
+        u = None  # one draw per position, group by group, whichever positions a path samples
+        if kind != "greedy":
+            u = uniforms([(g.rows, g.generator) for _, g, _ in batch.slices()], T, batch.gen.device)
+        if graphs is not None:
+            scores = _static_step(lm, graphs, batch, stage, params, Mode.of(params, kind, unit), mask_p, coef,
+                                  temp, u, scores, n_units)
+        elif bool((n_units > 0).any()):
+            scores = _step(lm, batch, stage, params, kind, unit, chunked, fast, mask_p, coef, temp, u, scores,
+                           n_units, rescorer)
         done += 1
         if on_step is not None:
             last = i == steps - 1
             codes = {gi: batch.gen[sl].clone() for gi, _, sl in batch.slices()} if last else None
             on_step(StepEvent(done, total, stage, i + 1, steps, codes))
     return done
+
+
+def _step(lm, batch: _Batch, stage, params, kind, unit, chunked, fast, mask_p, coef, temp, u, scores, n_units,
+          rescorer) -> Tensor:
+    """One step with data-dependent shapes: the fast path samples only where units were re-masked, the
+    reference path everywhere (as the release does). Returns the next scores."""
+    C, T, span = lm.card, batch.gen.shape[-1], lm.cfg.span_len
+    stage_seq = batch.gen[:, stage].clone()
+    num = units_to_mask(mask_p, n_units.cpu())
+    if chunked:
+        unit_mask = top_units(scores, num)
+        stage_seq[unit_positions(unit_mask, unit, T)] = C
+    else:
+        for b in range(stage_seq.shape[0]):
+            if num[b] > 0:
+                stage_seq[b, least_probable_spans(scores[b], int(num[b]), span)] = C
+    in_units = stage_seq == C  # every position of the masked units, pinned ones included
+    stage_seq = torch.where(batch.fixed[:, stage], batch.init[:, stage], stage_seq)
+    batch.gen[:, stage] = stage_seq
+    masked = stage_seq == C  # what this step samples into
+    # Only positions of units masked this step can change or be scored. The fast path samples
+    # there alone; the reference path samples every position, as the release does.
+    sel = in_units if chunked else masked
+    at = sel if fast else torch.ones_like(sel)
+    logits = cfg_logits_at(lm, batch.gen, batch.cond, batch.cross_len, stage, coef, sel, fast, batch.cross)
+    logits = logits.reshape(-1, logits.shape[-1])  # [n, C]
+    probs = probs_at(logits, temp)
+    tok, cf = choose_tokens(logits, probs, kind, top_p=params.top_p, top_k=params.top_k,
+                            u=None if u is None else u[at])
+    tokens = stage_seq.clone()
+    tokens[at] = tok
+    conf = torch.ones(stage_seq.shape, device=stage_seq.device)
+    conf[at] = cf
+    batch.gen[:, stage] = torch.where(masked, tokens, stage_seq)
+    if rescorer is not None:
+        w = params.rescore_weight
+        p_r = (rescorer(batch.gen, stage, rows=batch.rows) if getattr(rescorer, "takes_rows", False)
+               else rescorer(batch.gen, stage))
+        conf = torch.where(sel, w * p_r.to(conf) + (1 - w) * conf, conf)
+    if chunked:
+        return rescore_units(conf, unit_mask, unit, params.span_scoring)
+    return (-torch.log(conf)).masked_fill(~masked, DONT_REMASK)  # single tokens, frozen where not masked
+
+
+def _static_step(lm, graphs: StepGraphs, batch: _Batch, stage, params, mode: Mode, mask_p, coef, temp, u,
+                 scores, n_units) -> Tensor:
+    """One step as `graphs.static_step` on the batch's bucket (bound on first use and after rows leave:
+    from then on `batch.gen` is the bucket's buffer). Scalars go in with `fill_`: no host sync."""
+    if batch.bucket is None:
+        batch.bucket = graphs.bucket(batch.gen.shape[0], batch.gen.shape[-1], batch.cond.shape[1])
+        batch.bucket.load(batch.gen, batch.fixed, batch.init, batch.cond, batch.cross_len)
+        batch.gen = batch.bucket.buf.gen
+    b = batch.bucket.buf
+    if scores is not b.scores:
+        b.scores.copy_(scores)
+    b.n_units.copy_(n_units)
+    b.mask_p.fill_(float(mask_p))
+    b.coef.fill_(coef)
+    b.temp.fill_(max(temp, TEMPERATURE_FLOOR))
+    b.top_p.fill_(params.top_p)
+    if u is not None:
+        b.u.copy_(u)
+    batch.bucket.step(stage, coef != 1.0, mode)
+    return b.scores
 
 
 def decode_single(lm, text_hidden: Tensor, text_mask: Tensor, frames: int, params: DecodeParams, *,

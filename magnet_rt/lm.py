@@ -318,7 +318,9 @@ class MagnetLM(nn.Module):
         x = x + sinusoidal_positions(T, self.cfg.dim, self.cfg.max_period, codes.device)
         mask, ctx = (attn_mask, None) if attn_mask is not None else self.self_attn_mask(T, stage, local)
         low = self.compute_dtype != torch.float32
-        with torch.autocast(codes.device.type, dtype=self.compute_dtype, enabled=low):
+        # no cast cache: the block matrices are already in compute_dtype, and a cache must not outlive a
+        # CUDA graph capture (torch.cuda.graphs' rule for autocast)
+        with torch.autocast(codes.device.type, dtype=self.compute_dtype, enabled=low, cache_enabled=False):
             for i, block in enumerate(self.layers):
                 x = block(x, cross, i, mask, ctx, local)
         x = self.out_norm(x.float())

@@ -30,6 +30,7 @@ from .conditioning import T5TextEncoder, TextEncoder
 from .decoding import RowGroup, StepEvent, decode
 from .devices import codec_device, lm_dtype, pick_device
 from .errors import Cancelled, InvalidParams, InvalidRegion
+from .graphs import STEP_GRAPHS, StepGraphs, use_static
 from .lm import MagnetLM
 from .params import DecodeParams
 
@@ -79,6 +80,20 @@ class MagnetPipeline:
             raise InvalidParams(f"codec ({codec.n_q} x {codec.card}) does not match the LM ({lm.n_q} x {lm.card})")
         self.lm, self.text_encoder, self.codec, self.name, self.fast = lm, text_encoder, codec, name, fast
         self.rescorer = None  # decoding.Rescorer: used when a job's params.rescore_weight > 0
+        self.step_graphs = "auto"  # static decode steps (CUDA graphs): auto (on CUDA), on, off
+        self._graphs: StepGraphs | None = None
+
+    @property
+    def graphs(self) -> StepGraphs | None:
+        """The static-step buckets the fast path decodes with (`magnet_rt.graphs`), or None."""
+        mode = self.step_graphs
+        if mode not in STEP_GRAPHS:
+            raise InvalidParams(f"step_graphs must be one of {STEP_GRAPHS}, got {mode!r}")
+        if not self.fast or mode == "off" or (mode == "auto" and not use_static(self.device)):
+            return None
+        if self._graphs is None:
+            self._graphs = StepGraphs(self.lm)
+        return self._graphs
 
     # ---- loading ----------------------------------------------------------------------------------
     @classmethod
@@ -176,7 +191,8 @@ class MagnetPipeline:
         if rescorer is not None and params.rescore_weight > 0 and hasattr(rescorer, "bind"):
             rescorer = rescorer.bind(text.hidden, text.mask)  # condition the rescorer on each row's text
         out = decode(self.lm, cond, frames, params, groups, fixed=fixed, init_codes=init, cross_len=cross_len,
-                     on_step=step, is_cancelled=cancelled, fast=self.fast, rescorer=rescorer)
+                     on_step=step, is_cancelled=cancelled, fast=self.fast, rescorer=rescorer,
+                     graphs=self.graphs)
         t_dec = time.perf_counter()
         alive = [ji for ji, rows in enumerate(job_rows) if all(out[r] is not None for r in rows)]
         codes_by_job = {ji: torch.cat([out[r] for r in job_rows[ji]]) for ji in alive}

@@ -89,14 +89,18 @@ PRECISIONS = ("auto", "int8")
 
 
 def load_pipeline(name: str, device: str = "auto", fast: bool = True, text_encoder: str | None = None,
-                  precision: str = "auto"):
+                  precision: str = "auto", step_graphs: str = "auto"):
     """`precision`: "auto" computes as released (fp16 blocks on CUDA, fp32 elsewhere); "int8" quantizes the
-    block projections for a faster CPU (measured ~1.8x per forward, ~2 % logit error: RESULTS.md)."""
+    block projections for a faster CPU (measured ~1.8x per forward, ~2 % logit error: RESULTS.md).
+    `step_graphs`: decode with static steps replayed as CUDA graphs (auto: on CUDA; same codes either way)."""
     from .errors import InvalidParams
+    from .graphs import STEP_GRAPHS
     from .pipeline import MagnetPipeline
 
     if precision not in PRECISIONS:
         raise InvalidParams(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if step_graphs not in STEP_GRAPHS:
+        raise InvalidParams(f"step_graphs must be one of {STEP_GRAPHS}, got {step_graphs!r}")
     if name == DEMO:
         pipe = load_demo(device=device, fast=fast)
     else:
@@ -109,6 +113,7 @@ def load_pipeline(name: str, device: str = "auto", fast: bool = True, text_encod
             raise InvalidParams("precision int8 is a CPU path; on a GPU the release's fp16 is used")
         pipe.lm.quantize_int8()
         log.info("model %s: int8 block projections (CPU fast path; not bit-compatible with fp32)", name)
+    pipe.step_graphs = step_graphs
     return pipe
 
 

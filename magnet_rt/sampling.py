@@ -25,14 +25,17 @@ def step_temperature(temperature: float, anneal: bool, steps_left: int, steps: i
     return temperature * (steps_left / steps) if anneal else temperature
 
 
-def probs_at(logits: Tensor, temperature: float) -> Tensor:
-    return torch.softmax(logits.float() / max(temperature, TEMPERATURE_FLOOR), dim=-1)
+def probs_at(logits: Tensor, temperature: float | Tensor) -> Tensor:
+    """Softmax at `temperature`; a float is floored here, a device scalar must come floored."""
+    t = max(temperature, TEMPERATURE_FLOOR) if isinstance(temperature, float | int) else temperature
+    return torch.softmax(logits.float() / t, dim=-1)
 
 
-def uniforms(counts: list[tuple[int, torch.Generator | None]], device) -> Tensor:
-    """U(0, 1) draws [n]: `counts` is (how many, generator) per request group in row order, so a
-    request's draws do not depend on what else shares the batch."""
-    return torch.cat([torch.rand(n, device=device, generator=g) for n, g in counts])
+def uniforms(groups: list[tuple[int, torch.Generator | None]], frames: int, device) -> Tensor:
+    """U(0, 1) draws [rows, frames], one per position: `groups` is (rows, generator) per request group
+    in row order, so a request's draws depend neither on what else shares the batch nor on which of its
+    positions a path samples (every decoding path reads the draw of the position it samples)."""
+    return torch.cat([torch.rand(n, frames, device=device, generator=g) for n, g in groups])
 
 
 def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
@@ -48,14 +51,15 @@ def sort_descending(probs: Tensor) -> tuple[Tensor, Tensor]:
 
     On the CPU, numpy's argsort (AVX-512 quicksort: 6.6x faster than `torch.sort` for 1000 x 2048 rows on
     this machine) with a gather; elsewhere `torch.sort`. The order among exactly equal values is
-    unspecified in both (as in the release's `torch.sort`); every decoding path uses this one function."""
-    if probs.device.type == "cpu":
+    unspecified in both (as in the release's `torch.sort`); every decoding path uses this one function.
+    Under `torch.compile` (which cannot trace numpy calls into a graph) `torch.sort` is used."""
+    if probs.device.type == "cpu" and not torch.compiler.is_compiling():
         idx = torch.from_numpy(np.argsort(-probs.detach().numpy(), axis=-1))
         return torch.gather(probs, -1, idx), idx
     return torch.sort(probs, dim=-1, descending=True)
 
 
-def sample_top_p(probs: Tensor, p: float, u: Tensor) -> Tensor:
+def sample_top_p(probs: Tensor, p: float | Tensor, u: Tensor) -> Tensor:
     """Nucleus sampling as released: sort, keep the tokens whose mass *before* them is <= p, draw."""
     probs_sort, probs_idx = sort_descending(probs)
     keep = (torch.cumsum(probs_sort, dim=-1) - probs_sort) <= p
@@ -70,18 +74,24 @@ def truncate_top_k(probs: Tensor, k: int) -> Tensor:
     return probs / probs.sum(dim=-1, keepdim=True)
 
 
-def choose_tokens(logits: Tensor, probs: Tensor, *, use_sampling: bool, top_p: float, top_k: int,
-                  u: Tensor | None) -> tuple[Tensor, Tensor]:
-    """logits/probs [n, C] -> (tokens [n], confidence of each chosen token [n]); u [n] uniforms.
-
-    Greedy takes the argmax of the CFG logits. top_p < 1 -> nucleus; else top_k > 0 -> top-k;
-    else the full distribution (top_p = 1 keeps every token, which is the same draw).
-    """
+def sampler(use_sampling: bool, top_p: float, top_k: int) -> str:
+    """Which draw `choose_tokens` makes: greedy takes the argmax of the CFG logits; top_p < 1 ->
+    nucleus; else top_k > 0 -> top-k; else the full distribution (top_p = 1 keeps every token, which
+    is the same draw)."""
     if not use_sampling:
+        return "greedy"
+    return "top_p" if top_p < 1.0 else "top_k" if top_k > 0 else "full"
+
+
+def choose_tokens(logits: Tensor, probs: Tensor, kind: str, *, top_p: float | Tensor = 1.0, top_k: int = 0,
+                  u: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """logits/probs [n, C] -> (tokens [n], confidence of each chosen token [n]); u [n] uniforms;
+    `kind` from `sampler` (decided once, so that `top_p` may be a device scalar: no host sync)."""
+    if kind == "greedy":
         tokens = torch.argmax(logits, dim=-1)
-    elif top_p < 1.0:
+    elif kind == "top_p":
         tokens = sample_top_p(probs, top_p, u)
-    elif top_k > 0:
+    elif kind == "top_k":
         probs = truncate_top_k(probs, top_k)
         tokens = inverse_cdf(probs, u)
     else:

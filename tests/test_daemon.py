@@ -16,6 +16,7 @@ import soundfile as sf
 import zmq
 
 from daemon.testing import Client, DaemonProcess
+from magnet_rt.presets import resolve_params
 from protocol import (
     AudioData,
     Cancel,
@@ -348,3 +349,26 @@ def test_int8_precision_serves_a_take(tmp_path):
     finally:
         assert d.stop() == 0
     assert "int8" in d.log()
+
+
+def test_step_graphs_on_serves_the_same_take(tmp_path, pipe):
+    """`serve --step-graphs on` (static steps; eager on a CPU, CUDA graphs on a GPU) renders the take the
+    in-process pipeline renders on the dynamic fast path."""
+    d = DaemonProcess("--model", "tiny-random", "--device", "cpu", "--step-graphs", "on")
+    d.start()
+    try:
+        c = Client(zmq.Context.instance(), d.endpoint)
+        try:
+            msgs = c.request(gen("sg", 1.0, FAST, seed=9, prompts=["warm pad"]), timeout=60)
+            assert msgs[-1].TYPE == "done"
+            got = np.frombuffer(b"".join(m.data for m in msgs if m.TYPE == "audio"), dtype="<f4")
+        finally:
+            c.close()
+    finally:
+        assert d.stop() == 0
+    assert "step graphs static" in d.log()
+    live = resolve_params("live", {"decoding_steps": FAST.decoding_steps})  # what the daemon resolves
+    want = pipe.generate("warm pad", duration_s=1.0, params=live, seed=9).audio[0, 0]
+    # same codes: one different token would move samples by far more than the codec's float rounding
+    # across processes (thread counts differ)
+    assert got.shape == want.shape and np.allclose(got, want, rtol=0, atol=1e-5)

@@ -219,9 +219,9 @@ def test_frames_beyond_the_segment_are_refused():
 
 
 def test_each_path_is_deterministic_for_a_seed():
-    """The reference path samples every position (as released), the fast path only re-masked ones, so
-    their random streams differ; each is reproducible for a seed, and greedy decodes agree exactly
-    (test_fast_and_reference_paths_agree)."""
+    """Each path is reproducible for a seed and leaves no mask token. The reference path samples every
+    position (as released), the fast path only re-masked ones; both read the one uniform drawn for each
+    position, so their sampled codes agree too (tests/test_graphs.py)."""
     lm = small_lm(seed=6)
     h, m = random_text(1, 5, 16)
     for arrangement in ("nonoverlap", "stride1"):

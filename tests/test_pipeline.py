@@ -78,3 +78,26 @@ def test_continue_keeps_the_source_and_reaches_the_duration(pipe):
     assert r.audio.shape == (1, 2, 5 * 44100)
     assert np.array_equal(r.audio[0][:, : x.shape[1] - fade], x[:, :-fade])
     assert np.abs(r.audio[0][:, x.shape[1]:]).max() > 0
+
+
+def test_step_graphs_change_nothing_but_the_path(pipe):
+    """`step_graphs` on (static steps, eager on a CPU) and off give the same codes for generate, a
+    batch of two prompts of different lengths, and inpainting."""
+    jobs = [Job(["a slow cello"], 50, FAST, 1), Job(["a much longer prompt about glitchy techno drums"], 50, FAST, 2)]
+    src = _noise(32000, 2.0, channels=1)
+    try:
+        out = {}
+        for mode in ("off", "on"):
+            pipe.step_graphs = mode
+            out[mode] = ([r.codes for r in pipe.run_batch(jobs)],
+                         pipe.inpaint(src, 32000, 0.5, 1.2, "a bell", params=FAST, seed=3).codes)
+        assert pipe.graphs is not None and pipe.graphs.buckets  # the static path really ran
+    finally:
+        pipe.step_graphs = "auto"
+    for a, b in zip(out["off"][0], out["on"][0], strict=True):
+        assert np.array_equal(a, b)
+    assert np.array_equal(out["off"][1], out["on"][1])
+    with pytest.raises(InvalidParams, match="step_graphs"):
+        pipe.step_graphs = "sometimes"
+        pipe.graphs  # noqa: B018
+    pipe.step_graphs = "auto"

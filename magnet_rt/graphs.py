@@ -1,0 +1,205 @@
+"""The decode step with static shapes and no host synchronisation, replayed as a CUDA graph.
+
+`decoding`'s fast path selects the re-masked positions with boolean indexing, which sizes tensors by
+data and reads counts back to the host at every step; on a GPU each step also launches ~20 kernels per
+layer. Here one step of `nonoverlap` decoding (the release's default) is written so that every shape
+depends only on the bucket and nothing is read back:
+
+- the stage head and the sampler run at every position; only the positions of units masked this step
+  are written, so the result equals the fast path's (which computes those positions alone);
+- the number of units to mask, the CFG coefficient, the temperature and top-p are device scalars;
+- the uniforms are drawn per request group from the group's own generator, outside the graph, into a
+  static buffer (`decoding.draw_uniforms`: the same draws every path uses);
+- the text k/v are zero-padded to a power of two with a -inf bias beyond each row's length, which is
+  exactly the per-row text length the fast path attends to.
+
+A bucket is (rows, frames, padded text length, sampling mode); within it a graph per (stage, CFG on/off).
+On CUDA each is captured once (on first use, or at warm-up) and replayed: one launch per step. On the CPU
+the same function runs eagerly; the tests check it against the fast path there, `tests_gpu/` the graphs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .lm import CrossInputs, MagnetLM
+from .params import DecodeParams
+from .sampling import choose_tokens, probs_at, span_scores
+
+DONT_REMASK = -1e4  # the release's DONT_REMASK_ME_SCORE
+MIN_TEXT_BUCKET = 16
+
+
+STEP_GRAPHS = ("auto", "on", "off")
+
+
+def use_static(device: torch.device | str) -> bool:
+    """Where the static step serves by default: CUDA, where a captured graph replaces ~20 launches per
+    layer. On the CPU the dynamic fast path samples fewer positions and wins (benchmarks/RESULTS.md)."""
+    return torch.device(device).type == "cuda"
+
+
+def text_bucket(length: int) -> int:
+    """Text lengths are padded to the next power of two (>= 16) so prompts share graphs."""
+    return max(MIN_TEXT_BUCKET, 1 << (max(length, 1) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Mode:
+    """The sampling choices that change the computation (not just a scalar) of a step."""
+
+    kind: str  # `sampling.sampler`: greedy, top_p, top_k or full
+    top_k: int  # the k of top_k (a shape); top-p's p is a device scalar
+    scoring: str
+    unit: int  # span length of the `nonoverlap` units
+
+    @classmethod
+    def of(cls, params: DecodeParams, kind: str, unit: int) -> Mode:
+        return cls(kind, params.top_k if kind == "top_k" else 0, params.span_scoring, unit)
+
+
+# ---- the step: a pure function of the bucket's buffers ------------------------------------------------
+def units_to_mask(mask_p: Tensor, n_units: Tensor) -> Tensor:
+    """[B] count of units to (re-)mask: max(int(mask_p * N), 1), or 0 for rows with nothing to generate."""
+    num = (mask_p * n_units).to(torch.int64)  # float32 product, truncated like int()
+    return torch.where(n_units > 0, num.clamp(min=1), torch.zeros_like(num))
+
+
+def top_units(scores: Tensor, num: Tensor) -> Tensor:
+    """[B, U] bool: the `num[b]` highest-scoring units of each row (the release's `topk`)."""
+    order = torch.argsort(scores, dim=-1, descending=True, stable=True)
+    positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, positions)
+    return rank < num.to(scores.device)[:, None]
+
+
+def unit_positions(unit_mask: Tensor, unit: int, T: int) -> Tensor:
+    """[B, U] unit mask -> [B, T] position mask (the last unit may be shorter)."""
+    B, U = unit_mask.shape
+    return unit_mask.unsqueeze(-1).expand(B, U, unit).reshape(B, U * unit)[:, :T]
+
+
+def rescore_units(conf: Tensor, unit_mask: Tensor, unit: int, scoring: str) -> Tensor:
+    """Re-mask scores [B, U] from the confidences [B, T]; units not masked this step are frozen."""
+    scores = span_scores(conf, unit, scoring) if unit > 1 else -torch.log(conf)
+    return scores.masked_fill(~unit_mask, DONT_REMASK)
+
+
+class Buffers:
+    """Static inputs and state of one bucket; a step reads and writes only these."""
+
+    def __init__(self, lm: MagnetLM, rows: int, frames: int, text: int):
+        K, D, H, dev = lm.n_q, lm.cfg.dim, lm.cfg.num_heads, lm.device
+        units = -(-frames // lm.cfg.span_len)
+        self.gen = torch.zeros(rows, K, frames, dtype=torch.long, device=dev)
+        self.fixed = torch.zeros(rows, K, frames, dtype=torch.bool, device=dev)
+        self.init = torch.zeros(rows, K, frames, dtype=torch.long, device=dev)
+        self.scores = torch.zeros(rows, units, device=dev)
+        self.n_units = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.u = torch.zeros(rows, frames, device=dev)
+        self.mask_p, self.coef, self.temp, self.top_p = (torch.zeros((), device=dev) for _ in range(4))
+        dt = lm.compute_dtype
+        kv = [(torch.zeros(rows, H, text, D // H, dtype=dt, device=dev),
+               torch.zeros(rows, H, text, D // H, dtype=dt, device=dev)) for _ in lm.layers]
+        self.cross = CrossInputs(kv=kv, rows=rows, bias=torch.zeros(rows, 1, 1, text, dtype=dt, device=dev))
+
+
+def static_step(lm: MagnetLM, b: Buffers, stage: int, cfg: bool, mode: Mode) -> None:
+    """One decoding step of codebook `stage`, in place on `b` (gen, scores)."""
+    C = lm.card
+    B, _, T = b.gen.shape
+    unit_mask = top_units(b.scores, units_to_mask(b.mask_p, b.n_units))
+    seq = torch.where(unit_positions(unit_mask, mode.unit, T), C, b.gen[:, stage])
+    in_units = seq == C  # every position of the masked units, pinned ones included
+    seq = torch.where(b.fixed[:, stage], b.init[:, stage], seq)
+    masked = seq == C  # what this step samples into
+    b.gen[:, stage] = seq
+    head = lm.linears[stage]
+    if cfg:
+        h = lm(torch.cat([b.gen, b.gen]), b.cross, stage, heads="none", local="banded")
+        cond_l, uncond_l = head(h[:B]), head(h[B:])
+        logits = uncond_l + (cond_l - uncond_l) * b.coef
+    else:
+        logits = head(lm(b.gen, b.cross, stage, heads="none", local="banded"))
+    logits = logits.reshape(B * T, C)
+    probs = probs_at(logits, b.temp)
+    tok, cf = choose_tokens(logits, probs, mode.kind, top_p=b.top_p, top_k=mode.top_k, u=b.u.reshape(-1))
+    b.gen[:, stage] = torch.where(masked, tok.view(B, T), seq)
+    conf = torch.where(in_units, cf.view(B, T), torch.ones_like(cf.view(B, T)))
+    b.scores.copy_(rescore_units(conf, unit_mask, mode.unit, mode.scoring))
+
+
+# ---- buckets and graphs -------------------------------------------------------------------------------
+class Bucket:
+    """The buffers of one (rows, frames, text) shape and their captured steps."""
+
+    def __init__(self, lm: MagnetLM, rows: int, frames: int, text: int, pool):
+        self.lm, self.buf, self.pool = lm, Buffers(lm, rows, frames, text), pool
+        self.graphs: dict[tuple[int, bool, Mode], torch.cuda.CUDAGraph] = {}
+
+    def load(self, gen: Tensor, fixed: Tensor, init: Tensor, cond: Tensor, cross_len: Tensor | None) -> None:
+        """Copy a batch's state and text into the buffers (once per batch, and after rows leave)."""
+        b, S = self.buf, cond.shape[1]
+        b.gen.copy_(gen)
+        b.fixed.copy_(fixed)
+        b.init.copy_(init)
+        padded = F.pad(cond, (0, 0, 0, b.cross.bias.shape[-1] - S))
+        lengths = cross_len if cross_len is not None else torch.full((cond.shape[0],), S, device=cond.device)
+        cross = self.lm.cross_inputs(padded, lengths)
+        for (k, v), (k2, v2) in zip(b.cross.kv, cross.kv, strict=True):
+            k.copy_(k2)
+            v.copy_(v2)
+        b.cross.bias.copy_(cross.bias)
+
+    def step(self, stage: int, cfg: bool, mode: Mode) -> None:
+        if self.buf.gen.device.type != "cuda":
+            static_step(self.lm, self.buf, stage, cfg, mode)
+            return
+        key = (stage, cfg, mode)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(stage, cfg, mode)
+        self.graphs[key].replay()
+
+    def _capture(self, stage: int, cfg: bool, mode: Mode) -> torch.cuda.CUDAGraph:
+        """Warm up on a side stream (state restored afterwards), then capture one step."""
+        b = self.buf
+        saved = (b.gen.clone(), b.scores.clone())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                static_step(self.lm, b, stage, cfg, mode)
+        torch.cuda.current_stream().wait_stream(side)
+        b.gen.copy_(saved[0])
+        b.scores.copy_(saved[1])
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            static_step(self.lm, b, stage, cfg, mode)
+        return graph  # capture records, it does not run: the state is as it was
+
+
+class StepGraphs:
+    """Buckets of one model, least recently used first out (their graphs share one memory pool)."""
+
+    def __init__(self, lm: MagnetLM, capacity: int = 8):
+        self.lm, self.capacity = lm, capacity
+        self.pool = torch.cuda.graph_pool_handle() if lm.device.type == "cuda" else None
+        self.buckets: OrderedDict[tuple[int, int, int], Bucket] = OrderedDict()
+
+    def bucket(self, rows: int, frames: int, text_len: int) -> Bucket:
+        key = (rows, frames, text_bucket(text_len))
+        if key in self.buckets:
+            self.buckets.move_to_end(key)
+        else:
+            self.buckets[key] = Bucket(self.lm, *key, self.pool)
+            while len(self.buckets) > self.capacity:
+                self.buckets.popitem(last=False)
+        return self.buckets[key]
+
+    def captured(self) -> int:
+        return sum(len(b.graphs) for b in self.buckets.values())

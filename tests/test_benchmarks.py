@@ -1,0 +1,35 @@
+"""The benchmark scripts keep their contracts (run small, on the CPU; the figures are not checked)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import sigint_default
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(*args: str, tmp_path: Path) -> dict:
+    out = tmp_path / "out.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.latency", *args, "--threads", "1", "--json", str(out)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300, preexec_fn=sigint_default)
+    return json.loads(out.read_text())
+
+
+def test_latency_json_contract(tmp_path):
+    r = bench("--shape", "tiny", "--device", "cpu", "--preset", "live", "--repeats", "2", "--frames", "30",
+              tmp_path=tmp_path)
+    for path in ("fast", "baseline", "fast_static"):
+        assert 0 < r[path]["p50_s"] <= r[path]["p95_s"] and r[path]["runs"] == 2
+    assert r["speedup"] == r["baseline"]["p50_s"] / r["fast"]["p50_s"]
+    assert r["fast_form"] == "dynamic" and r["static_vs_dynamic"] > 0
+    assert r["decoding_steps"] == [10, 1, 1, 1] and r["forwards"] == 13 and r["peak_memory_bytes"] > 0
+    assert "benchmarks.latency" in r["command"]
+
+
+def test_latency_batch_sweep(tmp_path):
+    r = bench("--shape", "tiny", "--preset", "live", "--repeats", "1", "--frames", "30", "--batch-sweep", "1,2",
+              tmp_path=tmp_path)
+    assert [s["batch"] for s in r["sweep"]] == [1, 2]
+    assert all(s["audio_s_per_s"] > 0 for s in r["sweep"])
