@@ -123,14 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     mask = torch.ones(args.batch, 12, dtype=torch.long, device=device)
     codec = None
     if args.codec:
-        from transformers import EncodecConfig
+        from magnet_rt.codec import Codec, random_encodec_config, random_encodec_model
 
-        from magnet_rt.codec import Codec, random_encodec_model
-
-        cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, normalize=False, hidden_size=128,
-                            codebook_dim=128, num_filters=64, num_residual_layers=1, upsampling_ratios=[8, 5, 4, 4],
-                            use_causal_conv=False, pad_mode="constant", compress=2, num_lstm_layers=2,
-                            use_conv_shortcut=False, codebook_size=2048, target_bandwidths=[2.2])
+        cfg = random_encodec_config(n_filters=64, dimension=128, lstm_layers=2)  # the released 32 kHz shape
         codec = Codec(random_encodec_model(cfg), device=device)
 
     graphs = {}

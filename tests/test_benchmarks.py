@@ -33,3 +33,15 @@ def test_latency_batch_sweep(tmp_path):
               tmp_path=tmp_path)
     assert [s["batch"] for s in r["sweep"]] == [1, 2]
     assert all(s["audio_s_per_s"] > 0 for s in r["sweep"])
+
+
+def test_memory_table_covers_every_released_shape(tmp_path):
+    from benchmarks import memory
+    from magnet_rt.lm import RELEASED_SHAPES
+
+    out = tmp_path / "mem.json"
+    memory.main(["--batch", "1,16", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["model"] for r in rows} == set(RELEASED_SHAPES) and len(rows) == 2 * len(RELEASED_SHAPES)
+    small = next(r for r in rows if r["model"] == "facebook/magnet-small-10secs" and r["batch"] == 1)
+    assert small["lm_params"] == 420_371_456  # the count benchmarks/latency.py reports for the built model

@@ -252,6 +252,7 @@ def test_params_pass_through_to_the_engine():
 # ---- keep-alive -------------------------------------------------------------------------------------------------
 class FakePipe:
     segment_duration, sample_rate, frame_rate = 10.0, 32000, 50
+    graphs = None  # no static step graphs
 
     class device:  # noqa: N801 - stands in for a torch.device
         type = "cpu"
