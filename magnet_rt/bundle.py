@@ -144,7 +144,7 @@ def load_lm(directory: str | Path, device: str | torch.device = "cpu", dtype: to
     return lm
 
 
-def load_codec(directory: str | Path, device: str | torch.device = "cpu"):
+def load_codec(directory: str | Path, device: str | torch.device = "cpu", half: bool = False):
     from transformers import EncodecConfig, EncodecModel
 
     from .codec import Codec
@@ -158,7 +158,7 @@ def load_codec(directory: str | Path, device: str | torch.device = "cpu"):
     if missing or unexpected:
         raise CheckpointError(f"{d / CODEC_FILE} does not match its EnCodec config: missing {missing[:8]}, "
                               f"unexpected {unexpected[:8]}")
-    return Codec(model, device=device)
+    return Codec(model, device=device, half=half)
 
 
 def build_text_encoder(spec: dict[str, Any], bundle_dir: str | Path, device: str | torch.device = "cpu"):
@@ -178,13 +178,13 @@ def build_text_encoder(spec: dict[str, Any], bundle_dir: str | Path, device: str
 def load_bundle(directory: str | Path, device: str | torch.device = "auto", text_encoder=None):
     """A bundle folder -> MagnetPipeline (LM in the device's release precision, codec, text encoder).
     `text_encoder` overrides the bundle's (an object with the TextEncoder interface)."""
-    from .devices import codec_device, lm_dtype, pick_device
+    from .devices import codec_device, codec_half, lm_dtype, pick_device
     from .pipeline import MagnetPipeline
 
     d = Path(directory)
     config = read_bundle_config(d)
     dev = pick_device(device)
-    codec = load_codec(d, device=codec_device(dev))
+    codec = load_codec(d, device=codec_device(dev), half=codec_half(codec_device(dev)))
     lm = load_lm(d, device=dev, dtype=lm_dtype(dev))
     te = text_encoder or build_text_encoder(config.get("text_encoder", {}), d, device=dev)
     if te.dim != lm.cfg.text_dim:

@@ -13,6 +13,7 @@ layout without any download.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -75,11 +76,12 @@ class Codec:
         quantizer = self.model.quantizer
         self.bandwidth: float = max(cfg.target_bandwidths, key=quantizer.get_num_quantizers_for_bandwidth)
         self.n_q: int = quantizer.get_num_quantizers_for_bandwidth(self.bandwidth)
-        self.half = bool(half) and self.device.type == "cuda"
-        if half and not self.half:
-            log.warning("fp16 decode is CUDA-only; the codec on %s decodes in fp32", self.device)
-        if self.half:
-            self.model.decoder.half()
+        # fp16 decoding: a half copy of the decoder beside the fp32 model, which encodes, and decodes again
+        # whenever the half output is not finite (fp16 overflows at 65504; its rounding is ~63 dB below the
+        # signal on the demo codec: benchmarks/RESULTS.md). Default on CUDA (devices.codec_half).
+        self.half = bool(half)
+        self._half_decoder = copy.deepcopy(self.model.decoder).half() if self.half else None
+        self.half_fallbacks = 0  # decodes redone in fp32 because the fp16 output overflowed
 
     # ---- loading -------------------------------------------------------------------------------------
 
@@ -160,11 +162,14 @@ class Codec:
         if lo < 0 or hi >= self.card:
             raise InvalidParams(f"codes must lie in [0, {self.card}), got [{lo}, {hi}]")
         with torch.inference_mode():
-            if self.half:
+            if self._half_decoder is not None:
                 emb = self.model.quantizer.decode(codes.transpose(0, 1))  # [B, D, T]
-                audio = self.model.decoder(emb.half())
-            else:
-                audio = self.model.decode(codes[None], [None]).audio_values
+                audio = self._half_decoder(emb.half()).float()
+                if bool(torch.isfinite(audio).all()):  # the caller reads the audio back right after anyway
+                    return audio
+                self.half_fallbacks += 1
+                log.warning("fp16 EnCodec decode overflowed; decoded again in fp32 (%d so far)", self.half_fallbacks)
+            audio = self.model.decode(codes[None], [None]).audio_values
         return audio.float()  # [B, C, T * hop]
 
     def _prepare(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:

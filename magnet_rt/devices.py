@@ -1,6 +1,7 @@
 """Device choice: CUDA, Apple MPS or CPU, automatically or as the user asks, and per-component rules.
 
 - The transformer runs in fp16 on CUDA (as the release does under autocast); fp32 elsewhere.
+- EnCodec decodes in fp16 on CUDA (with an fp32 retry on overflow); fp32 elsewhere.
 - EnCodec stays on the CPU under MPS: its quantizer is reported to compute wrong codes there
   (audiocraft PR #612), so the codec never follows the LM onto MPS.
 """
@@ -35,6 +36,12 @@ def pick_device(requested: str | torch.device | None = "auto") -> torch.device:
 def lm_dtype(device: torch.device) -> torch.dtype:
     """The transformer blocks' dtype the release runs in on `device`."""
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def codec_half(device: torch.device) -> bool:
+    """EnCodec decodes in fp16 on CUDA (a half copy of its decoder, fp32 again if the output overflows);
+    fp16 convolutions gain nothing on a CPU."""
+    return torch.device(device).type == "cuda"
 
 
 def codec_device(requested: str | torch.device) -> torch.device:

@@ -28,7 +28,7 @@ from .checkpoints import load_audiocraft_lm, resolve_file
 from .codec import Codec
 from .conditioning import T5TextEncoder, TextEncoder
 from .decoding import RowGroup, StepEvent, decode
-from .devices import codec_device, lm_dtype, pick_device
+from .devices import codec_device, codec_half, lm_dtype, pick_device
 from .errors import Cancelled, InvalidParams, InvalidRegion
 from .graphs import STEP_GRAPHS, StepGraphs, use_static
 from .lm import MagnetLM
@@ -104,7 +104,7 @@ class MagnetPipeline:
         in xp.cfg)."""
         device = pick_device(device)
         codec = Codec.from_audiocraft(resolve_file(name_or_dir, "compression_state_dict.bin", **hub_kwargs),
-                                      device=codec_device(device))
+                                      device=codec_device(device), half=codec_half(codec_device(device)))
         lm = load_audiocraft_lm(resolve_file(name_or_dir, "state_dict.bin", **hub_kwargs), device=device,
                                 dtype=lm_dtype(device), frame_rate=codec.frame_rate)
         local_te = Path(name_or_dir) / "text_encoder"

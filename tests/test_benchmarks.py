@@ -45,3 +45,14 @@ def test_memory_table_covers_every_released_shape(tmp_path):
     assert {r["model"] for r in rows} == set(RELEASED_SHAPES) and len(rows) == 2 * len(RELEASED_SHAPES)
     small = next(r for r in rows if r["model"] == "facebook/magnet-small-10secs" and r["batch"] == 1)
     assert small["lm_params"] == 420_371_456  # the count benchmarks/latency.py reports for the built model
+
+
+def test_codec_precision_reports_fp16_error(tmp_path, monkeypatch):
+    from benchmarks import codec_precision
+
+    monkeypatch.setenv("MAGNET_RT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "codec.json"
+    codec_precision.main(["--model", "tiny-random", "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert len(r["fp16"]["snr_db"]) == r["takes"] == 3 and r["fp16"]["finite"]
+    assert min(r["fp16"]["snr_db"]) > min(r["bf16"]["snr_db"])  # 10 mantissa bits against 7

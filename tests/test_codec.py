@@ -22,7 +22,7 @@ from magnet_rt.codec import (
     write_audiocraft_compression_checkpoint,
     write_pointer_checkpoint,
 )
-from magnet_rt.devices import codec_device
+from magnet_rt.devices import codec_device, codec_half
 from magnet_rt.errors import CheckpointError, InvalidAudio, InvalidParams, UnsupportedConfig
 
 SR, HOP = 32000, 640
@@ -296,5 +296,22 @@ def test_codec_device_rule(model):
     assert codec_device(torch.device("mps", 0)) == torch.device("cpu")
     assert codec_device("cuda:1") == torch.device("cuda", 1)
     assert codec_device("cpu") == torch.device("cpu")
-    c = Codec(model, device="mps", half=True)  # no MPS needed: the codec stays on CPU, fp16 is CUDA-only
-    assert c.device == torch.device("cpu") and not c.half
+    assert codec_half(torch.device("cuda")) and not codec_half(codec_device("mps")) and not codec_half("cpu")
+
+
+def test_fp16_decode_stays_close_and_retries_in_fp32_on_overflow(codec, wave):
+    """The half decoder (default on CUDA; any device when asked) against fp32, and its overflow guard:
+    codebook vectors beyond fp16's range decode as inf in half, so the decode is redone in fp32."""
+    codes = codec.encode(wave, SR)
+    half = Codec(random_encodec_model(random_encodec_config(lstm_layers=2), seed=0), half=True)
+    ref, out = codec.decode(codes), half.decode(codes)
+    snr = 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum())
+    assert out.dtype == torch.float32 and half.half_fallbacks == 0 and snr > 40, float(snr)
+    big32, big16 = (Codec(random_encodec_model(random_encodec_config(lstm_layers=2), seed=0), half=h)
+                    for h in (False, True))
+    for c in (big32, big16):
+        for layer in c.model.quantizer.layers:
+            layer.codebook.embed.mul_(1e6)
+    want = big32.decode(codes)
+    assert torch.isfinite(want).all()
+    assert torch.equal(big16.decode(codes), want) and big16.half_fallbacks == 1
