@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .errors import InvalidParams
@@ -49,3 +51,33 @@ def codec_device(requested: str | torch.device) -> torch.device:
     reported to return wrong values on MPS: audiocraft PR #612, issue #31); others are kept."""
     device = torch.device(requested)
     return torch.device("cpu") if device.type == "mps" else device
+
+
+class Stopwatch:
+    """Named marks of a device's timeline. On CUDA the marks are events recorded on the stream (no host
+    sync while work is queued, and the times are when the GPU got there, not when the host launched it);
+    `durations` waits once for the last mark. Elsewhere the host clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.marks: list[tuple[str, object]] = []
+        self.mark("start")
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append((name, event))
+        else:
+            self.marks.append((name, time.perf_counter()))
+
+    def durations(self) -> dict[str, float]:
+        """Seconds from each mark to the next, by the later mark's name, and "total"."""
+        if self.cuda:
+            self.marks[-1][1].synchronize()
+            gap = [a.elapsed_time(b) / 1000 for (_, a), (_, b) in zip(self.marks, self.marks[1:], strict=False)]
+        else:
+            gap = [b - a for (_, a), (_, b) in zip(self.marks, self.marks[1:], strict=False)]
+        out = {name: g for (name, _), g in zip(self.marks[1:], gap, strict=True)}
+        out["total"] = sum(gap)
+        return out

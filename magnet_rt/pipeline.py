@@ -28,7 +28,7 @@ from .checkpoints import load_audiocraft_lm, resolve_file
 from .codec import Codec
 from .conditioning import T5TextEncoder, TextEncoder
 from .decoding import RowGroup, StepEvent, decode
-from .devices import codec_device, codec_half, lm_dtype, pick_device
+from .devices import Stopwatch, codec_device, codec_half, lm_dtype, pick_device
 from .errors import Cancelled, InvalidParams, InvalidRegion
 from .graphs import STEP_GRAPHS, StepGraphs, use_static
 from .lm import MagnetLM
@@ -146,7 +146,7 @@ class MagnetPipeline:
         frames, params = jobs[0].batch_key()
         if any(j.batch_key() != (frames, params) for j in jobs):
             raise InvalidParams("jobs in one batch must share frames and decoding parameters")
-        t0 = time.perf_counter()
+        clock = Stopwatch(self.device)  # CUDA events on a GPU: no sync until the end
         row_job = [ji for ji, j in enumerate(jobs) for _ in range(j.rows)]
         prompts = [p for j in jobs for p in j.prompts for _ in range(j.variations)]
         text = self.text_encoder.encode(prompts)
@@ -168,16 +168,13 @@ class MagnetPipeline:
             for r, ji in enumerate(row_job):
                 if jobs[ji].fixed is not None:
                     fixed[r], init[r] = jobs[ji].fixed, jobs[ji].init_codes
-        t_text = time.perf_counter()
-        stage_t = {}
-        last = [t_text]
+        clock.mark("text")
 
         job_rows = [[r for r, jj in enumerate(row_job) if jj == ji] for ji in range(len(jobs))]
 
         def step(ev: StepEvent) -> None:
             if ev.stage_step == ev.stage_steps:
-                stage_t[f"stage{ev.stage}"] = time.perf_counter() - last[0]
-                last[0] = time.perf_counter()
+                clock.mark(f"stage{ev.stage}")
             if on_step is None:
                 return
             for ji, rows in enumerate(job_rows):
@@ -193,7 +190,7 @@ class MagnetPipeline:
         out = decode(self.lm, cond, frames, params, groups, fixed=fixed, init_codes=init, cross_len=cross_len,
                      on_step=step, is_cancelled=cancelled, fast=self.fast, rescorer=rescorer,
                      graphs=self.graphs)
-        t_dec = time.perf_counter()
+        clock.mark("decode_tail")
         alive = [ji for ji, rows in enumerate(job_rows) if all(out[r] is not None for r in rows)]
         codes_by_job = {ji: torch.cat([out[r] for r in job_rows[ji]]) for ji in alive}
         audio_by_job = {}
@@ -206,9 +203,11 @@ class MagnetPipeline:
             for ji in alive:
                 audio_by_job[ji] = wav[start:start + jobs[ji].rows]
                 start += jobs[ji].rows
-        t_end = time.perf_counter()
-        timings = {"text": t_text - t0, **stage_t, "decode": t_dec - t_text, "codec": t_end - t_dec,
-                   "total": t_end - t0}
+        clock.mark("codec")
+        d = clock.durations()
+        stage_t = {k: v for k, v in d.items() if k.startswith("stage")}
+        timings = {"text": d["text"], **stage_t, "decode": sum(stage_t.values()) + d["decode_tail"],
+                   "codec": d["codec"], "total": d["total"]}
         return [JobResult(codes_by_job[ji].cpu(), audio_by_job[ji], self.sample_rate, jobs[ji].row_seeds(),
                           dict(timings), batch_size=len(jobs)) if ji in codes_by_job else None
                 for ji in range(len(jobs))]

@@ -101,3 +101,12 @@ def test_step_graphs_change_nothing_but_the_path(pipe):
         pipe.step_graphs = "sometimes"
         pipe.graphs  # noqa: B018
     pipe.step_graphs = "auto"
+
+
+def test_timings_add_up(pipe):
+    """Stage times (CUDA events on a GPU, the host clock here) add up to the decode, and the parts to the total."""
+    t = pipe.generate("a slow cello", duration_s=1.0, params=FAST, seed=1).timings
+    stages = [t[f"stage{s}"] for s in range(4)]
+    assert all(v >= 0 for v in t.values())
+    assert sum(stages) <= t["decode"] <= t["total"]
+    assert abs(t["text"] + t["decode"] + t["codec"] - t["total"]) < 1e-6
