@@ -151,6 +151,17 @@ def file_sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
+def decoding_fingerprint() -> str:
+    """Hash of the code that turns weights, prompt and seed into codes: a cached generation is reused
+    only while that code is unchanged (a change to how draws are made changes every take)."""
+    from magnet_rt import decoding, graphs, lm, sampling
+
+    h = hashlib.sha256()
+    for module in (decoding, graphs, lm, sampling):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def held_out_features(folder: Path, bundle: Path) -> Tensor:
     """The reconstructed held-out clips' features an adherence run left in `folder`, checked to come from
     `bundle`'s codec (for `benchmarks/schedules.py`)."""
@@ -267,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     clf = fit_classifier(train_x, train_labels)
     save_classifier(clf, out / "classifier.safetensors")
     lm_hash = file_sha(Path(args.bundle) / LM_FILE)
-    gen_cache = out / f"generated-{args.preset}-seed{args.seed}-valid{args.valid}-{lm_hash}.pt"
-    if gen_cache.is_file():  # the same LM, preset, seed and captions: the same audio
+    gen_cache = (out / f"generated-{args.preset}-seed{args.seed}-valid{args.valid}-{lm_hash}"
+                 f"-{decoding_fingerprint()}.pt")
+    if gen_cache.is_file():  # the same LM, decoding code, preset, seed and captions: the same audio
         blob = torch.load(gen_cache, weights_only=True)
         gen_x, gen_s = blob["generated"], float(blob["seconds"])
     else:
