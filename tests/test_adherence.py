@@ -88,3 +88,44 @@ def test_held_out_features_are_checked_against_the_bundles_codec(tmp_path):
     (bundle / "codec.safetensors").write_bytes(b"codec B")
     with pytest.raises(ValueError, match="another codec"):
         held_out_features(tmp_path, bundle)
+
+
+def test_adherence_command_averages_seeds_and_caches_takes(tmp_path, monkeypatch):
+    """`python -m magnet_rt.train.adherence` end to end on the shipped demo bundle and a small labelled
+    folder: one take per held-out caption per seed, accuracies averaged over the seeds, takes cached per
+    seed and decoding code (a second run generates nothing)."""
+    import json
+
+    import soundfile as sf
+
+    from magnet_rt.registry import demo_dir
+    from magnet_rt.train import adherence
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for i in range(10):
+        bpm, drums = (70, 100, 140)[i % 3], i % 2 == 0
+        sf.write(str(data / f"c{i}.wav"), clip(bpm, 220 * (1 + i % 4), drums, rng, seconds=2.0), SR)
+        rows.append({"file": f"c{i}.wav", "caption": f"{'funk' if i % 2 else 'jazz'} at {bpm} bpm",
+                     "style": "funk" if i % 2 else "jazz", "drums": drums, "tempo": bpm,
+                     "lead": {"family": "piano" if i % 4 < 2 else "organ"}})
+    (data / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "adh"
+    argv = ["--data", str(data), "--bundle", str(demo_dir()), "--out", str(out), "--valid", "2",
+            "--train-clips", "8", "--preset", "live", "--seeds", "5,6"]
+    assert adherence.main(argv) == 0
+    r = json.loads((out / "adherence.json").read_text())
+    assert r["seeds"] == [5, 6] and set(r["generated_per_seed"]) == {"5", "6"}
+    for label in TARGETS:
+        per_seed = [r["generated_per_seed"][s][label] for s in ("5", "6")]
+        assert r["generated"][label] == np.mean(per_seed)
+    assert len(list(out.glob("generated-live-seed*-valid2-*.pt"))) == 2
+
+    def no_generation(*a, **k):
+        raise AssertionError("the cached takes should have been used")
+
+    monkeypatch.setattr(adherence, "generated_features", no_generation)
+    assert adherence.main(argv) == 0
+    assert json.loads((out / "adherence.json").read_text())["generated"] == r["generated"]
