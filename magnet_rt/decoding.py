@@ -22,6 +22,10 @@ Departures from the release, all deliberate:
 - **Groups.** A batch is made of request groups, each with its own generator (same seed -> same
   codes whatever else shares the batch) and its own cancellation: a cancelled group leaves the batch
   at the next step.
+- **Draws.** Every step draws one uniform per (row, frame) from the row's group generator, and each
+  path reads the draws of the positions it samples: the reference path (all positions), the fast path
+  (re-masked positions, data-dependent shapes, `_step`) and its static form (`graphs.static_step`, fixed
+  shapes, CUDA graphs) give the same codes for a seed.
 """
 
 from __future__ import annotations
