@@ -138,8 +138,8 @@ def static_step(lm: MagnetLM, b: Buffers, stage: int, cfg: bool, mode: Mode) -> 
 class Bucket:
     """The buffers of one (rows, frames, text) shape and their captured steps."""
 
-    def __init__(self, lm: MagnetLM, rows: int, frames: int, text: int, pool):
-        self.lm, self.buf, self.pool = lm, Buffers(lm, rows, frames, text), pool
+    def __init__(self, lm: MagnetLM, rows: int, frames: int, text: int, pool, stream):
+        self.lm, self.buf, self.pool, self.stream = lm, Buffers(lm, rows, frames, text), pool, stream
         self.graphs: dict[tuple[int, bool, Mode], torch.cuda.CUDAGraph] = {}
 
     def load(self, gen: Tensor, fixed: Tensor, init: Tensor, cond: Tensor, cross_len: Tensor | None) -> None:
@@ -166,29 +166,32 @@ class Bucket:
         self.graphs[key].replay()
 
     def _capture(self, stage: int, cfg: bool, mode: Mode) -> torch.cuda.CUDAGraph:
-        """Warm up on a side stream (state restored afterwards), then capture one step."""
+        """Warm up on the capture stream (per-stream library handles and workspaces get made outside the
+        capture; the state is restored afterwards), then capture one step on that same stream."""
         b = self.buf
         saved = (b.gen.clone(), b.scores.clone())
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
             for _ in range(2):
                 static_step(self.lm, b, stage, cfg, mode)
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream().wait_stream(self.stream)
         b.gen.copy_(saved[0])
         b.scores.copy_(saved[1])
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             static_step(self.lm, b, stage, cfg, mode)
         return graph  # capture records, it does not run: the state is as it was
 
 
 class StepGraphs:
-    """Buckets of one model, least recently used first out (their graphs share one memory pool)."""
+    """Buckets of one model, least recently used first out (their graphs share one memory pool and
+    one capture stream, as torch.cuda.graph asks of captures that share a pool)."""
 
     def __init__(self, lm: MagnetLM, capacity: int = 8):
         self.lm, self.capacity = lm, capacity
-        self.pool = torch.cuda.graph_pool_handle() if lm.device.type == "cuda" else None
+        cuda = lm.device.type == "cuda"
+        self.pool = torch.cuda.graph_pool_handle() if cuda else None
+        self.stream = torch.cuda.Stream(lm.device) if cuda else None
         self.buckets: OrderedDict[tuple[int, int, int], Bucket] = OrderedDict()
 
     def bucket(self, rows: int, frames: int, text_len: int) -> Bucket:
@@ -196,7 +199,7 @@ class StepGraphs:
         if key in self.buckets:
             self.buckets.move_to_end(key)
         else:
-            self.buckets[key] = Bucket(self.lm, *key, self.pool)
+            self.buckets[key] = Bucket(self.lm, *key, self.pool, self.stream)
             while len(self.buckets) > self.capacity:
                 self.buckets.popitem(last=False)
         return self.buckets[key]
