@@ -9,7 +9,7 @@ MODEL ?= demo
 BIND ?= tcp://127.0.0.1:5555
 SERVE_ARGS ?=
 
-.PHONY: install serve test test-gpu demo bench clean
+.PHONY: install serve test test-gpu demo bench gpu-carry clean
 
 $(BIN)/magnet-rt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,11 @@ clean:
 
 test-gpu: install
 	$(BIN)/python -m pytest -q tests_gpu
+
+# What benchmarks/gpu_suite.sh needs on a CUDA machine with no network and no venv (.gpu/ is git-ignored:
+# the device tool carries it with `carry: [".gpu"]`): pure-Python wheels torch's image lacks, and the
+# shared parity fixture that tests_gpu reads beside the repository root.
+gpu-carry: install
+	rm -rf .gpu && mkdir -p .gpu/wheels .gpu/shared/fixtures
+	$(BIN)/python -m pip download -q --no-deps -d .gpu/wheels pyloudnorm==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("pyloudnorm"))')
+	cp -r ../shared/fixtures/audiocraft-tiny .gpu/shared/fixtures/ && chmod -R u+w .gpu
