@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(lm: MagnetLM, is_fast: bool, batch: int = args.batch, static: bool | None = None):
         static = use_static(device) if static is None else static
-        if static:
-            graphs.setdefault(id(lm), StepGraphs(lm))
+        if static and id(lm) not in graphs:
+            graphs[id(lm)] = StepGraphs(lm)
 
         def go():
             with torch.inference_mode():
@@ -169,20 +169,20 @@ def main(argv: list[str] | None = None) -> int:
         "fast_dtype": str(fast_dtype), "params": sum(p.numel() for p in base.parameters()),
         "torch": torch.__version__, "command": " ".join(["python -m benchmarks.latency", *(argv or sys.argv[1:])]),
     }
-    served = use_static(device)
-    result["fast_form"] = "static" if served else "dynamic"
+    served = "static" if use_static(device) else "dynamic"
+    other = "dynamic" if served == "static" else "static"
+    key = {served: "fast", other: f"fast_{other}"}  # result key of each fast form
+    result["fast_form"] = served
     paths = {"fast": run(fast, True)}
     if not args.skip_other:
-        paths["fast_dynamic" if served else "fast_static"] = run(fast, True, static=not served)
+        paths[key[other]] = run(fast, True, static=other == "static")
     if not args.skip_baseline:
         paths["baseline"] = run(base, False)
     result.update(time_interleaved(paths, args.repeats, device))
     if not args.skip_baseline:
         result["speedup"] = result["baseline"]["p50_s"] / result["fast"]["p50_s"]
-    other = "fast_dynamic" if served else "fast_static"
-    if other in result:
-        result["static_vs_dynamic"] = (result["fast_dynamic" if served else "fast"]["p50_s"]
-                                       / result["fast" if served else "fast_static"]["p50_s"])
+    if key[other] in result:
+        result["static_vs_dynamic"] = result[key["dynamic"]]["p50_s"] / result[key["static"]]["p50_s"]
     if fast is not base:
         result["fast_logit_rel_error"] = logit_error(base, fast, args.batch, min(args.frames, 100), device)
     result["peak_memory_bytes"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"

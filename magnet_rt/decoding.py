@@ -192,7 +192,7 @@ def decode(lm, cond: Tensor, frames: int, params: DecodeParams, groups: list[Row
     fixed, init = _pinned(fixed, init_codes, B, K, frames, C, device)
     gen = torch.where(fixed, init, torch.full_like(init, C))
     cond = cond.to(device)
-    chunked = params.span_arrangement == "nonoverlap" or lm.cfg.span_len == 1
+    chunked = _chunked(params, lm.cfg.span_len)
     rescoring = rescorer is not None and params.rescore_weight > 0
     static = graphs if fast and chunked and not rescoring else None
     cross = lm.cross_inputs(cond, cross_len) if fast and static is None else None  # a bucket holds its own
@@ -206,6 +206,11 @@ def decode(lm, cond: Tensor, frames: int, params: DecodeParams, groups: list[Row
     for gi, _, sl in batch.slices():
         batch.finished[gi] = batch.gen[sl].clone()  # not a view of a bucket's buffer
     return [batch.finished.get(i) for i in range(len(groups))]
+
+
+def _chunked(params: DecodeParams, span_len: int) -> bool:
+    """Whether units are `nonoverlap` chunks (a span of 1 frame is a chunk too) rather than stride-1 spans."""
+    return params.span_arrangement == "nonoverlap" or span_len == 1
 
 
 def _pinned(fixed, init_codes, B, K, T, C, device) -> tuple[Tensor, Tensor]:
@@ -227,9 +232,10 @@ def _pinned(fixed, init_codes, B, K, T, C, device) -> tuple[Tensor, Tensor]:
 def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on_step, is_cancelled,
                   rescorer=None, graphs: StepGraphs | None = None) -> int:
     T, span = batch.gen.shape[-1], lm.cfg.span_len
-    chunked = params.span_arrangement == "nonoverlap" or span == 1
+    chunked = _chunked(params, span)
     unit = span if chunked else 1
     kind = sampler(params.use_sampling, params.top_p, params.top_k)
+    mode = Mode.of(params, kind, unit)
     pad = (-T) % unit
     pinned = F.pad(batch.fixed[:, stage], (0, pad), value=True).view(batch.gen.shape[0], -1, unit).all(-1)
     scores = torch.zeros(pinned.shape, device=batch.gen.device).masked_fill(pinned, DONT_REMASK)
@@ -247,8 +253,7 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
         if kind != "greedy":
             u = uniforms([(g.rows, g.generator) for _, g, _ in batch.slices()], T, batch.gen.device)
         if graphs is not None:
-            scores = _static_step(lm, graphs, batch, stage, params, Mode.of(params, kind, unit), mask_p, coef,
-                                  temp, u, scores, n_units)
+            scores = _static_step(lm, graphs, batch, stage, params, mode, mask_p, coef, temp, u, scores, n_units)
         elif bool((n_units > 0).any()):
             scores = _step(lm, batch, stage, params, kind, unit, chunked, fast, mask_p, coef, temp, u, scores,
                            n_units, rescorer)
@@ -297,9 +302,8 @@ def _step(lm, batch: _Batch, stage, params, kind, unit, chunked, fast, mask_p, c
         p_r = (rescorer(batch.gen, stage, rows=batch.rows) if getattr(rescorer, "takes_rows", False)
                else rescorer(batch.gen, stage))
         conf = torch.where(sel, w * p_r.to(conf) + (1 - w) * conf, conf)
-    if chunked:
-        return rescore_units(conf, unit_mask, unit, params.span_scoring)
-    return (-torch.log(conf)).masked_fill(~masked, DONT_REMASK)  # single tokens, frozen where not masked
+    # single tokens (stride1, unit 1) are scored -log p and frozen where not masked this step
+    return rescore_units(conf, unit_mask if chunked else masked, unit, params.span_scoring)
 
 
 def _static_step(lm, graphs: StepGraphs, batch: _Batch, stage, params, mode: Mode, mask_p, coef, temp, u,

@@ -9,11 +9,11 @@ depends only on the bucket and nothing is read back:
   are written, so the result equals the fast path's (which computes those positions alone);
 - the number of units to mask, the CFG coefficient, the temperature and top-p are device scalars;
 - the uniforms are drawn per request group from the group's own generator, outside the graph, into a
-  static buffer (`decoding.draw_uniforms`: the same draws every path uses);
+  static buffer (`sampling.uniforms`: the same draws every path uses);
 - the text k/v are zero-padded to a power of two with a -inf bias beyond each row's length, which is
   exactly the per-row text length the fast path attends to.
 
-A bucket is (rows, frames, padded text length, sampling mode); within it a graph per (stage, CFG on/off).
+A bucket is (rows, frames, padded text length); within it a graph per (stage, CFG on/off, sampling mode).
 On CUDA each is captured once (on first use, or at warm-up) and replayed: one launch per step. On the CPU
 the same function runs eagerly; the tests check it against the fast path there, `tests_gpu/` the graphs.
 """
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import InvalidParams
 from .lm import CrossInputs, MagnetLM
 from .params import DecodeParams
 from .sampling import choose_tokens, probs_at, span_scores
@@ -36,6 +37,12 @@ MIN_TEXT_BUCKET = 16
 
 
 STEP_GRAPHS = ("auto", "on", "off")
+
+
+def check_step_graphs(mode: str) -> str:
+    if mode not in STEP_GRAPHS:
+        raise InvalidParams(f"step_graphs must be one of {STEP_GRAPHS}, got {mode!r}")
+    return mode
 
 
 def use_static(device: torch.device | str) -> bool:
@@ -157,7 +164,7 @@ class Bucket:
         b.cross.bias.copy_(cross.bias)
 
     def step(self, stage: int, cfg: bool, mode: Mode) -> None:
-        if self.buf.gen.device.type != "cuda":
+        if self.stream is None:  # not CUDA: eager
             static_step(self.lm, self.buf, stage, cfg, mode)
             return
         key = (stage, cfg, mode)

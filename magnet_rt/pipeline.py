@@ -30,7 +30,7 @@ from .conditioning import T5TextEncoder, TextEncoder
 from .decoding import RowGroup, StepEvent, decode
 from .devices import Stopwatch, codec_device, codec_half, lm_dtype, pick_device
 from .errors import Cancelled, InvalidParams, InvalidRegion
-from .graphs import STEP_GRAPHS, StepGraphs, use_static
+from .graphs import StepGraphs, check_step_graphs, use_static
 from .lm import MagnetLM
 from .params import DecodeParams
 
@@ -86,9 +86,7 @@ class MagnetPipeline:
     @property
     def graphs(self) -> StepGraphs | None:
         """The static-step buckets the fast path decodes with (`magnet_rt.graphs`), or None."""
-        mode = self.step_graphs
-        if mode not in STEP_GRAPHS:
-            raise InvalidParams(f"step_graphs must be one of {STEP_GRAPHS}, got {mode!r}")
+        mode = check_step_graphs(self.step_graphs)
         if not self.fast or mode == "off" or (mode == "auto" and not use_static(self.device)):
             return None
         if self._graphs is None:

@@ -94,13 +94,12 @@ def load_pipeline(name: str, device: str = "auto", fast: bool = True, text_encod
     block projections for a faster CPU (measured ~1.8x per forward, ~2 % logit error: RESULTS.md).
     `step_graphs`: decode with static steps replayed as CUDA graphs (auto: on CUDA; same codes either way)."""
     from .errors import InvalidParams
-    from .graphs import STEP_GRAPHS
+    from .graphs import check_step_graphs
     from .pipeline import MagnetPipeline
 
     if precision not in PRECISIONS:
         raise InvalidParams(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if step_graphs not in STEP_GRAPHS:
-        raise InvalidParams(f"step_graphs must be one of {STEP_GRAPHS}, got {step_graphs!r}")
+    check_step_graphs(step_graphs)  # before a model is loaded for nothing
     if name == DEMO:
         pipe = load_demo(device=device, fast=fast)
     else:
