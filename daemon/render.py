@@ -41,6 +41,7 @@ from .errors import to_protocol_error
 from .files import PathPolicy
 
 MAX_ENGINE_SEED = 2**63 - 1024  # the engine's bound; seeds of variations are seed + k
+PICKED_SEED_BITS = 52  # seeds the daemon picks stay exact in a double (JavaScript), also as seed + k or per window
 STREAMING = ("long", "endless")
 
 
@@ -111,10 +112,12 @@ def admit(msg: Render, pipe, files: PathPolicy) -> RenderPlan:
     overrides = engine_overrides(msg.params)
     if msg.rescore is not None:
         overrides["rescore_weight"] = msg.rescore
-    if rescorer is None and msg.preset not in offered_presets(None) and msg.preset in preset_names():
-        raise ProtocolError(ErrorCode.UNKNOWN_PRESET, f"preset {msg.preset!r} rescores: this daemon has no "
-                            "rescoring model (start it with --rescorer)", request_id=rid,
-                            details={"preset": msg.preset})
+    offered = offered_presets(rescorer)
+    if msg.preset not in offered:
+        why = ("rescores, and this daemon has no rescoring model (start it with --rescorer)"
+               if msg.preset in preset_names() else "is not a preset of this daemon")
+        raise ProtocolError(ErrorCode.UNKNOWN_PRESET, f"preset {msg.preset!r} {why}; its presets: "
+                            f"{', '.join(offered)}", request_id=rid, details={"preset": msg.preset})
     try:
         params = resolve_params(msg.preset, overrides)
         params.check_stages(pipe.lm.n_q)
@@ -126,7 +129,7 @@ def admit(msg: Render, pipe, files: PathPolicy) -> RenderPlan:
     if msg.seed is not None and msg.seed >= MAX_ENGINE_SEED:
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"seed: must be below 2^63 - 1024, got {msg.seed}",
                             request_id=rid, details={"field": "seed"})
-    seed = secrets.randbits(62) if msg.seed is None else msg.seed
+    seed = secrets.randbits(PICKED_SEED_BITS) if msg.seed is None else msg.seed
     segment = float(pipe.segment_duration)
     duration = getattr(msg, "duration_s", None)
     if isinstance(msg, Generate):
@@ -185,20 +188,19 @@ def _admit_generate(msg: Generate, pipe, params: DecodeParams, seed: int, segmen
 
 def _source(msg: Inpaint | Continue, segment: float, files: PathPolicy) -> tuple[np.ndarray, int]:
     src = msg.source
+    if src.audio is not None and src.audio.duration_s > segment + 1e-9:  # refused before any copy is made
+        raise ProtocolError(ErrorCode.INVALID_AUDIO, f"source.audio: the clip is {src.audio.duration_s:.2f} s "
+                            f"long, and this model takes at most {segment:g} s", request_id=msg.id,
+                            details={"field": "source.audio"})
     try:
         if src.path is not None:
             return files.read_audio(src.path, max_s=segment)
-        audio = pcm_decode(src.audio.data, src.audio.format, src.audio.channels)
+        return pcm_decode(src.audio.data, src.audio.format, src.audio.channels), src.audio.sample_rate
     except ProtocolError as exc:
         exc.request_id = msg.id
         if exc.code == ErrorCode.INVALID_AUDIO:
             exc.details.setdefault("field", "source.audio.data" if src.path is None else "source.path")
         raise
-    clip_s = audio.shape[-1] / src.audio.sample_rate
-    if clip_s > segment + 1e-9:
-        raise ProtocolError(ErrorCode.INVALID_AUDIO, f"source.audio: {clip_s:.2f} s is longer than this model's "
-                            f"{segment:g} s segment", request_id=msg.id, details={"field": "source.audio"})
-    return audio, src.audio.sample_rate
 
 
 def prepare(plan: RenderPlan, pipe, cancelled: Callable[[], bool] | None = None) -> None:

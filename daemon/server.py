@@ -59,6 +59,7 @@ from protocol import (
     pack,
     unpack,
 )
+from protocol.framing import OVERSIZE_FACTOR
 
 from . import render
 from .errors import to_protocol_error
@@ -120,7 +121,9 @@ class Daemon:
         self.router = self.pull = None
         self.router = self.zctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer raises EHOSTUNREACH
-        self.router.setsockopt(zmq.MAXMSGSIZE, self.max_bytes)  # larger frames: libzmq drops the peer
+        # Frames up to OVERSIZE_FACTOR x the limit are read and answered with too_large; libzmq drops a peer
+        # that sends a larger one (PROTOCOL.md §2, §3).
+        self.router.setsockopt(zmq.MAXMSGSIZE, OVERSIZE_FACTOR * self.max_bytes)
         self.router.sndhwm = SEND_HWM
         self.router.linger = 0
         if "[" in self.args.bind:
@@ -215,7 +218,9 @@ class Daemon:
                                     details={"type": msg.TYPE})
             handler(client, msg)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a typed reply
-            err = to_protocol_error(exc, msg.id)
+            # Drop the traceback: it holds this frame, whose `err` and `frames` would make a cycle that keeps
+            # the request (e.g. 60 MiB of refused inline audio) alive until the next garbage collection.
+            err = to_protocol_error(exc, msg.id).with_traceback(None)
             log.info("request refused: %s", err, extra=ctx(msg.id, client, type=msg.TYPE, code=err.code.value))
             self.send_error(client, err)
 
@@ -348,6 +353,10 @@ class Daemon:
     def on_unload(self, client: bytes, msg) -> None:
         self._refuse_if_stopping()
         self._known_model(msg.model)
+        if msg.model == self.args.model:  # the daemon serves it and loads nothing on demand (PROTOCOL.md)
+            raise ProtocolError(ErrorCode.INVALID_FIELD, f"model: {msg.model} is this daemon's default model and "
+                                "stays loaded (requests without `model` use it); unload other models, or restart "
+                                "the daemon with another --model", details={"field": "model"})
         if self.models.get(msg.model) is None:
             self.send(client, UnloadReply(id=msg.id, model=msg.model))
             return
@@ -372,7 +381,7 @@ class Daemon:
                                                       model=name, seed=plan.seed))
 
     def _refuse_if_stopping(self) -> None:
-        if self.stopping:
+        if self.stopping or self.signals:  # a signal not yet acted on by the loop counts too (PROTOCOL.md §6)
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down and takes no more work")
 
 

@@ -19,7 +19,15 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # also the daemon's ZMQ_MAXMSGSIZE
 MAX_STR_BYTES = 1024 * 1024  # per msgpack str; prompts are far shorter
 MAX_ARRAY_LEN = 4096
 MAX_MAP_LEN = 256
+MAX_NESTING = 4  # the message map is level 1; no map or array deeper than level 4 (PROTOCOL.md §3)
+OVERSIZE_FACTOR = 2  # the daemon reads frames up to this many times its limit to answer them with too_large
 S16_SCALE = 32767.0
+# Why msgpack refused a frame, for the exceptions whose own text is empty or says little (most specific first).
+_UNPACK_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (msgpack.exceptions.FormatError, "it holds a byte that starts no msgpack value (0xc1, or not msgpack at all)"),
+    (msgpack.exceptions.StackError, "it nests too deep for the decoder"),
+    (msgpack.exceptions.ExtraData, "it holds more than one msgpack value"),
+)
 
 
 def pack(msg: Message, max_size: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
@@ -37,12 +45,35 @@ def unpack_map(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"frame of {len(data)} bytes exceeds {max_size} bytes",
                             details={"size": len(data), "max": max_size})
     try:
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True, max_bin_len=max_size,
             max_str_len=MAX_STR_BYTES, max_array_len=MAX_ARRAY_LEN, max_map_len=MAX_MAP_LEN, max_ext_len=0)
     except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
         # ExtraData, FormatError, StackError (too deep), truncation, limits, bad UTF-8: all ValueError
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"frame is not one valid msgpack value: {exc}"[:300]) from None
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"frame is not one valid msgpack value: {_unpack_reason(exc)}"[:300]) from None
+    check_nesting(value)
+    return value
+
+
+def _unpack_reason(exc: BaseException) -> str:
+    """A non-empty reason for a refused frame (some msgpack exceptions carry no text)."""
+    known = next((why for cls, why in _UNPACK_REASONS if isinstance(exc, cls)), None)
+    return known or str(exc) or type(exc).__name__
+
+
+def check_nesting(value: Any, limit: int = MAX_NESTING) -> None:
+    """Refuse a value with a map or array deeper than `limit` levels (the value itself is level 1)."""
+    level, depth = [value], 0
+    while level:  # one pass per level: at most limit + 1 passes
+        containers = [x for x in level if isinstance(x, dict | list)]
+        if not containers:
+            return
+        depth += 1
+        if depth > limit:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"the message nests deeper than {limit} levels of maps "
+                                "and arrays")
+        level = [y for c in containers for y in (c.values() if isinstance(c, dict) else c)]
 
 
 def unpack(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
@@ -52,7 +83,7 @@ def unpack(data: bytes, max_size: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
 
 # --- PCM -------------------------------------------------------------------------------------------------------
 def pcm_encode(samples: np.ndarray, fmt: str = "f32") -> bytes:
-    """float samples [C, N] or [N] in [-1, 1] -> interleaved little-endian PCM (`s16`: clipped, rounded)."""
+    """float samples [C, N] or [N] -> interleaved little-endian PCM, clipped to [-1, 1] (`s16`: also rounded)."""
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim == 1:
         x = x[None, :]
@@ -60,9 +91,9 @@ def pcm_encode(samples: np.ndarray, fmt: str = "f32") -> bytes:
         raise ValueError(f"expected samples [C, N] or [N] and format in {AUDIO_FORMATS}, got {x.shape}, {fmt!r}")
     if not np.isfinite(x).all():
         raise ProtocolError(ErrorCode.INVALID_AUDIO, "samples must be finite")
-    frames = x.T  # [N, C]: interleaved on the wire
+    frames = np.clip(x.T, -1.0, 1.0)  # [N, C]: interleaved on the wire; PROTOCOL.md §5: in [-1, 1]
     if fmt == "s16":
-        return np.rint(np.clip(frames, -1.0, 1.0) * S16_SCALE).astype("<i2").tobytes()
+        return np.rint(frames * S16_SCALE).astype("<i2").tobytes()
     return frames.astype("<f4").tobytes()
 
 
@@ -80,4 +111,8 @@ def pcm_decode(data: bytes, fmt: str, channels: int) -> np.ndarray:
         x = np.frombuffer(data, dtype="<f4").astype(np.float32)
         if not np.isfinite(x).all():
             raise ProtocolError(ErrorCode.INVALID_AUDIO, "audio holds NaN or infinite samples")
+        peak = max(float(x.max()), -float(x.min()))  # no temporary copy of the samples
+        if peak > 1.0:
+            raise ProtocolError(ErrorCode.INVALID_AUDIO, f"audio holds f32 samples outside [-1, 1] (peak "
+                                f"{peak:.3g}); clip or scale it before sending")
     return np.ascontiguousarray(x.reshape(-1, channels).T)

@@ -134,10 +134,11 @@ def _map(value: Check | None = None, hi: int = 64) -> Check:
 
 
 def _detail(path: str, v: Any, depth: int = 0) -> Any:
-    """An error detail: a finite scalar, or a list/map of them, nested at most 4 deep."""
-    if isinstance(v, list | tuple) and depth < 4:
+    """An error detail: a finite scalar, or a list/map of them, nested at most 2 deep (`details` is level 2 of
+    the message and PROTOCOL.md §3 allows 4 levels)."""
+    if isinstance(v, list | tuple) and depth < 2:
         return [_detail(f"{path}[{i}]", x, depth + 1) for i, x in enumerate(v)]
-    if isinstance(v, Mapping) and depth < 4:
+    if isinstance(v, Mapping) and depth < 2:
         return {k: _detail(f"{path}.{k}", x, depth + 1) for k, x in _map()(path, v).items()}
     if type(v) is float and not math.isfinite(v):
         _fail(path, f"must be finite, got {_show(v)}")
@@ -447,6 +448,9 @@ class Inpaint(Render):
     prompt: str = _f(_PROMPT)
 
     def _check_whole(self, path: str) -> None:
+        if self.end_s < self.start_s:
+            _fail("end_s", f"the region ends ({self.end_s:g} s) before it starts ({self.start_s:g} s)",
+                  ErrorCode.INVALID_REGION)
         if self.end_s - self.start_s < MIN_REGION_S - 1e-9:
             _fail("end_s", f"the region must be at least {MIN_REGION_S} s long", ErrorCode.INVALID_REGION)
         if self.source.audio is not None and self.end_s > self.source.audio.duration_s + 1e-9:
@@ -612,6 +616,11 @@ class Error(Event):
     code: ErrorCode = _f(_code)
     message: str = _f(_str(0, 1000))
     details: dict[str, Any] = _f(_map(_detail), factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """`id` is always present, nil when unknown (PROTOCOL.md §4), so every decoder sees the key."""
+        d = super().to_dict()
+        return {"v": d.pop("v"), "type": d.pop("type"), "id": d.pop("id", None), **d}
 
     @classmethod
     def from_exception(cls, exc: ProtocolError, request_id: str | None = None) -> Error:

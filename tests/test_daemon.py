@@ -151,7 +151,7 @@ def test_generate_outputs_preview_s16_loudness(client):
 
 def test_inpaint_round_trip_keeps_source_exactly(client):
     rng = np.random.default_rng(0)
-    src = (rng.standard_normal(SR) * 0.3).astype(np.float32)  # 1 s mono at the model rate
+    src = np.clip(rng.standard_normal(SR) * 0.3, -1, 1).astype(np.float32)  # 1 s mono at the model rate; f32 in [-1, 1]
     audio = AudioData(data=src.astype("<f4").tobytes(), sample_rate=SR, channels=1)
     msgs = client.request(Inpaint(id="i1", source=Source(audio=audio), start_s=0.4, end_s=0.6, prompt="fill",
                                   preset="live", params=FAST, seed=9), timeout=60)
