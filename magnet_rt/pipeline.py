@@ -5,8 +5,9 @@ one batch, each with its own seeds, progress and cancellation (the daemon's micr
 `generate`, `inpaint` and `continue_from` build one `Job` and call it.
 
 Inpainting and continuation pin every (codebook, frame) outside the new region to the source's codes
-and splice the decoded region into the *original* waveform (its sample rate and channels), with
-short equal-power crossfades inside the new region, so the kept audio is the input sample for sample.
+(`magnet_rt.regions` places the windows, for sources up to 10 minutes) and splice the decoded region into
+the *original* waveform (its sample rate and channels), with short equal-power crossfades inside the new
+region, so the kept audio is the input sample for sample.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from .codec import Codec
 from .conditioning import T5TextEncoder, TextEncoder
 from .decoding import RowGroup, StepEvent, decode
 from .devices import Stopwatch, codec_device, codec_half, lm_dtype, pick_device
-from .errors import Cancelled, InvalidParams, InvalidRegion
+from .errors import Cancelled, InvalidParams
 from .graphs import StepGraphs, check_step_graphs, use_static
 from .lm import MagnetLM
 from .params import DecodeParams
@@ -49,11 +49,16 @@ class Job:
     seed: int
     variations: int = 1
     fixed: Tensor | None = None  # [K, frames] bool: pinned positions
-    init_codes: Tensor | None = None  # [K, frames] codes at the pinned positions
+    init_codes: Tensor | None = None  # [K, frames] (or [variations, K, frames]) codes at the pinned positions
 
     @property
     def rows(self) -> int:
         return len(self.prompts) * self.variations
+
+    def pinned(self, row: int) -> tuple[Tensor, Tensor]:
+        """(fixed, init_codes) [K, frames] of row `row`: `init_codes` may be [variations, K, frames]."""
+        init = self.init_codes if self.init_codes.dim() == 2 else self.init_codes[row % self.variations]
+        return self.fixed, init
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share a batch."""
@@ -165,7 +170,7 @@ class MagnetPipeline:
             init = torch.full((len(row_job), K, frames), self.lm.card, dtype=torch.long)
             for r, ji in enumerate(row_job):
                 if jobs[ji].fixed is not None:
-                    fixed[r], init[r] = jobs[ji].fixed, jobs[ji].init_codes
+                    fixed[r], init[r] = jobs[ji].pinned(r - row_job.index(ji))
         clock.mark("text")
 
         job_rows = [[r for r, jj in enumerate(row_job) if jj == ji] for ji in range(len(jobs))]
@@ -230,103 +235,43 @@ class MagnetPipeline:
     def inpaint(self, audio, sample_rate: int, start_s: float, end_s: float, prompt: str | None,
                 params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
                 progress=None, cancelled=None, fade_s: float = DEFAULT_FADE_S) -> JobResult:
-        """Regenerate [start_s, end_s) of `audio` ([N] or [C, N]); everything outside is kept exactly.
-        Returns audio [variations, C, N] at the source's sample rate and channels."""
+        """Regenerate [start_s, end_s) of `audio` ([N] or [C, N], up to 10 minutes); everything outside is kept
+        exactly. Returns audio [variations, C, N] at the source's sample rate and channels."""
         prepared = self.prepare_inpaint(audio, sample_rate, start_s, end_s, prompt, params, seed, variations, fade_s)
-        return prepared.finish(self._run_one(prepared.job, progress, cancelled))
+        return self.run_prepared(prepared, progress, cancelled)
 
     def continue_from(self, audio, sample_rate: int, prompt: str | None, duration_s: float,
                       params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
                       progress=None, cancelled=None, fade_s: float = DEFAULT_FADE_S) -> JobResult:
-        """Extend `audio` to `duration_s` seconds in total. The source is kept sample for sample except
-        its last `fade_s`, where it crossfades into the model's continuation."""
+        """Append `duration_s` new seconds (any length, window by window beyond one segment) to `audio`,
+        conditioned on its last seconds. The source is kept sample for sample; returns [variations, C, N + new]."""
         prepared = self.prepare_continue(audio, sample_rate, prompt, duration_s, params, seed, variations, fade_s)
-        return prepared.finish(self._run_one(prepared.job, progress, cancelled))
+        return self.run_prepared(prepared, progress, cancelled)
 
-    # ---- inpaint / continue as (job, finish) pairs, so a scheduler can batch them ------------------------
+    # ---- inpaint / continue as (job, step, finish), so a scheduler can batch their windows ------------------
     def prepare_inpaint(self, audio, sample_rate: int, start_s: float, end_s: float, prompt: str | None,
                         params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
                         fade_s: float = DEFAULT_FADE_S) -> Prepared:
-        """Validate and encode the source; the returned job pins everything outside the region."""
-        x = audio_ops.to_float32_channels_first(audio)
-        sr, N = audio_ops.validate_sample_rate(sample_rate), x.shape[-1]
-        dur = N / sr
-        min_len = self.lm.cfg.span_len / self.frame_rate
-        inside = 0 <= start_s < end_s <= dur + 1e-6
-        if not (math.isfinite(start_s) and math.isfinite(end_s) and inside):
-            raise InvalidRegion(f"region [{start_s}, {end_s}) s must lie inside the clip [0, {dur:.3f}) s")
-        if end_s - start_s < min_len - 1e-9:
-            raise InvalidRegion(f"region is {end_s - start_s:.3f} s; the shortest is one span, {min_len:.3f} s")
-        seg = self.segment_duration
-        if end_s - start_s > seg:
-            raise InvalidRegion(f"region is {end_s - start_s:.2f} s; this model regenerates at most {seg:g} s")
-        # The model sees one segment: a window of the clip around the region.
-        w0 = 0.0 if dur <= seg else min(max(0.5 * (start_s + end_s) - seg / 2, 0.0), dur - seg)
-        s0 = round(w0 * sr)
-        s1 = min(N, s0 + math.floor(min(seg, dur) * sr))
-        t0 = time.perf_counter()
-        codes = self.codec.encode(x[:, s0:s1], sr)[0].cpu()  # [K, T]
-        T = min(codes.shape[-1], self.lm.cfg.segment_frames)
-        codes = codes[:, :T]
-        f0 = math.floor((start_s - s0 / sr) * self.frame_rate)
-        f1 = min(T, math.ceil((end_s - s0 / sr) * self.frame_rate))
-        fixed = torch.ones_like(codes, dtype=torch.bool)
-        fixed[:, f0:f1] = False
-        t_enc = time.perf_counter() - t0
-        job = Job([prompt], T, params or DecodeParams(), _seed(seed), variations, fixed, codes)
-        a, b = round(start_s * sr), round(end_s * sr)
-        fade = min(round(fade_s * sr), (b - a) // 2)
+        """Validate and encode the source around the region; the jobs pin everything outside it
+        (`magnet_rt.regions`: window placement for sources of any length)."""
+        from .regions import prepare_inpaint
 
-        def finish(res: JobResult) -> JobResult:
-            new = audio_ops.resample(res.audio, self.sample_rate, sr)  # [V, 1, n] from sample s0
-            region = _fit(new[..., a - s0:b - s0], b - a)
-            out = [audio_ops.splice(x, _channels(region[v], x.shape[0]), a, b, fade) for v in range(len(region))]
-            res.audio, res.sample_rate = np.stack(out).astype(np.float32), sr
-            res.timings["codec_encode"] = t_enc
-            return res
-
-        return Prepared(job, finish)
+        return prepare_inpaint(self, audio, sample_rate, start_s, end_s, prompt, params, seed, variations, fade_s)
 
     def prepare_continue(self, audio, sample_rate: int, prompt: str | None, duration_s: float,
                          params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
                          fade_s: float = DEFAULT_FADE_S) -> Prepared:
-        x = audio_ops.to_float32_channels_first(audio)
-        sr, N = audio_ops.validate_sample_rate(sample_rate), x.shape[-1]
-        dur, seg, span_s = N / sr, self.segment_duration, self.lm.cfg.span_len / self.frame_rate
-        new_len = float(duration_s) - dur
-        if not math.isfinite(new_len) or new_len < span_s:
-            raise InvalidRegion(f"duration {duration_s} s must exceed the source ({dur:.3f} s) by at least one span")
-        if new_len > seg - span_s:
-            raise InvalidRegion(f"this model continues by at most {seg - span_s:g} s (its segment minus one span of "
-                                f"context); asked {new_len:.2f} s")
-        ctx = min(dur, seg - new_len)  # seconds of the source the model sees
-        c0 = N - round(ctx * sr)
-        t0 = time.perf_counter()
-        src_codes = self.codec.encode(x[:, c0:], sr)[0].cpu()
-        T = self.frames_for(ctx + new_len)
-        n_pin = min(math.floor((N - c0) / sr * self.frame_rate), src_codes.shape[-1], T)
-        init = torch.full((self.lm.n_q, T), self.lm.card, dtype=torch.long)
-        init[:, :n_pin] = src_codes[:, :n_pin]
-        fixed = torch.zeros_like(init, dtype=torch.bool)
-        fixed[:, :n_pin] = True
-        t_enc = time.perf_counter() - t0
-        job = Job([prompt], T, params or DecodeParams(), _seed(seed), variations, fixed, init)
-        total = round(float(duration_s) * sr)
-        fade = min(round(fade_s * sr), N - c0)
+        """Validate and encode the source's end; the jobs append `duration_s` seconds (`magnet_rt.regions`)."""
+        from .regions import prepare_continue
 
-        def finish(res: JobResult) -> JobResult:
-            new = audio_ops.resample(res.audio, self.sample_rate, sr)  # [V, 1, n] from sample c0
-            outs = []
-            for v in range(len(new)):
-                cont = _channels(_fit(new[v][..., N - c0 - fade:], total - N + fade), x.shape[0])
-                # the source and the codec's rendering of its own codes are correlated: equal gain
-                mixed = audio_ops.equal_gain_crossfade(x[:, N - fade:], cont[:, :fade])
-                outs.append(np.concatenate([x[:, : N - fade], mixed, cont[:, fade:]], axis=-1))
-            res.audio, res.sample_rate = np.stack(outs).astype(np.float32), sr
-            res.timings["codec_encode"] = t_enc
-            return res
+        return prepare_continue(self, audio, sample_rate, prompt, duration_s, params, seed, variations, fade_s)
 
-        return Prepared(job, finish)
+    def run_prepared(self, prepared: Prepared, progress=None, cancelled=None) -> JobResult:
+        """Every window of a prepared request in turn, then its finished audio."""
+        res = self._run_one(prepared.job, progress, cancelled)
+        while prepared.step is not None and (job := prepared.step(res)) is not None:
+            res = self._run_one(job, progress, cancelled)
+        return prepared.finish(res)
 
 
 @dataclass
@@ -335,6 +280,8 @@ class Prepared:
 
     job: Job
     finish: Callable[[JobResult], JobResult]
+    step: Callable[[JobResult], Job | None] | None = None  # several windows: record one, get the next (or None)
+    windows: int = 1
 
 
 def _seed(seed: int | None) -> int:

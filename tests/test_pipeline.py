@@ -73,10 +73,9 @@ def test_bad_audio(pipe):
 
 def test_continue_keeps_the_source_and_reaches_the_duration(pipe):
     x = _noise(44100, 3.0, 2)
-    r = pipe.continue_from(x, 44100, "keep going", 5.0, params=FAST, seed=2)
-    fade = round(0.010 * 44100)
+    r = pipe.continue_from(x, 44100, "keep going", 2.0, params=FAST, seed=2)  # appends 2 s
     assert r.audio.shape == (1, 2, 5 * 44100)
-    assert np.array_equal(r.audio[0][:, : x.shape[1] - fade], x[:, :-fade])
+    assert np.array_equal(r.audio[0][:, : x.shape[1]], x)
     assert np.abs(r.audio[0][:, x.shape[1]:]).max() > 0
 
 
