@@ -298,8 +298,10 @@ HOSTILE = [
     (b"\x81\xa2\xff\xfe\x01", E.BAD_REQUEST),  # invalid UTF-8 key
     (msgpack.packb({1: 2}), E.BAD_REQUEST),  # int map key
     (msgpack.packb({b"v": 1, b"type": b"ping", b"id": b"x"}, use_bin_type=True), E.INVALID_FIELD),  # bin keys
-    (msgpack.packb({"v": 1, "type": "ping", "id": "x", "token": {"deep": [[[[]]]]}}), E.INVALID_FIELD),
-    (msgpack.packb({"v": 1, "type": "ping", "id": "x", "v2": [[[[[[[[]]]]]]]]}), None),  # ignored
+    (msgpack.packb({"v": 1, "type": "ping", "id": "x", "token": {"deep": [[]]}}), E.INVALID_FIELD),
+    (msgpack.packb({"v": 1, "type": "ping", "id": "x", "token": {"deep": [[[[]]]]}}), E.BAD_REQUEST),  # 6 levels
+    (msgpack.packb({"v": 1, "type": "ping", "id": "x", "v2": [[[]]]}), None),  # 4 levels, unknown: ignored
+    (msgpack.packb({"v": 1, "type": "ping", "id": "x", "v2": [[[[[[[[]]]]]]]]}), E.BAD_REQUEST),  # unknown too
 ]
 
 

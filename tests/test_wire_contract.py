@@ -168,8 +168,6 @@ def test_missing_v_is_invalid_field_naming_v(dealer):
 def test_unknown_preset_lists_only_the_offered_presets(daemon, zctx):
     c = Client(zctx, daemon.endpoint)
     try:
-
-
         welcome = c.call(Hello(id="h", client="t"))
         assert "rescored" not in welcome.presets
         for preset in ("nope", "rescored"):
