@@ -24,6 +24,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from importlib import metadata
@@ -32,8 +33,11 @@ from typing import Any
 import numpy as np
 import zmq
 from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_packet import OscPacket
 from pythonosc.osc_server import ThreadingOSCUDPServer
+from pythonosc.parsing import osc_types
 
 import protocol as P
 from magnet_rt.audio import bars_to_samples, seconds_to_samples
@@ -75,6 +79,10 @@ REPLIES = {
     "/magnet/startup": "<version:s> <port:i>",
 }
 BRIDGE_CODES = ("unknown_address", "unreachable")  # besides PROTOCOL.md §8's codes
+ARG_TYPES = "sifdh"  # OSC types a request's arguments may have: string, int32, float32, and float64 / int64
+TYPE_NAMES = {"c": "char", "b": "blob", "T": "true", "F": "false", "N": "nil", "I": "impulse", "t": "time tag",
+              "m": "MIDI", "r": "RGBA colour", "[": "array", "]": "array"}
+MAX_DATAGRAM = 65535  # read every UDP datagram whole (socketserver reads 8192 bytes: longer ones were cut, dropped)
 
 
 def forms(signature: str) -> list[list[tuple[str, str]]]:
@@ -128,6 +136,70 @@ def parse(address: str, args: tuple) -> dict[str, Any]:
     return out
 
 
+def _address_of(data: bytes) -> str:
+    """The address a datagram starts with, or "" when it has none that can be read."""
+    try:
+        address = osc_types.get_string(data, 0)[0]
+    except Exception:  # noqa: BLE001 - ParseError, UnicodeDecodeError: no readable address
+        return ""
+    return address if address.startswith("/") else ""
+
+
+def _why_malformed(data: bytes, exc: Exception) -> str:
+    if not data:
+        return "the datagram is empty"
+    if not data.startswith((b"/", b"#bundle")):
+        return "an OSC message starts with an address beginning with / (see protocol/OSC.md)"
+    if isinstance(exc, UnicodeDecodeError):
+        return "the datagram holds a string that is not UTF-8"
+    inner = exc.args[-1] if exc.args else exc
+    return f"the datagram is not valid OSC: {inner}"[:300]
+
+
+def _unsupported_type(msg: OscMessage) -> str | None:
+    """Why a message's type tags do not fit a request (python-osc skips types it does not know), or None."""
+    dgram = msg.dgram
+    index = osc_types.get_string(dgram, 0)[1]
+    tags = osc_types.get_string(dgram, index)[0][1:] if dgram[index:] else ""
+    for k, tag in enumerate(tags, 1):
+        if tag not in ARG_TYPES:
+            return (f"{msg.address}: argument {k} has OSC type '{tag}' ({TYPE_NAMES.get(tag, 'unknown type')}); "
+                    "requests take strings (s), integers (i) and floats (f)")
+    return None
+
+
+class CheckedDispatcher(Dispatcher):
+    """python-osc's Dispatcher, except that a datagram it cannot parse (which it drops without a word) and a
+    message with an argument type no request uses are reported to `on_bad(client, address, osc_id, code, why)`."""
+
+    def __init__(self, on_bad: Callable[[tuple, str, str, str, str], None]) -> None:
+        super().__init__()
+        self.on_bad = on_bad
+
+    def call_handlers_for_packet(self, data: bytes, client_address: tuple) -> list:
+        try:
+            messages = [timed.message for timed in OscPacket(data).messages]
+        except Exception as exc:  # noqa: BLE001 - ParseError, UnicodeDecodeError...: answered, never dropped
+            self.on_bad(client_address, _address_of(data), "", "bad_request", _why_malformed(data, exc))
+            return []
+        for msg in messages:
+            if (why := _unsupported_type(msg)) is not None:
+                osc_id = msg.params[0] if msg.params and isinstance(msg.params[0], str) else ""
+                self.on_bad(client_address, msg.address, osc_id, "invalid_field", why)
+                return []
+        return super().call_handlers_for_packet(data, client_address)
+
+
+class CheckedServer(ThreadingOSCUDPServer):
+    """Reads datagrams whole and hands every one to the dispatcher (python-osc's server drops a datagram that
+    does not start with / or #bundle before any handler sees it)."""
+
+    max_packet_size = MAX_DATAGRAM
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return True
+
+
 @dataclass
 class Job:
     ip: str
@@ -179,9 +251,9 @@ class OscBridge:
         self.counter = 0
         self.stop = threading.Event()
         self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        dispatcher = Dispatcher()
+        dispatcher = CheckedDispatcher(self._on_bad_datagram)
         dispatcher.set_default_handler(self._on_osc, needs_reply_address=True)
-        self.server = ThreadingOSCUDPServer((host or "127.0.0.1", int(port)), dispatcher)
+        self.server = CheckedServer((host or "127.0.0.1", int(port)), dispatcher)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -216,6 +288,10 @@ class OscBridge:
     def error(self, ip: str, osc_id: str, code: str, message: str, address: str) -> None:
         log.info("%s %s: %s %s", address, osc_id, code, message)
         self.send(ip, "/magnet/error", osc_id, code, message[:1000], address)
+
+    def _on_bad_datagram(self, client: tuple, address: str, osc_id: str, code: str, why: str) -> None:
+        log.warning("dropped a datagram from %s:%d (%s): %s", client[0], client[1], address or "no address", why)
+        self.error(client[0], osc_id, code, why, address)
 
     def _on_osc(self, client: tuple, address: str, *args: Any) -> None:
         try:

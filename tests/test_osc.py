@@ -4,6 +4,7 @@ liblo's oscsend/oscdump (a client we did not write)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -113,7 +114,33 @@ def test_inpaint_a_result_and_an_allowed_file(rig):
 def test_continue_in_bars(rig):
     path = done_of(rig, "/magnet/generate", "s2", "pad", "live", 2, 1.0)[2]
     msg = done_of(rig, "/magnet/continue", "k1", path, "pad", "live", 3, 1, 120.0)
-    check_wav(msg, rig["out"], bars_to_samples(1, 120.0, SR))
+    check_wav(msg, rig["out"], SR + bars_to_samples(1, 120.0, SR))  # the 1 s clip, then one bar
+
+
+def test_long_clips_inpaint_in_seconds_and_bars_and_continue(rig):
+    """A region inside a 60 s clip, a 15 s region, a bar region at 123.4 bpm, and a 30 s clip continued by 12 s:
+    every sample outside the region (or of the clip) is the source's."""
+    clip = rig["allow"] / "minute.wav"
+    x = np.random.default_rng(5).uniform(-0.3, 0.3, (60 * SR, 2)).astype(np.float32)
+    sf.write(clip, x, SR, subtype="FLOAT")
+    for osc_id, a, b in (("L1", 30.0, 32.0), ("L2", 20.0, 35.0)):
+        new = check_wav(done_of(rig, "/magnet/inpaint", osc_id, str(clip), a, b, "pad", "live", 4, timeout=120),
+                        rig["out"], 60 * SR)
+        a, b = round(a * SR), round(b * SR)
+        np.testing.assert_array_equal(new[:, :a], x[:a].T)
+        np.testing.assert_array_equal(new[:, b:], x[b:].T)
+        assert not np.array_equal(new[:, a:b], x[a:b].T)
+    new = check_wav(done_of(rig, "/magnet/inpaint_bars", "L3", str(clip), 4, 6, 123.4, "pad", "live", 4, 0.5),
+                    rig["out"], 60 * SR)
+    a, b = (round(0.5 * SR) + bars_to_samples(n, 123.4, SR) for n in (4, 6))
+    np.testing.assert_array_equal(new[:, :a], x[:a].T)
+    np.testing.assert_array_equal(new[:, b:], x[b:].T)
+    assert not np.array_equal(new[:, a:a + 1000], x[a:a + 1000].T)
+    half = rig["allow"] / "half.wav"
+    sf.write(half, x[:30 * SR], SR, subtype="FLOAT")
+    new = check_wav(done_of(rig, "/magnet/continue", "L4", str(half), "pad", "live", 4, 12.0, timeout=120),
+                    rig["out"], 42 * SR)
+    np.testing.assert_array_equal(new[:, :30 * SR], x[:30 * SR].T)
 
 
 def test_cancel_and_status(rig):
@@ -202,3 +229,63 @@ def test_liblo_oscsend_and_oscdump(rig, tmp_path):
     assert '/magnet/error ssss "lo2" "invalid_field"' in text
     done = next(s for s in lines if "/magnet/done" in s)
     assert ' ssfiiiii "lo1" "' in done and f" {bars_to_samples(1, 120.5, SR)} 32000 9 0 1" in done
+
+
+def _osc_str(text: bytes) -> bytes:
+    """An OSC string: the bytes, a NUL, padded to a multiple of 4."""
+    return text + b"\0" * (4 - len(text) % 4)
+
+
+def _osc(address: bytes, tags: bytes, *args: bytes) -> bytes:
+    return _osc_str(address) + _osc_str(b"," + tags) + b"".join(args)
+
+
+INT1 = (1).to_bytes(4, "big")
+MALFORMED = [  # (case, datagram, code, address the error names)
+    ("garbage", b"\xff\xfe\x00garbage", "bad_request", ""),
+    ("empty", b"", "bad_request", ""),
+    ("no leading slash", _osc(b"magnet/ping", b""), "bad_request", ""),
+    ("non-UTF-8 address", _osc(b"/magnet/\xff\xfe", b""), "bad_request", ""),
+    ("type tags without data", _osc(b"/magnet/generate", b"sssi"), "bad_request", "/magnet/generate"),
+    ("truncated", _osc(b"/magnet/generate", b"sssi", _osc_str(b"t1"), _osc_str(b"pad"))[:-2], "bad_request",
+     "/magnet/generate"),
+    ("non-UTF-8 argument", _osc(b"/magnet/cancel", b"s", _osc_str(b"\xff\xfe")), "bad_request", "/magnet/cancel"),
+]
+
+
+def test_malformed_datagrams_get_an_error_and_a_log_line(rig):
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for case, datagram, code, address in MALFORMED:
+            tx.sendto(datagram, ("127.0.0.1", rig["port"]))
+            msg = rig["rx"].expect("/magnet/error", "", timeout=10)
+            assert (msg[2], msg[4]) == (code, address) and msg[3], (case, msg)
+    finally:
+        tx.close()
+    drops = [line for line in rig["bridge"].log if "dropped a datagram" in line]
+    assert len(drops) >= len(MALFORMED), drops
+    rig["tx"].send_message("/magnet/ping", [])
+    rig["rx"].expect("/magnet/pong", timeout=10)
+
+
+def test_a_datagram_over_8_kb_is_read_whole_and_answered(rig):
+    prompt = b"x" * 9000  # over the 2000-character prompt limit: the daemon refuses it, the bridge says so
+    datagram = _osc(b"/magnet/generate", b"sssi", _osc_str(b"big"), _osc_str(prompt), _osc_str(b"live"), INT1)
+    assert len(datagram) > 9000
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.sendto(datagram, ("127.0.0.1", rig["port"]))
+    msg = rig["rx"].expect("/magnet/error", "big", timeout=15)
+    assert msg[2] == "invalid_field" and "prompt" in msg[3], msg
+
+
+@pytest.mark.parametrize(("tag", "payload", "name"), [(b"c", INT1, "char"), (b"x", INT1, "unknown type"),
+                                                      (b"T", b"", "true")])
+def test_argument_types_no_request_uses_are_refused_by_name(rig, tag, payload, name):
+    osc_id = f"ty-{tag.decode()}"
+    datagram = _osc(b"/magnet/generate", b"sssi" + tag, _osc_str(osc_id.encode()), _osc_str(b"pad"),
+                    _osc_str(b"live"), INT1, payload)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.sendto(datagram, ("127.0.0.1", rig["port"]))
+    msg = rig["rx"].expect("/magnet/error", osc_id, timeout=10)
+    assert msg[2] == "invalid_field" and f"argument 5 has OSC type '{tag.decode()}' ({name})" in msg[3], msg
+    assert not [m for m in rig["rx"].all_of(osc_id) if m[0] == "/magnet/accepted"]
