@@ -253,7 +253,8 @@ class AsyncMagnetClient(_Base):
         return AsyncRequestStream(self, self._generate_msg(prompt, prompts, duration_s, loudness, request_id,
                                                            render))
 
-    def inpaint(self, source: Any, start_s: float, end_s: float, prompt: str, *, sample_rate: int | None = None,
+    def inpaint(self, source: Any, start_s: float | None, end_s: float | None, prompt: str, *,
+                sample_rate: int | None = None,
                 request_id: str | None = None, **render: Any) -> AsyncRequestStream:
         return AsyncRequestStream(self, self._inpaint_msg(source, start_s, end_s, prompt, sample_rate,
                                                           request_id, render))

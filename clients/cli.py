@@ -52,16 +52,23 @@ INPAINT_EXAMPLES = """\
 examples:
   magnet-rt inpaint in.wav --start 2.0 --end 4.0 "snare fill" --preset live --seed 2 -o out.wav
   magnet-rt inpaint /srv/loops/beat.wav --start 1 --end 1.5 "crash" --by-path -o out.wav
+  magnet-rt inpaint verse.wav --start-bar 4 --end-bar 6 --bpm 90 "drum fill" -o out.wav
 
-The region [START, END) is regenerated; the rest of the clip is kept. Several takes: out.wav, out-2.wav, ...
+The region [START, END) is regenerated; the rest of the clip (up to 10 minutes) is kept sample for sample.
+In bars: --start-bar/--end-bar count bars from the downbeat (--downbeat SECONDS, default 0; bar 0 starts
+there), at --bpm with --beats-per-bar (default 4); fractions are beats (4.5 = bar 4, beat 3). Each edge is
+a whole sample. Several takes: out.wav, out-2.wav, ...
 """
 CONTINUE_EXAMPLES = """\
 examples:
   magnet-rt continue in.wav "same groove, add bass" --duration 12 -o out.wav
 
---duration is the total length, clip included. Several takes: out.wav, out-2.wav, ...
+--duration is the length added after the clip (any length up to 600 s; default: the model's segment).
+The clip is kept sample for sample. Several takes: out.wav, out-2.wav, ...
 """
 FIELD_FLAGS = {"duration_s": "--duration", "start_s": "--start", "end_s": "--end", "seed": "--seed",
+               "start_bar": "--start-bar", "end_bar": "--end-bar", "bpm": "--bpm", "beats_per_bar": "--beats-per-bar",
+               "downbeat_s": "--downbeat",
                "variations": "--variations", "preset": "--preset", "model": "--model", "prompt": "PROMPT",
                "prompts": "--prompt", "params": "--param", "source": "INPUT", "chunk_s": "--chunk", **MODE_FLAGS}
 PARAM_KEYS = tuple(f.name for f in fields(P.DecodeParams))
@@ -152,10 +159,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--by-path", action="store_true",
                        help="send the file's absolute path for the daemon to read, not its samples")
         if name == "inpaint":
-            p.add_argument("--start", type=float, required=True, metavar="SECONDS", help="region start")
-            p.add_argument("--end", type=float, required=True, metavar="SECONDS", help="region end (exclusive)")
+            p.add_argument("--start", type=float, metavar="SECONDS", help="region start")
+            p.add_argument("--end", type=float, metavar="SECONDS", help="region end (exclusive)")
+            p.add_argument("--start-bar", type=float, metavar="BARS", help="region start in bars from the downbeat")
+            p.add_argument("--end-bar", type=float, metavar="BARS", help="region end in bars (exclusive)")
+            p.add_argument("--bpm", type=float, help="tempo of --start-bar/--end-bar")
+            p.add_argument("--beats-per-bar", type=int, metavar="N", help="beats in a bar (default 4)")
+            p.add_argument("--downbeat", type=float, metavar="SECONDS", help="where bar 0 starts (default 0)")
         else:
-            p.add_argument("--duration", type=float, metavar="SECONDS", help="total length, clip included")
+            p.add_argument("--duration", type=float, metavar="SECONDS",
+                           help="seconds added after the clip (up to 600; default: the model's segment)")
     add("status", "show what the daemon is doing", [conn])
     add("models", "list the daemon's models", [conn])
     add("ping", "check that the daemon answers; show its version, models and presets", [conn])
@@ -195,6 +208,7 @@ def _stream(args: argparse.Namespace, client: MagnetClient) -> RequestStream:
         one = len(prompts) == 1
         return client.generate(prompts[0] if one else None, prompts=None if one else prompts,
                                duration_s=args.duration, **render, **generate_fields(args))
+    bars = _bars(args) if args.command == "inpaint" else {}
     if not os.path.isfile(args.input):
         raise UsageError(f"INPUT {args.input!r}: no such file")
     try:
@@ -202,8 +216,19 @@ def _stream(args: argparse.Namespace, client: MagnetClient) -> RequestStream:
     except RuntimeError as exc:  # soundfile cannot read it
         raise UsageError(f"INPUT {args.input!r}: cannot read it as audio ({exc})") from None
     if args.command == "inpaint":
-        return client.inpaint(source, args.start, args.end, args.prompt, **render)
+        return client.inpaint(source, args.start, args.end, args.prompt, **bars, **render)
     return client.continue_(source, args.prompt, duration_s=args.duration, **render)
+
+
+def _bars(args: argparse.Namespace) -> dict[str, Any]:
+    """The inpaint region in bars, or {} for seconds; exactly one of the two must be complete."""
+    bars = {"start_bar": args.start_bar, "end_bar": args.end_bar, "bpm": args.bpm,
+            "beats_per_bar": args.beats_per_bar, "downbeat_s": args.downbeat}
+    in_bars = all(bars[k] is not None for k in ("start_bar", "end_bar", "bpm"))
+    in_seconds = args.start is not None and args.end is not None
+    if in_bars == in_seconds or (in_seconds and any(v is not None for v in bars.values())):
+        raise UsageError("give the region as --start and --end (seconds), or as --start-bar, --end-bar and --bpm")
+    return bars if in_bars else {}
 
 
 def cmd_render(args: argparse.Namespace, client: MagnetClient) -> int:

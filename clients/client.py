@@ -538,14 +538,19 @@ class MagnetClient(_Base):
         once when an argument is invalid."""
         return RequestStream(self, self._generate_msg(prompt, prompts, duration_s, loudness, request_id, render))
 
-    def inpaint(self, source: Any, start_s: float, end_s: float, prompt: str, *, sample_rate: int | None = None,
+    def inpaint(self, source: Any, start_s: float | None, end_s: float | None, prompt: str, *,
+                sample_rate: int | None = None,
                 request_id: str | None = None, **render: Any) -> RequestStream:
-        """`source`: samples [C, N] with `sample_rate`, a path the daemon reads, or a `protocol.Source`."""
+        """`source`: samples [C, N] with `sample_rate`, a path the daemon reads, or a `protocol.Source`, of up to
+        10 minutes. The region: `start_s`, `end_s`; or None, None and `start_bar=`, `end_bar=`, `bpm=` (optional
+        `beats_per_bar=`, `downbeat_s=`), e.g. `c.inpaint_audio(x, None, None, "fill", start_bar=4, end_bar=6,
+        bpm=90, sample_rate=sr)`."""
         return RequestStream(self, self._inpaint_msg(source, start_s, end_s, prompt, sample_rate, request_id,
                                                      render))
 
     def continue_(self, source: Any, prompt: str, *, duration_s: float | None = None,
                   sample_rate: int | None = None, request_id: str | None = None, **render: Any) -> RequestStream:
+        """Append `duration_s` seconds (any length up to 10 minutes; nil: the model's segment) to `source`."""
         return RequestStream(self, self._continue_msg(source, prompt, duration_s, sample_rate, request_id, render))
 
     def collect(self, stream: RequestStream, on_event: Callable[[P.Event], None] | None = None) -> Result:

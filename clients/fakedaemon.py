@@ -211,12 +211,13 @@ class FakeDaemon:
         outs = []
         for s in seeds:
             if msg.TYPE == "inpaint":
-                a, b = math.floor(msg.start_s * 50) * sr // 50, math.ceil(msg.end_s * 50) * sr // 50
+                start_s, end_s = msg.region_s(sr)
+                a, b = round(start_s * sr), round(end_s * sr)
                 y = src.copy()
                 y[:, a:b] = self._sine(y[:, a:b].shape[1], y.shape[0], s, a)
             else:
-                total = round((msg.duration_s or self.segment_s) * sr)
-                y = np.concatenate([src, self._sine(total - src.shape[1], src.shape[0], s, src.shape[1])], 1)
+                added = round((msg.duration_s or self.segment_s) * sr)  # seconds appended to the clip
+                y = np.concatenate([src, self._sine(added, src.shape[0], s, src.shape[1])], 1)
             outs.append(y)
         return outs
 

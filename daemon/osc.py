@@ -58,6 +58,8 @@ REQUESTS = {  # address -> arguments; OSC.md's tables are checked against these 
     "/magnet/variations": f"<id:s> <prompt:s> <preset:s> <seed:i> <count:i> {_TIME}",
     "/magnet/loop": "<id:s> <prompt:s> <bars:i> <bpm:f> <preset:s> <seed:i>",
     "/magnet/inpaint": "<id:s> <wav_path:s> <start_s:f> <end_s:f> <prompt:s> <preset:s> <seed:i>",
+    "/magnet/inpaint_bars": "<id:s> <wav_path:s> <start_bar:f> <end_bar:f> <bpm:f> <prompt:s> <preset:s> <seed:i> "
+                            "[<downbeat_s:f>]",
     "/magnet/continue": f"<id:s> <wav_path:s> <prompt:s> <preset:s> <seed:i> {_TIME}",
     "/magnet/hybrid": f"<id:s> <prompt:s> <preset:s> <seed:i> <hybrid_s:f> {_TIME}",
     "/magnet/endless": "<id:s> <prompt:s> <preset:s> <seed:i>",
@@ -216,6 +218,7 @@ class Job:
     windowed: bool = False  # long-form / endless: the daemon announces windows
     window: tuple[int, float, float] | None = None  # (index, start_s, duration_s) of the window being received
     window_parts: list[np.ndarray] = field(default_factory=list)
+    sent_s: float | None = None  # /magnet/continue: the seconds asked of the daemon (whole frames, trimmed later)
 
     @property
     def phases(self) -> int:
@@ -383,13 +386,18 @@ class OscBridge:
         if job.address == "/magnet/inpaint":
             return P.Inpaint(id="x", source=source, start_s=v["start_s"], end_s=v["end_s"], prompt=v["prompt"],
                              **common)
+        if job.address == "/magnet/inpaint_bars":  # edges on whole samples at the clip's rate (the daemon)
+            return P.Inpaint(id="x", source=source, start_bar=v["start_bar"], end_bar=v["end_bar"], bpm=v["bpm"],
+                             beats_per_bar=BEATS_PER_BAR, downbeat_s=v.get("downbeat_s", 0.0), prompt=v["prompt"],
+                             **common)
+        job.sent_s = duration
         return P.Continue(id="x", source=source, prompt=v["prompt"], duration_s=duration, **common)
 
     def _source(self, path: str) -> P.Source:
         """A WAV this bridge wrote is sent inline (the daemon need not allow our folder); any other path goes
         to the daemon, which reads it only from its --allow-dir folders."""
         try:
-            audio, rate = self.own_files.read_audio(path, P.MAX_DURATION_S)
+            audio, rate = self.own_files.read_audio(path, P.MAX_SOURCE_S)
         except P.ProtocolError as exc:
             if exc.code == P.ErrorCode.FORBIDDEN_PATH:
                 return P.Source(path=path)
@@ -477,6 +485,8 @@ class OscBridge:
     def _done(self, job: Job, msg: P.Done) -> None:
         outs = [np.concatenate(job.chunks[v], axis=-1) for v in range(job.outputs)]
         n = job.samples(job.rate)
+        if n is not None and job.sent_s is not None:  # continue: the clip, then exactly the time asked for
+            n += outs[0].shape[-1] - seconds_to_samples(job.sent_s, job.rate)
         if n is not None and any(a.shape[-1] < n for a in outs):
             raise P.ProtocolError(P.ErrorCode.INTERNAL, f"the daemon sent {outs[0].shape[-1]} samples, {n} needed")
         outs = [a[:, :n] if n is not None else a for a in outs]

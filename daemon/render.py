@@ -26,6 +26,7 @@ from magnet_rt.pipeline import Job, JobResult
 from magnet_rt.presets import preset_names, resolve_params
 from protocol import (
     MAX_LONG_DURATION_S,
+    MAX_SOURCE_S,
     MIN_REGION_S,
     Continue,
     ErrorCode,
@@ -74,6 +75,9 @@ class RenderPlan:
     source: tuple[np.ndarray, int] | None = None  # inpaint/continue: audio [C, N] and its rate
     mode: str = "plain"  # plain | hybrid | long | endless ("rescored" is plain with rescore_weight > 0)
     merge: Callable[[list[JobResult]], JobResult] | None = None  # several jobs (hybrid variations) -> one
+    step: Callable[[JobResult], Job | None] | None = None  # inpaint/continue: records a window, gives the next
+    windows: int = 1  # inpaint/continue: windows of the model's segment this request decodes
+    region: tuple[float, float] | None = None  # inpaint: [start, end) in seconds
     prompt: WindowPrompt | None = None  # long / endless
     duration_s: float | None = None  # long: the total
     overlap_s: float = DEFAULT_OVERLAP_S
@@ -131,21 +135,28 @@ def admit(msg: Render, pipe, files: PathPolicy) -> RenderPlan:
                             request_id=rid, details={"field": "seed"})
     seed = secrets.randbits(PICKED_SEED_BITS) if msg.seed is None else msg.seed
     segment = float(pipe.segment_duration)
-    duration = getattr(msg, "duration_s", None)
     if isinstance(msg, Generate):
         return _admit_generate(msg, pipe, params, seed, segment)
-    if duration is not None and duration > segment + 1e-9:
-        raise ProtocolError(ErrorCode.INVALID_FIELD, f"duration_s: this model renders at most {segment:g} s",
-                            request_id=rid, details={"field": "duration_s"})
-    audio, sr = _source(msg, segment, files)
-    clip_s = audio.shape[-1] / sr
-    if isinstance(msg, Inpaint) and msg.end_s > clip_s + 1e-9:
-        raise ProtocolError(ErrorCode.INVALID_REGION, f"end_s: lies beyond the end of the clip ({clip_s:g} s)",
-                            request_id=rid, details={"field": "end_s"})
-    if isinstance(msg, Continue) and (duration or segment) - clip_s < MIN_REGION_S - 1e-9:
-        raise ProtocolError(ErrorCode.INVALID_REGION, f"duration_s: must exceed the source ({clip_s:g} s) by at "
-                            f"least {MIN_REGION_S} s", request_id=rid, details={"field": "duration_s"})
-    return RenderPlan(msg, params, seed, msg.outputs, source=(audio, sr))
+    audio, sr = _source(msg, MAX_SOURCE_S, files)
+    plan = RenderPlan(msg, params, seed, msg.outputs, source=(audio, sr))
+    if isinstance(msg, Inpaint):
+        plan.region = _region(msg, audio.shape[-1] / sr, sr)
+    return plan
+
+
+def _region(msg: Inpaint, clip_s: float, sr: int) -> tuple[float, float]:
+    """The region in seconds (from bars: edges on whole samples at the source's rate), inside the clip."""
+    start, end = msg.region_s(sr)
+    bars = msg.start_bar is not None
+    if end > clip_s + 1e-9:
+        where = f"bar {msg.end_bar:g} ends at {end:.6g} s" if bars else "end_s lies"
+        raise ProtocolError(ErrorCode.INVALID_REGION, f"{'end_bar' if bars else 'end_s'}: {where} beyond the end "
+                            f"of the clip ({clip_s:g} s)", request_id=msg.id,
+                            details={"field": "end_bar" if bars else "end_s"})
+    if end - start < MIN_REGION_S - 1e-9:
+        raise ProtocolError(ErrorCode.INVALID_REGION, f"end_bar: the region is {end - start:.4f} s; it must be at "
+                            f"least {MIN_REGION_S} s long", request_id=msg.id, details={"field": "end_bar"})
+    return start, end
 
 
 def _admit_generate(msg: Generate, pipe, params: DecodeParams, seed: int, segment: float) -> RenderPlan:
@@ -218,12 +229,12 @@ def prepare(plan: RenderPlan, pipe, cancelled: Callable[[], bool] | None = None)
         return
     audio, sr = plan.source
     if isinstance(msg, Inpaint):
-        prep = pipe.prepare_inpaint(audio, sr, msg.start_s, msg.end_s, msg.prompt, plan.params, plan.seed,
-                                    msg.variations)
+        prep = pipe.prepare_inpaint(audio, sr, *plan.region, msg.prompt, plan.params, plan.seed, msg.variations)
     else:
         duration = msg.duration_s if msg.duration_s is not None else float(pipe.segment_duration)
         prep = pipe.prepare_continue(audio, sr, msg.prompt, duration, plan.params, plan.seed, msg.variations)
     plan.jobs, plan.finish, plan.source = [prep.job], prep.finish, None
+    plan.step, plan.windows = prep.step, prep.windows
 
 
 def chunks(audio: np.ndarray, sample_rate: int, chunk_s: float, fmt: str) -> Iterator[tuple[int, float, bool, bytes]]:

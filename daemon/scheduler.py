@@ -158,6 +158,19 @@ class Scheduler:
             t.key, t.prepared = key, True
             self._wake.notify_all()
 
+    def requeue(self, t: Ticket, key: Hashable | None) -> bool:
+        """A running ticket with more work (the next window of an inpaint or continue) goes to the back of the
+        queue, prepared with `key`, so other requests run between its windows and same-key windows batch.
+        False when it has ended or a cancel reached it (the caller ends it). Not bounded by `max_queue`."""
+        with self._lock:
+            if t.state != State.RUNNING or t.cancel_requested:
+                return False
+            self._running.remove(t)
+            t.state, t.key, t.prepared = State.QUEUED, key, True
+            self._queue.append(t)
+            self._wake.notify_all()
+            return True
+
     def next_batch(self, timeout: float = 0.5) -> list[Ticket] | None:
         """Tickets to run together: the oldest prepared ticket plus later queued ones with the same key, up
         to `max_batch` rows. [] on timeout or when the oldest ticket needs preparing; None once closed with an

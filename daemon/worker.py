@@ -187,7 +187,8 @@ class Worker(threading.Thread):
                 if stream.progress and k == 0:
                     self._emit(t, Progress(id=t.rid, step=ev.step, total=ev.total_steps, stage=ev.stage,
                                            stage_step=ev.stage_step, stage_steps=ev.stage_steps,
-                                           elapsed_s=self.sched.clock() - t.accepted_at))
+                                           elapsed_s=self.sched.clock() - t.accepted_at,
+                                           window=t.extra.get("window", 0) if t.payload.windows > 1 else None))
                 if ev.codes is not None and stream.preview and ev.stage < pipe.lm.n_q - 1:
                     self._preview(t, pipe, ev, first=k * jobs[ji][2].rows)
             except Exception as exc:  # noqa: BLE001 - this request leaves the batch; the others go on
@@ -230,6 +231,11 @@ class Worker(threading.Thread):
             return
         plan, msg = t.payload, t.payload.msg
         try:  # build every message first: once `finish` says ok, nothing may fail before `done`
+            if plan.step is not None and (job := plan.step(res)) is not None:  # the next window
+                plan.jobs, t.extra["window"] = [job], t.extra.get("window", 0) + 1
+                if not self.sched.requeue(t, (t.model, job.batch_key())):
+                    self._end(t)
+                return
             if plan.finish is not None:
                 res = plan.finish(res)
             audio, sr = res.audio, res.sample_rate

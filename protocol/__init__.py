@@ -17,6 +17,7 @@ from .messages import (
     MAX_LONG_DURATION_S,
     MAX_OUTPUTS,
     MAX_PROMPTS,
+    MAX_SOURCE_S,
     MAX_VARIATIONS,
     MESSAGE_TYPES,
     MIN_REGION_S,
@@ -68,7 +69,7 @@ from .messages import (
 
 __all__ = [
     "AUDIO_FORMATS", "DEFAULT_ENDPOINT", "DEFAULT_MAX_MESSAGE_BYTES", "ERROR_HELP", "MAX_DURATION_S",
-    "MAX_LONG_DURATION_S",
+    "MAX_LONG_DURATION_S", "MAX_SOURCE_S",
     "MAX_ID_CHARS", "MAX_OUTPUTS", "MAX_PROMPTS", "MAX_VARIATIONS", "MESSAGE_TYPES", "MIN_REGION_S",
     "PROTOCOL_VERSION", "REPLY_TYPES", "SUPPORTED_VERSIONS", "TERMINAL_TYPES",
     "Accepted", "AudioChunk", "AudioData", "Cancel", "CancelReply", "Cancelled", "Continue", "DecodeParams",

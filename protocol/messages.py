@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
+from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, ClassVar, NoReturn, Self
 
@@ -28,6 +29,7 @@ MAX_VARIATIONS = 8
 MAX_OUTPUTS = 16  # prompts x variations in one request
 MAX_DURATION_S = 30.0  # one window: inpaint, continue, chunk_s, hybrid_s
 MAX_LONG_DURATION_S = 600.0  # generate: beyond the model's segment it is long-form (window by window)
+MAX_SOURCE_S = 600.0  # inpaint / continue: the longest source, and the longest continuation
 MAX_SEED = 2**63 - 1
 MIN_REGION_S = 0.06  # one MAGNeT span: 3 frames at 50 frames/s
 AUDIO_FORMATS = ("f32", "s16")
@@ -441,13 +443,43 @@ class Generate(Render):
 
 @struct
 class Inpaint(Render):
+    """The region is [start_s, end_s), or [start_bar, end_bar) bars at `bpm` counted from `downbeat_s`."""
+
     TYPE = "inpaint"
     source: Source = _f(_struct(Source))
-    start_s: float = _f(_SECONDS)
-    end_s: float = _f(_SECONDS)
+    start_s: float | None = _f(_SECONDS, None)
+    end_s: float | None = _f(_SECONDS, None)
     prompt: str = _f(_PROMPT)
+    start_bar: float | None = _f(_SECONDS, None)
+    end_bar: float | None = _f(_SECONDS, None)
+    bpm: float | None = _f(_float(0.0, 999.0, above=True), None)
+    beats_per_bar: int = _f(_int(1, 32), 4)
+    downbeat_s: float = _f(_SECONDS, 0.0)
+
+    def region_s(self, sample_rate: int) -> tuple[float, float]:
+        """The region in seconds. In bars each edge is a whole sample at `sample_rate`, rounded half up from
+        the exact value (decimal bpm as written): downbeat + bars * beats_per_bar * 60 / bpm."""
+        if self.start_bar is None:
+            return self.start_s, self.end_s
+        bar = Fraction(self.beats_per_bar * 60 * sample_rate) / Fraction(str(self.bpm))
+        down = Fraction(str(self.downbeat_s)) * sample_rate
+        edge = [math.floor(down + Fraction(str(b)) * bar + Fraction(1, 2)) for b in (self.start_bar, self.end_bar)]
+        return edge[0] / sample_rate, edge[1] / sample_rate
 
     def _check_whole(self, path: str) -> None:
+        seconds, bars = (self.start_s, self.end_s), (self.start_bar, self.end_bar, self.bpm)
+        if any(v is not None for v in bars):
+            if any(v is not None for v in seconds):
+                _fail("start_s", "give the region in seconds (start_s, end_s) or in bars (start_bar, end_bar, bpm)")
+            if any(v is None for v in bars):
+                _fail(next(n for n, v in zip(("start_bar", "end_bar", "bpm"), bars, strict=True) if v is None),
+                      "is required with a region in bars (start_bar, end_bar, bpm)")
+            if self.end_bar <= self.start_bar:
+                _fail("end_bar", f"the region must end after it starts (bars {self.start_bar:g} to "
+                      f"{self.end_bar:g})", ErrorCode.INVALID_REGION)
+            return
+        if any(v is None for v in seconds):
+            _fail("start_s" if self.start_s is None else "end_s", "is required (or give start_bar, end_bar, bpm)")
         if self.end_s < self.start_s:
             _fail("end_s", f"the region ends ({self.end_s:g} s) before it starts ({self.start_s:g} s)",
                   ErrorCode.INVALID_REGION)
@@ -463,13 +495,12 @@ class Continue(Render):
     TYPE = "continue"
     source: Source = _f(_struct(Source))
     prompt: str = _f(_PROMPT)
-    duration_s: float | None = _f(_float(0.0, MAX_DURATION_S, above=True), None)
+    duration_s: float | None = _f(_float(0.0, MAX_SOURCE_S, above=True), None)  # seconds appended
 
     def _check_whole(self, path: str) -> None:
-        audio, total = self.source.audio, self.duration_s
-        if audio is not None and total is not None and total - audio.duration_s < MIN_REGION_S - 1e-9:
-            _fail("duration_s", f"must exceed the source length ({audio.duration_s:g} s) by at least "
-                  f"{MIN_REGION_S} s", ErrorCode.INVALID_REGION)
+        if self.duration_s is not None and self.duration_s < MIN_REGION_S - 1e-9:
+            _fail("duration_s", f"a continuation adds at least {MIN_REGION_S} s, got {self.duration_s:g}",
+                  ErrorCode.INVALID_REGION)
 
 
 @struct

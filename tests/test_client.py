@@ -22,6 +22,7 @@ from clients.client import (
     load_server_key,
 )
 from clients.fakedaemon import FakeDaemon
+from magnet_rt.audio import bars_to_samples
 
 T = 0.3  # client timeout in these tests: short, so silence is detected fast
 
@@ -132,9 +133,14 @@ def test_inpaint_and_continue_send_inline_pcm(daemon, client, tmp_path):
     np.testing.assert_array_equal(result.audio[0][:, :32000], x[:, :32000])
     np.testing.assert_array_equal(result.audio[0][:, 64000:], x[:, 64000:])
     assert not np.array_equal(result.audio[0][:, 32000:64000], x[:, 32000:64000])
-    longer = client.continue_audio(x, "more", duration_s=4.0, sample_rate=32000)
-    assert longer.audio[0].shape == (1, 128000)
+    longer = client.continue_audio(x, "more", duration_s=4.0, sample_rate=32000)  # 4 s added
+    assert longer.audio[0].shape == (1, 7 * 32000)
     np.testing.assert_array_equal(longer.audio[0][:, :96000], x)
+    bars = client.inpaint_audio(x, None, None, "fill", sample_rate=32000, start_bar=1, end_bar=2, bpm=174,
+                                downbeat_s=0.1)
+    a, b = (3200 + bars_to_samples(n, 174, 32000) for n in (1, 2))
+    np.testing.assert_array_equal(bars.audio[0][:, :a], x[:, :a])
+    np.testing.assert_array_equal(bars.audio[0][:, b:], x[:, b:])
 
 
 def test_error_reply_raises_request_failed_with_code(daemon, client):

@@ -32,6 +32,7 @@ def dirs(tmp_path_factory):
     sf.write(outside / "secret.wav", tone, SR)
     os.symlink(outside / "secret.wav", allowed / "escape.wav")
     os.mkfifo(allowed / "fifo.wav")
+    sf.write(allowed / "long.wav", np.zeros(8000 * 601, np.int16), 8000)  # 601 s: beyond inpaint's 10 minutes
     return allowed, outside
 
 
@@ -121,11 +122,11 @@ CASES = [
     ("odd byte count", inpaint({"audio": {**CLIP, "data": b"\x00" * 4001}}), "invalid_audio", "r1", {}),
     ("bad sample rate", inpaint({"audio": {**CLIP, "sample_rate": 100}}), "invalid_audio", "r1", {}),
     ("three channels", inpaint({"audio": {**CLIP, "channels": 3}}), "invalid_audio", "r1", {}),
-    ("audio over the per-request limit", inpaint({"audio": f32(np.zeros(12 * SR))}), "invalid_audio", "r1",
-     {"field": "source.audio"}),
+    ("file over the 10 minute limit", lambda d: inpaint({"path": str(d[0] / "long.wav")}), "invalid_audio", "r1",
+     {"field": "source.path"}),
     ("region outside the clip", inpaint({"audio": CLIP}, 0.5, 2.0), "invalid_region", "r1", {"field": "end_s"}),
     ("region shorter than a span", inpaint({"audio": CLIP}, 0.40, 0.43), "invalid_region", "r1", {}),
-    ("continue not longer than the clip", req("continue", source={"audio": CLIP}, prompt="x", duration_s=1.0),
+    ("continue by less than a span", req("continue", source={"audio": CLIP}, prompt="x", duration_s=0.01),
      "invalid_region", "r1", {"field": "duration_s"}),
     ("source with audio and path", inpaint({"audio": CLIP, "path": "/tmp/x.wav"}), "invalid_field", "r1",
      {"field": "source"}),

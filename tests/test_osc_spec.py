@@ -133,11 +133,10 @@ def test_pd_patch_ports_and_addresses():
         assert f"/magnet/{verb}" in REQUESTS
 
 
-def test_continue_states_its_crossfade_as_the_engine_makes_it():
-    """OSC.md and PROTOCOL.md say how long the source's end crossfades into the continuation."""
+def test_continue_states_what_it_keeps_and_its_ramp_as_the_engine_makes_it():
+    """OSC.md says the file is kept whole; PROTOCOL.md gives the length of the ramp that joins the new part."""
     from magnet_rt.pipeline import DEFAULT_FADE_S
 
-    fade = f"last {round(DEFAULT_FADE_S * 1000)} ms crossfade"
-    assert fade in table("3. Requests")["/magnet/continue"][2]
+    assert "Keep the file whole" in table("3. Requests")["/magnet/continue"][2]
     protocol = (REPO / "protocol" / "PROTOCOL.md").read_text().split("### `continue`", 1)[1].split("\n|", 1)[0]
-    assert fade in " ".join(protocol.split())
+    assert f"{round(DEFAULT_FADE_S * 1000)} ms ramp" in " ".join(protocol.split())

@@ -212,9 +212,14 @@ CASES = [
     (wire(INP, source__audio__data=b"\x00" * 3), E.INVALID_AUDIO, "source.audio.data"),
     (wire(INP, source__audio__data="text"), E.INVALID_FIELD, "source.audio.data"),
     (wire(INP, source__audio__format="s24"), E.INVALID_FIELD, "source.audio.format"),
-    (wire(SAMPLES["continue"], source={"audio": CLIP.to_dict()}, duration_s=1.05), E.INVALID_REGION,
-     "duration_s"),
-    (wire(SAMPLES["continue"], duration_s=31), E.INVALID_FIELD, "duration_s"),
+    (wire(SAMPLES["continue"], source={"audio": CLIP.to_dict()}, duration_s=0.05), E.INVALID_REGION,
+     "duration_s"),  # duration_s is what is added: at least one span
+    (wire(SAMPLES["continue"], duration_s=601), E.INVALID_FIELD, "duration_s"),
+    (wire(INP, start_s=None, end_s=None, start_bar=1, end_bar=2), E.INVALID_FIELD, "bpm"),
+    (wire(INP, start_bar=1, end_bar=2, bpm=120), E.INVALID_FIELD, "start_s"),
+    (wire(INP, start_s=None, end_s=None, start_bar=2, end_bar=2, bpm=120), E.INVALID_REGION, "end_bar"),
+    (wire(INP, start_s=None, end_s=None, start_bar=1, end_bar=2, bpm=0), E.INVALID_FIELD, "bpm"),
+    (wire(INP, end_s=None), E.INVALID_FIELD, "end_s"),
     (wire(SAMPLES["cancel"], target=...), E.INVALID_FIELD, "target"),
     (wire(SAMPLES["load"], keep_alive_s=math.inf), E.INVALID_FIELD, "keep_alive_s"),
     (wire(SAMPLES["load"], model=...), E.INVALID_FIELD, "model"),
@@ -476,3 +481,23 @@ def test_frames_over_zeromq_router_dealer() -> None:
         assert isinstance(reply, p.Error) and p.is_terminal(reply) and reply.to_exception().code == E.BUSY
     finally:
         ctx.destroy(linger=0)
+
+
+@pytest.mark.parametrize("bpm", [90, 123.4, 174])
+@pytest.mark.parametrize("rate", [32000, 44100, 48000, 22050])
+def test_an_inpaint_region_in_bars_has_exact_sample_edges(bpm, rate):
+    """Edges = downbeat + bars * beats * 60 / bpm, exactly, rounded half up to a sample; the engine's
+    round(seconds * rate) gives back that sample."""
+    from fractions import Fraction
+
+    from magnet_rt.audio import bars_to_samples
+
+    msg = p.Inpaint.from_dict(wire(INP, start_s=None, end_s=None, start_bar=2.5, end_bar=4, bpm=bpm, downbeat_s=0.25))
+    start, end = msg.region_s(rate)
+    for edge, bars in ((start, Fraction(5, 2)), (end, Fraction(4))):
+        exact = Fraction(1, 4) * rate + bars * 4 * 60 * rate / Fraction(str(bpm))
+        assert round(edge * rate) == math.floor(exact + Fraction(1, 2))
+    no_offset = p.Inpaint.from_dict(wire(INP, start_s=None, end_s=None, start_bar=0, end_bar=3, bpm=bpm))
+    assert round(no_offset.region_s(rate)[1] * rate) == bars_to_samples(3, bpm, rate)
+    three = p.Inpaint.from_dict(wire(INP, start_s=None, end_s=None, start_bar=0, end_bar=1, bpm=bpm, beats_per_bar=3))
+    assert round(three.region_s(rate)[1] * rate) == bars_to_samples(1, bpm, rate, beats_per_bar=3)
