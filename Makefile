@@ -9,7 +9,7 @@ MODEL ?= demo
 BIND ?= tcp://127.0.0.1:5555
 SERVE_ARGS ?=
 
-.PHONY: install serve test test-gpu demo bench gpu-carry clean
+.PHONY: install test-deps serve test test-gpu demo bench gpu-carry clean
 
 $(BIN)/magnet-rt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,23 @@ install: $(BIN)/magnet-rt
 serve: install
 	$(BIN)/magnet-rt serve --model $(MODEL) --bind $(BIND) $(SERVE_ARGS)
 
-test: install
+# Programs the tests drive (FluidSynth and its General MIDI soundfont for the data generator, liblo's
+# oscsend/oscdump and headless Pure Data for the OSC clients): installed with apt-get when missing (sudo
+# when not root); where that cannot be done, one sentence names the command.
+TEST_DEBS := fluidsynth fluid-soundfont-gm liblo-tools puredata-core
+
+test-deps:
+	@missing=$$(for p in $(TEST_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	missing=$$(echo $$missing); \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "make test: installing $$missing (apt-get)" >&2; \
+	  { command -v apt-get >/dev/null && { [ -z "$$sudo" ] || command -v sudo >/dev/null; } \
+	    && $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } \
+	  || { echo "make test needs the Debian packages $$missing: install them with 'sudo apt-get install -y $$missing', then run make test again." >&2; exit 1; }; \
+	fi
+
+test: install test-deps
 	$(BIN)/python -m pytest -q
 
 # The daemon on its default model (the shipped demo bundle): three takes, one inpaint, a PNG.
