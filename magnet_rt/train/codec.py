@@ -160,11 +160,19 @@ def demo_codec_config(n_filters: int = 16, dimension: int = 64, lstm_layers: int
                                  lstm_layers=lstm_layers, card=2048, n_q=4)
 
 
+def spectral_codec_config(hidden: int = 256, latent_dim: int = 128, layers: int = 4):
+    from ..spectral_codec import SpectralCodecConfig
+
+    return SpectralCodecConfig(sampling_rate=SR, hidden=hidden, latent_dim=latent_dim, layers=layers)
+
+
 def build_model(config) -> nn.Module:
     from transformers import EncodecModel
 
+    from ..spectral_codec import SpectralCodecConfig, SpectralCodecModel
+
     torch.manual_seed(0)
-    model = EncodecModel(config)
+    model = SpectralCodecModel(config) if isinstance(config, SpectralCodecConfig) else EncodecModel(config)
     for cb in (layer.codebook for layer in model.quantizer.layers):
         cb.inited.fill_(0.0)
     return model
@@ -174,9 +182,7 @@ def build_model(config) -> nn.Module:
 def evaluate_model(model: nn.Module, clips: Tensor, batch: int = 4) -> dict[str, float]:
     """clips [N, 1, S] -> mel distance, SI-SDR (dB), codebook usage, through the real `Codec.encode/decode`
     path (the one the LM and pipeline use). Leaves the model in eval mode."""
-    from ..codec import Codec
-
-    codec = Codec(model)
+    codec = codec_for(model)
     mels, sdrs, all_codes = [], [], []
     for i in range(0, clips.shape[0], batch):
         x = clips[i:i + batch]
@@ -188,6 +194,14 @@ def evaluate_model(model: nn.Module, clips: Tensor, batch: int = 4) -> dict[str,
     usage = codebook_usage(torch.cat(all_codes, 1), model.config.codebook_size)
     return {"mel_distance": float(torch.cat(mels).mean()), "si_sdr": float(torch.cat(sdrs).mean()),
             "codebook_usage": [round(u, 4) for u in usage], "clips": int(clips.shape[0])}
+
+
+def codec_for(model: nn.Module):
+    """The runtime codec (`Codec` or `SpectralCodec`) around a model being trained."""
+    from ..codec import Codec
+    from ..spectral_codec import SpectralCodec, SpectralCodecModel
+
+    return SpectralCodec(model) if isinstance(model, SpectralCodecModel) else Codec(model)
 
 
 def held_out_clips(folder: Path, n: int, seconds: float, every: int = 50) -> Tensor | None:
@@ -227,13 +241,14 @@ class CodecTrainer:
         y = self.model.decoder(q)[..., : x.shape[-1]]
         return y, codes, commit
 
+    def loss_terms(self, x: Tensor) -> dict[str, Tensor]:
+        y, codes, commit = self.reconstruct(x, train=True)
+        return {**self.spec_loss(x, y), "l1": F.l1_loss(y, x), "commit": commit}
+
     def train_step(self, x: Tensor) -> dict[str, float]:
         t0 = time.perf_counter()
         self.model.train()
-        y, codes, commit = self.reconstruct(x, train=True)
-        terms = self.spec_loss(x, y)
-        terms["l1"] = F.l1_loss(y, x)
-        terms["commit"] = commit
+        terms = self.loss_terms(x)
         loss = sum(self.weights[k] * v for k, v in terms.items())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -263,12 +278,46 @@ class CodecTrainer:
         torch.set_rng_state(state["rng"]["torch"])
 
 
+class SpectralCodecTrainer(CodecTrainer):
+    """The spectral codec learns log-magnitude frames: L1 on them (every bin, the noise floor compressed by
+    the log) plus spectral convergence on the magnitudes (the loud partials that carry pitch); no waveform,
+    so no phase to learn and nothing periodic at the frame rate."""
+
+    DEFAULT_WEIGHTS = {"logmag": 1.0, "sc": 1.0, "commit": 1.0}
+
+    def __init__(self, model: nn.Module, lr: float = 1e-3, seed: int = 0, n_q: int = 4,
+                 weights: dict[str, float] | None = None, decoder_only: bool = False):
+        super().__init__(model, lr, seed, n_q, {**self.DEFAULT_WEIGHTS, **(weights or {})}, decoder_only)
+        self.weights = {k: v for k, v in self.weights.items() if k in self.DEFAULT_WEIGHTS}
+
+    def loss_terms(self, x: Tensor) -> dict[str, Tensor]:
+        target = self.model.features(x[:, 0])
+        with torch.set_grad_enabled(not self.decoder_only):
+            z = self.model.encoder(target)
+            q, _, commit = self.rvq(z, self.generator, train=not self.decoder_only)
+        pred = self.model.decoder(q)
+        mag, mag_hat = self.model.magnitude(target), self.model.magnitude(pred)
+        sc = torch.linalg.vector_norm(mag_hat - mag, dim=(1, 2)) / torch.linalg.vector_norm(mag, dim=(1, 2)).clamp_min(1e-6)
+        return {"logmag": F.l1_loss(pred, target), "sc": sc.mean(), "commit": commit}
+
+
+def pca_init(model: nn.Module, files: list[Path], seed: int, clips: int = 64, seconds: float = 2.0) -> None:
+    """`SpectralCodecModel.pca_init` on the frames of `clips` random training crops."""
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(files), (clips,), generator=g).tolist()
+    x = torch.from_numpy(np.stack([read_crop(files[i], int(seconds * SR), g) for i in picks]))
+    with torch.no_grad():
+        model.pca_init(model.features(x))
+    log.info("initialised the spectral codec as a PCA of %d crops", clips)
+
+
 def save_codec_folder(model: nn.Module, out: Path, metrics: dict, provenance: dict) -> Path:
     """OUT/ config.json (bundle format, codec only) + codec.safetensors + compression_state_dict.bin."""
     from safetensors.torch import save_file
 
     from ..bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CODEC_FILE, CONFIG
     from ..codec import audiocraft_xp_cfg, write_audiocraft_compression_checkpoint
+    from ..spectral_codec import SpectralCodecModel
 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().float().contiguous() if v.is_floating_point() else v.detach().cpu()
@@ -278,7 +327,9 @@ def save_codec_folder(model: nn.Module, out: Path, metrics: dict, provenance: di
     cfg = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": "codec", "codec": model.config.to_dict(),
            "provenance": provenance, "metrics": metrics}
     (out / CONFIG).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
-    write_audiocraft_compression_checkpoint(out / "compression_state_dict.bin", model, audiocraft_xp_cfg(model.config))
+    if not isinstance(model, SpectralCodecModel):  # the released format holds EnCodec only
+        write_audiocraft_compression_checkpoint(out / "compression_state_dict.bin", model,
+                                                audiocraft_xp_cfg(model.config))
     return out
 
 
@@ -291,9 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seconds", type=float, default=1.0, help="training crop length")
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--filters", type=int, default=16)
-    p.add_argument("--dimension", type=int, default=64)
-    p.add_argument("--lstm", type=int, default=1)
+    p.add_argument("--kind", choices=["encodec", "spectral"], default="encodec",
+                   help="encodec: SEANet waveform codec; spectral: log-magnitude codec + Griffin-Lim (the demo's)")
+    p.add_argument("--filters", type=int, default=16, help="encodec: base filters")
+    p.add_argument("--dimension", type=int, default=None, help="latent dimension (encodec 64, spectral 128)")
+    p.add_argument("--lstm", type=int, default=1, help="encodec: LSTM layers")
+    p.add_argument("--hidden", type=int, default=256, help="spectral: channels of the conv stacks")
+    p.add_argument("--layers", type=int, default=4, help="spectral: residual blocks per side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--ckpt-every", type=int, default=200)
@@ -336,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     if not train_files:
         print(f"codec: error: no .wav files under {data}", file=sys.stderr)
         return 2
-    config = demo_codec_config(args.filters, args.dimension, args.lstm)
+    if args.kind == "spectral":
+        config = spectral_codec_config(args.hidden, args.dimension or 128, args.layers)
+    else:
+        config = demo_codec_config(args.filters, args.dimension or 64, args.lstm)
     weights = {k.strip(): float(v) for k, v in (kv.split("=") for kv in args.loss_weights.split(",") if kv.strip())}
     model = build_model(config)
     ckpt = out / "trainer.pt"
@@ -355,7 +413,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         model.load_state_dict(init_state)
         log.info("initialised from %s", init)
-    trainer = CodecTrainer(model, lr=args.lr, seed=args.seed, weights=weights, decoder_only=args.decoder_only)
+    if args.kind == "spectral" and not ckpt.is_file() and not args.init:
+        pca_init(model, train_files, args.seed)
+    trainer_class = SpectralCodecTrainer if args.kind == "spectral" else CodecTrainer
+    trainer = trainer_class(model, lr=args.lr, seed=args.seed, weights=weights, decoder_only=args.decoder_only)
     if ckpt.is_file():
         state = load_checkpoint_file(ckpt)
         if state.get("config") != config.to_dict():
@@ -371,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("resumed %s at step %d (lr %g)", ckpt, trainer.step, args.lr)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     log.info("codec %.2fM params, %d train files, %d held out", n_params / 1e6, len(train_files), len(held))
-    seg = int(args.seconds * SR)
+    seg = int(args.seconds * SR) // 640 * 640  # whole codec frames
     metrics: dict = {}
     eval_set, scanned_at = None, None
     deadline = time.time() + args.max_minutes * 60 if args.max_minutes else None
@@ -391,9 +452,8 @@ def main(argv: list[str] | None = None) -> int:
             if trainer.step % args.log_every == 0:
                 logf.write(json.dumps(row) + "\n")
                 logf.flush()
-                log.info("step %d loss %.3f mel %.3f logmag %.3f sc %.3f l1 %.4f commit %.4f (%.2f s/step)",
-                         row["step"], row["loss"], row["mel"], row["logmag"], row["sc"], row["l1"], row["commit"],
-                         row["seconds"])
+                terms = " ".join(f"{k} {row[k]:.4f}" for k in trainer.weights)
+                log.info("step %d loss %.3f %s (%.2f s/step)", row["step"], row["loss"], terms, row["seconds"])
             stop = deadline is not None and time.time() > deadline
             last = trainer.step == args.steps or stop
             if eval_set is not None and (trainer.step % args.eval_every == 0 or last):

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio import remove_dc
 from .midi import Note, write_midi
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 32000
 SOUNDFONT_CANDIDATES = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/soundfonts/FluidR3_GM.sf2",
                         "/usr/share/sounds/sf2/default-GM.sf2")
+MAX_DC = 1e-3  # a clip whose mean is further from zero than this is refused, never written
 INSTALL_HINT = "install it with: apt-get update && apt-get install -y fluidsynth fluid-soundfont-gm"
 
 KEYS = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
@@ -72,7 +74,6 @@ PROGRAMS = {
 class Style:
     name: str
     tempo: tuple[int, int]
-    drums_p: float  # probability of a drum part
     drums: str  # pattern name
     bass: tuple[int, ...]
     bass_pattern: str
@@ -84,16 +85,16 @@ class Style:
 
 
 STYLES = [
-    Style("funk", (92, 118), 0.85, "funk", (36, 33), "funk", (7, 27, 4), "stabs", (61, 27, 65, 81)),
-    Style("rock", (100, 150), 0.9, "rock", (33, 34), "eighths", (29, 30), "power", (30, 29, 81)),
-    Style("jazz", (90, 170), 0.8, "jazz", (32,), "walking", (0, 4), "jazz", (65, 66, 56, 11), swing=0.17),
-    Style("ambient", (60, 84), 0.0, "none", (38, 89), "whole", (89, 88, 95, 52), "pad", (73, 11, 46, 88)),
-    Style("orchestral", (70, 120), 0.25, "orchestral", (42,), "half", (48, 49), "pad", (40, 73, 68, 56, 71)),
-    Style("techno", (120, 135), 0.95, "four", (38, 39), "offbeat", (90, 81), "arp", (80, 81)),
-    Style("hip hop", (78, 96), 0.9, "boombap", (33, 38), "hiphop", (4, 0, 11), "sustain", (11, 0, 73, 4)),
-    Style("reggae", (68, 88), 0.85, "onedrop", (33,), "reggae", (16, 27), "skank", (56, 22, 16)),
-    Style("bossa nova", (110, 140), 0.7, "bossa", (32,), "bossa", (24,), "bossa", (73, 66, 11), ("major", "minor")),
-    Style("folk", (88, 128), 0.5, "folk", (32, 33), "half", (25, 24, 105), "strum", (110, 22, 73, 25)),
+    Style("funk", (92, 118), "funk", (36, 33), "funk", (7, 27, 4), "stabs", (61, 27, 65, 81)),
+    Style("rock", (100, 150), "rock", (33, 34), "eighths", (29, 30), "power", (30, 29, 81)),
+    Style("jazz", (90, 170), "jazz", (32,), "walking", (0, 4), "jazz", (65, 66, 56, 11), swing=0.17),
+    Style("ambient", (60, 84), "ambient", (38, 89), "whole", (89, 88, 95, 52), "pad", (73, 11, 46, 88)),
+    Style("orchestral", (70, 120), "orchestral", (42,), "half", (48, 49), "pad", (40, 73, 68, 56, 71)),
+    Style("techno", (120, 135), "four", (38, 39), "offbeat", (90, 81), "arp", (80, 81)),
+    Style("hip hop", (78, 96), "boombap", (33, 38), "hiphop", (4, 0, 11), "sustain", (11, 0, 73, 4)),
+    Style("reggae", (68, 88), "onedrop", (33,), "reggae", (16, 27), "skank", (56, 22, 16)),
+    Style("bossa nova", (110, 140), "bossa", (32,), "bossa", (24,), "bossa", (73, 66, 11), ("major", "minor")),
+    Style("folk", (88, 128), "folk", (32, 33), "half", (25, 24, 105), "strum", (110, 22, 73, 25)),
 ]
 
 PROGRESSIONS = {
@@ -115,6 +116,7 @@ DRUMS = {
     "funk": {KICK: [0, 3, 10], SNARE: [4, 12], CHH: list(range(0, 16, 1)), OHH: [14]},
     "rock": {KICK: [0, 6, 8], SNARE: [4, 12], CHH: list(range(0, 16, 2))},
     "jazz": {RIDE: [0, 4, 7, 8, 12, 15], CHH: [4, 12], KICK: [0]},
+    "ambient": {SHAKER: [0, 4, 8, 12], RIDE: [0], LTOM: [10]},
     "orchestral": {LTOM: [0, 8], CRASH: []},
     "four": {KICK: [0, 4, 8, 12], CLAP: [4, 12], OHH: [2, 6, 10, 14], CHH: [0, 4, 8, 12]},
     "boombap": {KICK: [0, 7, 10], SNARE: [4, 12], CHH: list(range(0, 16, 2))},
@@ -156,12 +158,15 @@ class Clip:
 
 
 def draw_clip(seed: int, index: int) -> Clip:
+    """Clip `index`: styles cycle (every 10 consecutive clips hold each style once) and drums alternate per
+    style cycle, so any 20 consecutive clips are balanced in style x drums; the rest is drawn."""
     rng = random.Random(f"{seed}:{index}")
-    style = rng.choice(STYLES)
+    cycle, pos = divmod(index, len(STYLES))
+    style = STYLES[(pos + seed) % len(STYLES)]
     tempo = rng.randint(*style.tempo)
     key, mode = rng.randrange(12), rng.choice(style.modes)
     density = rng.choice(["sparse", "medium", "dense"])
-    drums = style.drums != "none" and rng.random() < style.drums_p
+    drums = cycle % 2 == 0
     lead = rng.choice(style.lead)
     comp = rng.choice([c for c in style.comp if c != lead] or list(style.comp))
     bass = rng.choice(style.bass)
@@ -358,43 +363,59 @@ def render(mid: Path, seconds: float, soundfont: Path, sample_rate: int = SAMPLE
         data, sr = sf.read(str(wav), dtype="float32", always_2d=True)
     if sr != sample_rate:
         raise RuntimeError(f"fluidsynth rendered {sr} Hz, asked {sample_rate}")
-    x = data.mean(axis=1)
+    x = data.mean(axis=1, dtype=np.float64)
     n = int(round(seconds * sample_rate))
     x = np.pad(x, (0, max(0, n - len(x))))[:n]
+    x = remove_dc(x, sample_rate)  # FluidSynth's mixes carry offsets of up to +0.3
     fade = int(0.02 * sample_rate)  # 20 ms fade-out at the cut
-    x[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+    x[-fade:] *= np.linspace(1.0, 0.0, fade)
+    x -= x.mean()  # the fade moved the mean by a hair
     peak = float(np.abs(x).max())
     if peak > 0:
         x = x * (10 ** (-1 / 20) / peak)
+    if abs(float(x.mean())) > MAX_DC:
+        raise RuntimeError(f"{mid.name}: rendered clip keeps a DC offset of {x.mean():+.2e} after filtering")
     return x.astype(np.float32)
 
 
-def generate(out: str | Path, n: int, seed: int = 0, seconds: float = 10.0, start: int = 0,
-             keep_midi: bool = True) -> Path:
-    """Write clips start..n-1 into `out` (existing complete clips are kept: resumable) and captions.jsonl."""
+def _write_clip(job: tuple[Path, int, int, float, Path, bool]) -> dict:
+    """Render clip i into `out` unless its WAV exists (resumable); its captions.jsonl row."""
     import soundfile as sf
 
+    out, seed, i, seconds, soundfont, keep_midi = job
+    clip = draw_clip(seed, i)
+    wav = out / f"{i:05d}.wav"
+    mid = out / f"{i:05d}.mid"
+    if not wav.is_file():
+        notes, programs = compose(clip, seconds)
+        write_midi(mid, notes, clip.tempo, programs)
+        audio = render(mid, seconds, soundfont)
+        tmp = wav.with_name(f".{wav.name}.tmp")
+        sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        os.replace(tmp, wav)
+        if not keep_midi:
+            mid.unlink()
+        if (i + 1) % 100 == 0:
+            log.info("clip %d written", i + 1)
+    return {"file": wav.name, "caption": clip.caption, **clip.labels()}
+
+
+def generate(out: str | Path, n: int, seed: int = 0, seconds: float = 10.0, start: int = 0,
+             keep_midi: bool = True, workers: int = 1) -> Path:
+    """Write clips start..n-1 into `out` (existing complete clips are kept: resumable) and captions.jsonl;
+    `workers` processes render in parallel (same bytes as one worker)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     soundfont = find_soundfont()
     find_fluidsynth()
-    rows = []
-    for i in range(start, n):
-        clip = draw_clip(seed, i)
-        wav = out / f"{i:05d}.wav"
-        mid = out / f"{i:05d}.mid"
-        if not wav.is_file():
-            notes, programs = compose(clip, seconds)
-            write_midi(mid, notes, clip.tempo, programs)
-            audio = render(mid, seconds, soundfont)
-            tmp = wav.with_name(f".{wav.name}.tmp")
-            sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-            os.replace(tmp, wav)
-            if not keep_midi:
-                mid.unlink()
-        rows.append({"file": wav.name, "caption": clip.caption, **clip.labels()})
-        if (i + 1) % 100 == 0:
-            log.info("%d/%d clips", i + 1, n)
+    jobs = [(out, seed, i, seconds, soundfont, keep_midi) for i in range(start, n)]
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            rows = list(pool.imap(_write_clip, jobs, chunksize=4))
+    else:
+        rows = [_write_clip(job) for job in jobs]
     meta = {"generator": "magnet_rt.train.datagen", "seed": seed, "n": n, "seconds": seconds,
             "sample_rate": SAMPLE_RATE, "soundfont": str(soundfont), "fluidsynth": fluidsynth_version()}
     (out / "datagen.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -424,10 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--no-midi", action="store_true", help="do not keep the .mid files")
+    p.add_argument("--workers", type=int, default=1, help="render with this many processes")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        generate(args.out, args.n, args.seed, args.seconds, keep_midi=not args.no_midi)
+        generate(args.out, args.n, args.seed, args.seconds, keep_midi=not args.no_midi, workers=args.workers)
     except (FileNotFoundError, RuntimeError) as e:
         print(f"datagen: error: {e}", file=sys.stderr)
         return 2

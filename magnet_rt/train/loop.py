@@ -46,7 +46,7 @@ def export_run(trainer: LMTrainer, codec, out: Path, provenance: dict, metrics: 
     """Write OUT/bundle (EMA weights) and OUT/export (released format); copy the bundle to `publish`."""
     from ..bundle import save_bundle
     from ..checkpoints import save_audiocraft_lm
-    from ..codec import audiocraft_xp_cfg, write_audiocraft_compression_checkpoint
+    from ..codec import Codec, audiocraft_xp_cfg, write_audiocraft_compression_checkpoint
     from ..conditioning import T5TextEncoder
     from ..pipeline import MagnetPipeline
 
@@ -60,8 +60,9 @@ def export_run(trainer: LMTrainer, codec, out: Path, provenance: dict, metrics: 
                          metrics=metrics)
     (out / "export").mkdir(parents=True, exist_ok=True)
     save_audiocraft_lm(ema, out / "export" / "state_dict.bin", text_encoder=text_encoder_name)
-    write_audiocraft_compression_checkpoint(out / "export" / "compression_state_dict.bin", codec.model,
-                                            audiocraft_xp_cfg(codec.model.config))
+    if isinstance(codec, Codec):  # audiocraft's format holds EnCodec only; a spectral codec lives in the bundle
+        write_audiocraft_compression_checkpoint(out / "export" / "compression_state_dict.bin", codec.model,
+                                                audiocraft_xp_cfg(codec.model.config))
     if publish is not None:
         save_bundle(pipe, publish, lm_dtype=lm_dtype, text_encoder=spec, provenance=provenance, metrics=metrics)
     return bundle

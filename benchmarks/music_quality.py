@@ -1,0 +1,311 @@
+"""An outside ear: judges a model's audio with tools nobody here wrote (librosa, Spotify's basic-pitch via
+onnxruntime, mir_eval), because our own metrics once called a 50 Hz frame buzz good.
+
+    python -m benchmarks.music_quality --data out/data/synth --bundle new=magnet_rt/assets/demo \
+        --bundle old=out/bundles/demo-old --clips 12 --takes 24 --out out/music_quality
+
+(a) Codec round trip of held-out clips (each bundle's codec: encode -> decode): chroma cosine, onset-strength
+    correlation, note F1 of basic-pitch's transcription of the reconstruction against its transcription of
+    the source (mir_eval, 50 ms onset tolerance, offsets ignored), and the two buzz measures.
+(b) Takes from held-out captions (each bundle's LM, preset `--preset`): the buzz measures, tempo from
+    librosa's beat tracker vs the caption's bpm (within 8 %, or half / double), the percussive energy share
+    (librosa HPSS) of "drums" vs "no drums" captions compared pairwise, key (Krumhansl-Kessler profiles on
+    librosa's chroma) vs the caption's tonic and mode, and notes per second (basic-pitch).
+The row `clips` measures the held-out training clips themselves under (b) (the ceiling).
+
+Buzz measures: the normalised autocorrelation of the waveform at one codec frame (20 ms) and the share of
+200 Hz - 8 kHz energy lying within 2 Hz of a multiple of 50 Hz; music sits near 0 and at a few %.
+Writes OUT/music_quality.json and OUT/spectrograms.png (one caption: the clip and each bundle's take).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("benchmarks.music_quality")
+
+KEYS = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
+# Krumhansl & Kessler (1982) key profiles, tonic first
+MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+FRAME_S = 0.02  # one codec frame at 50 frames/s
+
+
+# ---- measures ------------------------------------------------------------------------------------------
+def buzz(x: np.ndarray, sr: int) -> dict[str, float]:
+    """Autocorrelation at one 20 ms frame and the share of 200 Hz-8 kHz energy on the 50 Hz comb."""
+    m = x.astype(np.float64) - x.mean()
+    lag = int(FRAME_S * sr)
+    a, b = m[:-lag], m[lag:]
+    corr = float(a @ b / (np.sqrt((a @ a) * (b @ b)) + 1e-20))
+    power = np.abs(np.fft.rfft(m * np.hanning(len(m)))) ** 2
+    f = np.fft.rfftfreq(len(m), 1 / sr)
+    band = (f > 200) & (f < 8000)
+    on_comb = np.abs(f - 50 * np.round(f / 50)) < 2
+    comb = float(power[band & on_comb].sum() / (power[band].sum() + 1e-30))
+    return {"corr_20ms": corr, "comb_50hz": comb}
+
+
+def chroma_cosine(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
+    """Mean over frames of the cosine between the two chromagrams (frames where the source is silent skipped)."""
+    import librosa
+
+    a = librosa.feature.chroma_stft(y=ref, sr=sr, hop_length=1024)
+    b = librosa.feature.chroma_stft(y=est, sr=sr, hop_length=1024)
+    n = min(a.shape[1], b.shape[1])
+    a, b = a[:, :n], b[:, :n]
+    loud = librosa.feature.rms(y=ref, hop_length=1024)[0, :n] > 1e-3
+    cos = (a * b).sum(0) / (np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0) + 1e-12)
+    return float(cos[loud].mean()) if loud.any() else float("nan")
+
+
+def onset_correlation(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
+    import librosa
+
+    a = librosa.onset.onset_strength(y=ref, sr=sr)
+    b = librosa.onset.onset_strength(y=est, sr=sr)
+    n = min(len(a), len(b))
+    return float(np.corrcoef(a[:n], b[:n])[0, 1])
+
+
+class Transcriber:
+    """basic-pitch (Spotify, ICASSP 2022) with its ONNX model from inside its wheel, run by onnxruntime."""
+
+    def __init__(self):
+        logging.getLogger().setLevel(logging.ERROR)  # basic-pitch warns about TF/CoreML/TFLite it does not need
+        from basic_pitch import FilenameSuffix, build_icassp_2022_model_path
+        from basic_pitch.inference import Model
+
+        self.model = Model(build_icassp_2022_model_path(FilenameSuffix.onnx))
+        logging.getLogger().setLevel(logging.WARNING)
+
+    def notes(self, x: np.ndarray, sr: int, tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+        """-> (intervals [n, 2] s, pitches [n] Hz)."""
+        import soundfile as sf
+        from basic_pitch.inference import predict
+
+        wav = tmp / f"bp-{os.getpid()}.wav"
+        sf.write(str(wav), x, sr)
+        _, _, events = predict(str(wav), self.model)
+        wav.unlink()
+        if not events:
+            return np.zeros((0, 2)), np.zeros(0)
+        iv = np.array([[e[0], e[1]] for e in events], dtype=float)
+        hz = 440.0 * 2 ** ((np.array([e[2] for e in events], dtype=float) - 69) / 12)
+        return iv, hz
+
+
+def note_f1(ref: tuple[np.ndarray, np.ndarray], est: tuple[np.ndarray, np.ndarray]) -> float:
+    import mir_eval
+
+    if len(ref[1]) == 0 or len(est[1]) == 0:
+        return 0.0
+    _, _, f1, _ = mir_eval.transcription.precision_recall_f1_overlap(
+        ref[0], ref[1], est[0], est[1], onset_tolerance=0.05, offset_ratio=None)
+    return float(f1)
+
+
+def tempo(x: np.ndarray, sr: int) -> float:
+    import librosa
+
+    bpm, _ = librosa.beat.beat_track(y=x, sr=sr)
+    return float(np.atleast_1d(bpm)[0])
+
+
+def tempo_ok(measured: float, caption_bpm: float, tolerance: float = 0.08) -> bool:
+    return any(abs(measured - caption_bpm * k) <= tolerance * caption_bpm * k for k in (0.5, 1.0, 2.0))
+
+
+def percussive_share(x: np.ndarray) -> float:
+    import librosa
+
+    harmonic, percussive = librosa.effects.hpss(x)
+    return float((percussive ** 2).sum() / ((harmonic ** 2).sum() + (percussive ** 2).sum() + 1e-20))
+
+
+def estimate_key(x: np.ndarray, sr: int) -> tuple[str, str]:
+    """(tonic, mode) maximising the correlation of the mean chroma with a rotated Krumhansl-Kessler profile."""
+    import librosa
+
+    chroma = librosa.feature.chroma_cqt(y=x, sr=sr).mean(1)
+    best = max(((np.corrcoef(chroma, np.roll(profile, tonic))[0, 1], tonic, mode)
+                for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)) for tonic in range(12)))
+    return KEYS[best[1]], best[2]
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+@dataclass
+class Clip:
+    path: Path
+    caption: str
+    labels: dict
+
+
+def held_out(data: Path, n_clips: int, n_captions: int) -> tuple[list[Clip], list[Clip]]:
+    """Codec clips: held out from the codec (name hash); captions: the LM's held-out tail (the last files),
+    taken alternately with and without drums so the drums comparison has pairs."""
+    from magnet_rt.train.codec import is_held_out
+
+    rows = [json.loads(line) for line in (data / "captions.jsonl").read_text().splitlines() if line.strip()]
+    clips = [Clip(data / r["file"], r["caption"], r) for r in rows]
+    codec_clips = [c for c in clips if is_held_out(c.path.name)][:n_clips]
+    tail = clips[-96:]
+    drums = [c for c in tail if c.labels["drums"]]
+    quiet = [c for c in tail if not c.labels["drums"]]
+    captions = [c for pair in zip(drums, quiet, strict=False) for c in pair][:n_captions]
+    return codec_clips, captions
+
+
+def read(path: Path, seconds: float) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    return x.mean(1)[: int(seconds * sr)], sr
+
+
+# ---- rows --------------------------------------------------------------------------------------------------
+def codec_row(codec, clips: list[Clip], seconds: float, ear: Transcriber, tmp: Path,
+              source_notes: dict) -> dict:
+    per = []
+    for c in clips:
+        x, sr = read(c.path, seconds)
+        codes = codec.encode(x, sr)
+        y = codec.decode(codes)[0, 0].cpu().numpy()[: len(x)]
+        if c.path not in source_notes:
+            source_notes[c.path] = ear.notes(x, sr, tmp)
+        per.append({"chroma_cosine": chroma_cosine(x, y, sr), "onset_corr": onset_correlation(x, y, sr),
+                    "note_f1": note_f1(source_notes[c.path], ear.notes(y, sr, tmp)), **buzz(y, sr),
+                    **{f"source_{k}": v for k, v in buzz(x, sr).items()}})
+    return summarise(per)
+
+
+def takes_row(audios: list[np.ndarray], sr: int, captions: list[Clip], ear: Transcriber, tmp: Path) -> dict:
+    per = []
+    for x, c in zip(audios, captions, strict=True):
+        tonic, mode = estimate_key(x, sr)
+        iv, _ = ear.notes(x, sr, tmp)
+        bpm = tempo(x, sr)
+        per.append({**buzz(x, sr), "tempo": bpm, "tempo_ok": tempo_ok(bpm, c.labels["tempo"]),
+                    "drums": bool(c.labels["drums"]), "percussive_share": percussive_share(x),
+                    "key_ok": (tonic, mode) == (c.labels["key"], c.labels["mode"]),
+                    "notes_per_s": len(iv) / (len(x) / sr), "dc": float(x.mean())})
+    row = summarise(per)
+    with_drums = [p for p in per if p["drums"]]
+    row["tempo_ok_with_drums"] = float(np.mean([p["tempo_ok"] for p in with_drums])) if with_drums else None
+    pairs = [(a["percussive_share"], b["percussive_share"]) for a in with_drums for b in per if not b["drums"]]
+    row["drums_separated"] = float(np.mean([a > b for a, b in pairs])) if pairs else None
+    row["key_ok"] = float(np.mean([p["key_ok"] for p in per]))
+    row["corr_20ms_range"] = [min(p["corr_20ms"] for p in per), max(p["corr_20ms"] for p in per)]
+    row["comb_50hz_range"] = [min(p["comb_50hz"] for p in per), max(p["comb_50hz"] for p in per)]
+    return row
+
+
+def summarise(per: list[dict]) -> dict:
+    keys = [k for k, v in per[0].items() if isinstance(v, float) and not isinstance(v, bool)]
+    return {"n": len(per), **{k: float(np.mean([p[k] for p in per])) for k in keys}, "per_item": per}
+
+
+def generate_takes(pipe, captions: list[Clip], seconds: float, preset: str, seed: int) -> list[np.ndarray]:
+    from magnet_rt.presets import resolve_params
+
+    params = resolve_params(preset)
+    return [pipe.generate([c.caption], duration_s=seconds, params=params, seed=seed + i).audio[0].mean(0)
+            for i, c in enumerate(captions)]
+
+
+def spectrogram_png(path: Path, panels: list[tuple[str, np.ndarray]], sr: int, caption: str) -> None:
+    import librosa
+    import librosa.display
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 2.6 * len(panels)), sharex=True)
+    for ax, (title, x) in zip(np.atleast_1d(axes), panels, strict=True):
+        db = librosa.amplitude_to_db(np.abs(librosa.stft(x, n_fft=2048, hop_length=256)), ref=np.max)
+        librosa.display.specshow(db, sr=sr, hop_length=256, x_axis="time", y_axis="log", ax=ax, vmin=-80)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(40, 8000)
+    fig.suptitle(f"“{caption}”", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.music_quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="a datagen folder (captions.jsonl with labels)")
+    p.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH",
+                   help="a model to judge (bundle folder or registry name); repeat for several")
+    p.add_argument("--codec", action="append", default=[], metavar="NAME=PATH",
+                   help="a codec alone (codec folder, bundle or released checkpoint): round trip only")
+    p.add_argument("--clips", type=int, default=12, help="held-out clips for the codec round trip")
+    p.add_argument("--takes", type=int, default=24, help="held-out captions to generate from")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--preset", default="balanced")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="out/music_quality")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import torch
+
+    from magnet_rt.registry import load_pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data, out = Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    codec_clips, captions = held_out(data, args.clips, args.takes)
+    if not codec_clips or not captions:
+        print(f"music_quality: error: no held-out clips or captions in {data}", file=sys.stderr)
+        return 2
+    ear = Transcriber()
+    t0 = time.time()
+    sr = read(captions[0].path, 0.1)[1]
+    sources = [read(c.path, args.seconds)[0] for c in captions]
+    result: dict = {"command": " ".join(["python -m benchmarks.music_quality", *(argv or sys.argv[1:])]),
+                    "data": str(data), "seconds": args.seconds, "preset": args.preset, "codec": {}, "takes": {}}
+    if args.bundle:
+        result["takes"]["clips"] = takes_row(sources, sr, captions, ear, out)
+    panels = [("training clip (FluidSynth)", sources[0])]
+    source_notes: dict = {}
+    for spec in args.codec:
+        from magnet_rt.train.data import load_codec_any
+
+        name, _, path = spec.partition("=")
+        log.info("%s: codec round trip of %d clips", name, len(codec_clips))
+        result["codec"][name] = codec_row(load_codec_any(path), codec_clips, args.seconds, ear, out, source_notes)
+    for spec in args.bundle:
+        name, _, path = spec.partition("=")
+        pipe = load_pipeline(path or name, device="cpu")
+        log.info("%s: codec round trip of %d clips", name, len(codec_clips))
+        result["codec"][name] = codec_row(pipe.codec, codec_clips, args.seconds, ear, out, source_notes)
+        log.info("%s: %d takes", name, len(captions))
+        takes = generate_takes(pipe, captions, args.seconds, args.preset, args.seed)
+        result["takes"][name] = takes_row(takes, pipe.sample_rate, captions, ear, out)
+        panels.append((f"{name}: take, preset {args.preset}, seed {args.seed}", takes[0]))
+    result["seconds_taken"] = time.time() - t0
+    (out / "music_quality.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    spectrogram_png(out / "spectrograms.png", panels, sr, captions[0].caption)
+    print(json.dumps(strip_items(result), indent=2, default=float))
+    return 0
+
+
+def strip_items(result: dict) -> dict:
+    """The result without per-item lists (what the README and docs quote)."""
+    return {k: strip_items(v) if isinstance(v, dict) else v for k, v in result.items() if k != "per_item"}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
