@@ -20,7 +20,7 @@ import protocol as P
 from . import errors as E
 from .client import ENV_ENDPOINT, AudioAssembler, MagnetClient, RequestStream, build_result, source_from_file
 from .modes import MODE_FLAGS, add_generate_mode_flags, add_render_mode_flags, generate_fields, run_endless
-from .output import SUBTYPES, summary, write_takes
+from .output import SUBTYPES, output_paths, summary, write_takes
 from .progress import make_reporter
 
 DEBUG_ENV = "MAGNET_RT_DEBUG"
@@ -46,7 +46,8 @@ examples:
   magnet-rt generate "deep house" --endless --play -o live.wav        # until Ctrl-C; live.wav grows
 
 With several outputs (prompts x variations) the takes are written to OUT, then OUT-2, OUT-3, ...
-(out.wav, out-2.wav, ...). Output i is prompt i // variations, variation i % variations.
+(out.wav, out-2.wav, ...). Output i is prompt i // variations, variation i % variations. A file that exists
+is not overwritten: the command stops before rendering unless --force is given.
 """
 INPAINT_EXAMPLES = """\
 examples:
@@ -72,6 +73,7 @@ FIELD_FLAGS = {"duration_s": "--duration", "start_s": "--start", "end_s": "--end
                "variations": "--variations", "preset": "--preset", "model": "--model", "prompt": "PROMPT",
                "prompts": "--prompt", "params": "--param", "source": "INPUT", "chunk_s": "--chunk", **MODE_FLAGS}
 PARAM_KEYS = tuple(f.name for f in fields(P.DecodeParams))
+RENDER_COMMANDS = ("generate", "inpaint", "continue")  # their errors name FIELD_FLAGS' options
 
 
 class UsageError(Exception):
@@ -126,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--model", metavar="NAME", help="model to use (default: the daemon's)")
     render.add_argument("--chunk", type=float, metavar="SECONDS", help="audio chunk length on the wire")
     render.add_argument("-o", "--output", metavar="OUT.wav", default="out.wav",
-                        help="where to write (default %(default)s; more takes: OUT-2.wav, ...)")
+                        help="where to write (default %(default)s; more takes: OUT-2.wav, ...); an existing file "
+                             "is never overwritten without --force")
+    render.add_argument("--force", action="store_true", help="overwrite OUT.wav (and OUT-2.wav, ...) if they exist")
     render.add_argument("--subtype", choices=SUBTYPES, default="FLOAT", help="WAV sample format (default FLOAT)")
     render.add_argument("--loudness", type=float, metavar="LUFS",
                         help="normalise each take to this loudness, e.g. -14 (peaks kept under -1 dBFS)")
@@ -231,6 +235,17 @@ def _bars(args: argparse.Namespace) -> dict[str, Any]:
     return bars if in_bars else {}
 
 
+def _refuse_overwrite(args: argparse.Namespace) -> None:
+    """Check, before anything is sent, that the takes will not overwrite files (unless --force)."""
+    if args.force:
+        return
+    takes = 1 if getattr(args, "endless", False) else args.variations * (1 + len(getattr(args, "more_prompts", [])))
+    existing = [str(p) for p in output_paths(args.output, takes) if p.exists()]
+    if existing:
+        raise UsageError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: pass --force to "
+                         "overwrite, or -o to write elsewhere")
+
+
 def cmd_render(args: argparse.Namespace, client: MagnetClient) -> int:
     audition = None
     if args.play:
@@ -238,7 +253,8 @@ def cmd_render(args: argparse.Namespace, client: MagnetClient) -> int:
 
         device = int(args.output_device) if (args.output_device or "").isdigit() else args.output_device
         audition = Audition(Player(device))
-    stream = _stream(args, client)
+    stream = _stream(args, client)  # checks the arguments; sends nothing yet
+    _refuse_overwrite(args)
     reporter = make_reporter(args.quiet)
     stream.on_cancel = lambda: (reporter.stop(), print("interrupted: cancelling the request ...", file=sys.stderr))
     if getattr(args, "endless", False):
@@ -374,10 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     except E.ClientError as exc:
         if debug:
             log.exception("client error")
-        code, text = E.describe(exc)
-        if isinstance(exc, E.RequestFailed) and exc.local:
-            flag = FIELD_FLAGS.get(str(exc.details.get("field", "")).split(".")[0].split("[")[0])
-            text += f"\n  Fix {flag} and run again." if flag else ""
+        code, text = E.describe(exc, FIELD_FLAGS if argv and argv[0] in RENDER_COMMANDS else None)
         print(text, file=sys.stderr)
         return code
     except Exception as exc:

@@ -9,7 +9,8 @@
 
 Transport (PROTOCOL.md §2, zguide Lazy Pirate): one DEALER socket. Idempotent calls (`hello`, `ping`, `status`,
 `models`) wait `timeout_s` for their reply; on silence the socket is closed with linger 0, reopened and the
-request resent, `retries` times, then `DaemonUnavailable` says how to start the daemon. Other requests are
+request resent, `retries` times, then `DaemonUnavailable` says how to start the daemon; when ZeroMQ reports
+the connection refused (nothing listens at the endpoint) it says so within `REFUSED_WAIT_S`. Other requests are
 never resent. A generating request must be `accepted` within `timeout_s`; after that, a quiet spell makes the
 client ping the daemon on the same connection: a pong means "alive, still queued or decoding", silence means
 `DaemonTimeout`. While a stream runs, the client also pings every `HEARTBEAT_S` seconds without sending
@@ -36,6 +37,7 @@ from typing import Any, Self
 import numpy as np
 import zmq
 import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 import protocol as P
 
@@ -52,6 +54,7 @@ ENV_ENDPOINT = "MAGNET_RT_ENDPOINT"
 DEFAULT_TIMEOUT_S = 2.5  # PROTOCOL.md §2's suggested wait for any reply
 DEFAULT_RETRIES = 3
 HEARTBEAT_S = 5.0  # ping at least this often during a stream (the daemon drops clients silent for 30 s)
+REFUSED_WAIT_S = 1.0  # how long the blocking client waits to learn whether anything listens at the endpoint
 
 
 def new_request_id() -> str:
@@ -385,19 +388,41 @@ class MagnetClient(_Base):
 
     def _open(self) -> None:
         self._sock = self._ctx.socket(zmq.DEALER)
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED)
+        self._connected = False
         self._configure(self._sock)
         self._epoch += 1
 
     def _reset(self) -> None:
         """Lazy Pirate: close with linger 0 (dropping unsent requests) and reconnect."""
-        if self._sock is not None:
-            self._sock.close(linger=0)
+        self.close()
         self._open()
 
     def close(self) -> None:
         if self._sock is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
             self._sock.close(linger=0)
             self._sock = None
+
+    def _refused(self) -> bool:
+        """Whether the connection was refused (nothing listens at the endpoint) before it was ever made, as
+        ZeroMQ reports within REFUSED_WAIT_S; False once connected, or when it cannot tell (then the Lazy
+        Pirate timeouts decide)."""
+        deadline = time.monotonic() + min(REFUSED_WAIT_S, self.timeout_s)
+        while not self._connected and (left := deadline - time.monotonic()) > 0:
+            if not self._monitor.poll(max(1, math.ceil(left * 1000))):
+                break
+            event = recv_monitor_message(self._monitor)["event"]
+            self._connected = event == zmq.EVENT_CONNECTED
+            if event == zmq.EVENT_CONNECT_RETRIED:
+                return True
+        return False
+
+    def _fail_if_refused(self) -> None:
+        if self._refused():
+            self._reset()
+            raise DaemonUnavailable(self.endpoint, "nothing is listening there (connection refused)")
 
     def __enter__(self) -> Self:
         return self
@@ -459,6 +484,8 @@ class MagnetClient(_Base):
     def _await(self, rid: str, epoch: int, what: str, alive: bool) -> Any:
         """Next message of a non-idempotent request. Before any reply (`alive` False) silence means the daemon
         is unreachable; afterwards silence is checked with a ping, and only an unanswered ping ends the wait."""
+        if not alive:
+            self._fail_if_refused()
         quiet_since = time.monotonic()
         while True:
             if epoch != self._epoch:
@@ -480,6 +507,7 @@ class MagnetClient(_Base):
             msg = make()
             self._send(msg)
             try:
+                self._fail_if_refused()
                 reply = self._take(msg.id, self.timeout_s)
             finally:
                 self._finish(msg.id)

@@ -5,7 +5,9 @@
 The model defaults to the daemon's (`registry.default_model`: the shipped demo bundle; `tiny-random`, random
 weights, said plainly, only in a checkout without the bundle). Everything goes through the real command line
 (`magnet-rt serve`, `magnet-rt generate`, `magnet-rt inpaint`) on a free loopback port. Writes `take-1.wav` ..
-`take-3.wav`, `inpainted.wav` and `demo.png` (waveform and spectrogram of each, the inpainted region marked).
+`take-3.wav`, `inpainted.wav` and `demo.png` (waveform and spectrogram of each, the inpainted region marked),
+overwriting those of an earlier run. Each stage says on stderr what it does and how long it took, and each take
+shows the CLI's progress.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ INPAINT = ("funk with alto sax, slap bass and drums", 3.0, 5.0)  # prompt, start
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "clients.cli", *args]
+
+
+def say(text: str, since: float | None = None) -> None:
+    """One progress line on stderr, with the seconds a stage took when `since` is given."""
+    took = f" ({time.monotonic() - since:.1f} s)" if since is not None else ""
+    print(f"demo: {text}{took}", file=sys.stderr, flush=True)
 
 
 def start_daemon(model: str, timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
@@ -89,26 +97,36 @@ def main(argv: list[str] | None = None) -> int:
     if model == "tiny-random":
         print("demo: no trained demo bundle yet; using tiny-random (random weights: noise, not music)",
               file=sys.stderr)
+    t0 = time.monotonic()
+    say(f"starting the daemon on model {model} (loading and warming it up) ...")
     proc, endpoint = start_daemon(model)
+    say(f"daemon ready on {endpoint}", t0)
     extra = [a for p in args.param for a in ("--param", p)]
     try:
         files = []
         for i, prompt in enumerate(PROMPTS, 1):
-            wav = out / f"take-{i}.wav"
+            wav, t = out / f"take-{i}.wav", time.monotonic()
+            say(f"take {i}/{len(PROMPTS)}: {args.duration:g} s of \"{prompt}\" ...")
             subprocess.run(_cli("generate", prompt, "--connect", endpoint, "--preset", args.preset, "--seed", str(i),
-                                "--duration", str(args.duration), "-q", "-o", str(wav), *extra), check=True,
+                                "--duration", str(args.duration), "--force", "-o", str(wav), *extra), check=True,
                            stdout=subprocess.DEVNULL)
+            say(f"take {i} written to {wav}", t)
             files.append(wav)
         prompt, start, end = INPAINT
-        wav = out / "inpainted.wav"
+        wav, t = out / "inpainted.wav", time.monotonic()
+        say(f"inpainting {start:g}-{end:g} s of take 1 with \"{prompt}\" ...")
         subprocess.run(_cli("inpaint", str(files[0]), "--start", str(start), "--end", str(end), prompt, "--connect",
-                            endpoint, "--preset", args.preset, "--seed", "7", "-q", "-o", str(wav), *extra), check=True,
-                       stdout=subprocess.DEVNULL)
+                            endpoint, "--preset", args.preset, "--seed", "7", "--force", "-o", str(wav), *extra),
+                       check=True, stdout=subprocess.DEVNULL)
+        say(f"inpaint written to {wav}", t)
         files.append(wav)
     finally:
+        say("stopping the daemon")
         proc.terminate()
         proc.wait(timeout=60)
+    say("plotting ...")
     plot(files, (INPAINT[1], INPAINT[2]), out / "demo.png")
+    say(f"plot written to {out / 'demo.png'}; all done", t0)
     for f in [*files, out / "demo.png"]:
         print(f)
     return 0

@@ -78,8 +78,14 @@ class AudioUnavailable(ClientError):
     """Playback is impossible here: PortAudio is missing or the output device cannot be opened."""
 
 
-# CLI next steps that beat the generic protocol text (the meaning always comes from protocol.ERROR_HELP).
+# CLI next steps that beat the generic protocol text (which speaks of fields and `details`).
 CLI_ACTIONS: Mapping[ErrorCode, str] = {
+    ErrorCode.BAD_REQUEST: "This is a bug in magnet-rt: run again with MAGNET_RT_DEBUG=1 and report it.",
+    ErrorCode.UNSUPPORTED_VERSION: "Upgrade magnet-rt or the daemon so that both speak the same protocol version.",
+    ErrorCode.UNKNOWN_TYPE: "Upgrade the daemon: it is older than this magnet-rt.",
+    ErrorCode.INVALID_FIELD: "Check the command's options (`magnet-rt COMMAND -h`) and run again.",
+    ErrorCode.INVALID_AUDIO: "Use a WAV or FLAC file with 1 or 2 channels at 8000-192000 Hz, no longer than the "
+                             "model takes (`magnet-rt models` lists each model's length).",
     ErrorCode.UNKNOWN_PRESET: "Pick one of the presets that `magnet-rt ping` lists (e.g. --preset live).",
     ErrorCode.UNKNOWN_MODEL: "List the daemon's models with `magnet-rt models`.",
     ErrorCode.MODEL_NOT_LOADED: "Load it first: `magnet-rt load MODEL`.",
@@ -95,17 +101,30 @@ CLI_ACTIONS: Mapping[ErrorCode, str] = {
 }
 
 
-def describe(exc: BaseException) -> tuple[int, str]:
-    """(exit code, text for stderr) for any error the CLI may meet; unknown exceptions are not handled here."""
+def _sentence(message: str, field: str, flag: str | None) -> str:
+    """The daemon's message about this case, naming the command-line option instead of the protocol field
+    (`params.top_p: ...` -> `--param top_p: ...`)."""
+    if flag and field and message.startswith(f"{field}:"):
+        top, _, rest = field.partition(".")
+        name = f"{flag} {rest}" if top == "params" and rest else flag
+        message = name + message[len(field):]
+    return message if message.endswith((".", "!", "?")) else message + "."
+
+
+def describe(exc: BaseException, flags: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """(exit code, text for stderr) for any error the CLI may meet: one sentence about this case, then the next
+    step. `flags` maps a protocol field to the option that sets it. Unknown exceptions are not handled here."""
     if isinstance(exc, DaemonUnavailable):
         return EXIT_UNREACHABLE, f"error: {exc}"
     if isinstance(exc, RequestFailed):
-        if exc.local:  # refused before sending: the message names the field; the CLI names the option
-            return EXIT_USAGE, f"error: {exc.message}"
-        meaning, action = ERROR_HELP[exc.code]
-        field = exc.details.get("field")
-        where = f" ({field})" if field else ""
-        return EXIT_FAILED, f"error: {exc.code}{where}: {exc.message}\n  {meaning} {CLI_ACTIONS.get(exc.code, action)}"
+        field = str(exc.details.get("field", ""))
+        flag = (flags or {}).get(field.split(".")[0].split("[")[0]) if field else None
+        text = f"error: {_sentence(exc.message, field, flag)}"
+        fix = f"Fix {flag} and run again." if flag else None
+        if exc.local:  # refused before sending: the caller's arguments are wrong
+            return EXIT_USAGE, text + (f"\n  {fix}" if fix else "")
+        step = fix if fix and exc.code == ErrorCode.INVALID_FIELD else CLI_ACTIONS.get(exc.code)
+        return EXIT_FAILED, f"{text}\n  {step or ERROR_HELP[exc.code].action} [{exc.code}]"
     if isinstance(exc, AudioUnavailable | BadReply | ClientError):
         return EXIT_FAILED, f"error: {exc}"
     raise TypeError(f"no CLI description for {type(exc).__name__}")

@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import socket
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 import yaml
@@ -40,16 +43,42 @@ def resolve_file(name_or_path: str | Path, filename: str, **hub_kwargs) -> Path:
         return f
     if str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") != 1:
         raise CheckpointError(f"{name_or_path}: no such file or directory, and not a hub repo id")
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    repo = str(name_or_path)
+    try:  # the local cache first: no network, no retries
+        return Path(hf_hub_download(repo_id=repo, filename=filename, **{**hub_kwargs, "local_files_only": True}))
+    except LocalEntryNotFoundError:
+        pass
+    if hub_kwargs.get("local_files_only") or constants.HF_HUB_OFFLINE or not hub_reachable(constants.ENDPOINT):
+        raise CheckpointError(f"{repo} is not in the local model cache, and the hub cannot be reached (offline): "
+                              f"download it on a machine with network (`huggingface-cli download {repo}`), or "
+                              "give a folder that holds it")
     try:
-        return Path(hf_hub_download(repo_id=str(name_or_path), filename=filename, **hub_kwargs))
-    except LocalEntryNotFoundError as e:
-        raise CheckpointError(f"{name_or_path}/{filename} is not in the local hub cache and the hub "
-                              f"cannot be reached (offline): download it first or pass a directory") from e
-    except (HfHubHTTPError, OSError, ValueError) as e:
-        raise CheckpointError(f"could not fetch {name_or_path}/{filename}: {e}") from e
+        return Path(hf_hub_download(repo_id=repo, filename=filename, **hub_kwargs))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        raise CheckpointError(f"could not fetch {repo}/{filename}: {e}") from e
+
+
+def hub_reachable(endpoint: str, timeout_s: float = 2.0) -> bool:
+    """Whether a TCP connection to the hub's host opens within `timeout_s` (name lookup included, which a
+    socket timeout does not bound: it runs on a thread that is abandoned when late)."""
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((url.hostname or "", port), timeout=timeout_s).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return bool(result and result[0])
 
 
 def safe_load(path: str | Path) -> Any:

@@ -67,7 +67,8 @@ ERROR_HELP: Mapping[ErrorCode, ErrorHelp] = MappingProxyType({
         "The daemon has no preset of this name.",
         "Pick one of the presets listed in `welcome`."),
     E.UNKNOWN_MODEL: ErrorHelp(
-        "The daemon has no model of this name.",
+        "The daemon has no model of this name, or cannot load it (not in its local cache while offline, or "
+        "unreadable).",
         "Pick one of the models listed in `welcome` or `models_reply`."),
     E.DUPLICATE_ID: ErrorHelp(
         "Another request of this client with the same id is still running.",

@@ -120,7 +120,7 @@ def test_inpaint_sends_the_file_and_keeps_the_rest(daemon, tmp_path, capsys):
     sent = daemon.received[-1]
     assert sent.source.audio is not None and (sent.start_s, sent.end_s, sent.prompt) == (2.0, 4.0, "PROMPT")
     code, _, _ = run(capsys, "inpaint", str(src), "--start", "1", "--end", "2", "p", "--by-path", "--connect",
-                     daemon.endpoint, "-o", str(out))
+                     daemon.endpoint, "-o", str(out), "--force")
     assert code == 0 and daemon.received[-1].source.path == str(src.resolve())
     code, stdout, _ = run(capsys, "continue", str(src), "more", "--duration", "6", "--connect", daemon.endpoint,
                           "-o", str(tmp_path / "c.wav"))
@@ -177,8 +177,19 @@ def test_unreachable_daemon_exits_3_quickly_with_the_hint(capsys):
     assert code == 3 and stdout == ""
     assert "make serve" in stderr and "magnet-rt serve" in stderr and "Traceback" not in stderr
     assert time.monotonic() - t0 < 2.0
-    code, _, stderr = run(capsys, "status", "--connect", dead_endpoint(), "--timeout", "0.2")
-    assert code == 3 and "4 attempts" in stderr
+    t0 = time.monotonic()  # issue 14 (16): with the default timeout, a refused connection is reported at once
+    code, _, stderr = run(capsys, "status", "--connect", dead_endpoint())
+    assert code == 3 and "nothing is listening there (connection refused)" in stderr, stderr
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_a_peer_that_accepts_but_never_answers_gets_the_lazy_pirate_retries(capsys):
+    with socket.socket() as mute:  # the TCP connection opens, no ZeroMQ handshake ever comes
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(8)
+        code, _, stderr = run(capsys, "status", "--connect", f"tcp://127.0.0.1:{mute.getsockname()[1]}",
+                              "--timeout", "0.2")
+    assert code == 3 and "4 attempts" in stderr, stderr
 
 
 def test_endpoint_from_environment(daemon, monkeypatch, capsys):
