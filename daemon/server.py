@@ -30,6 +30,7 @@ from importlib import metadata
 import torch
 import zmq
 
+from magnet_rt.devices import cpu_threads
 from magnet_rt.graphs import STEP_GRAPHS
 from magnet_rt.registry import PRECISIONS, TINY_RANDOM, default_model, load_pipeline
 from protocol import (
@@ -421,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model to serve and keep loaded: demo (the shipped bundle, the "
                    "default), tiny-random (random weights, tests), a released hub id or a folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch CPU threads (default 0: auto, measured in benchmarks/RESULTS.md: OMP_NUM_THREADS if "
+                        "set; 1 with a GPU; else the physical cores less those already busy)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: as released (fp16 blocks on CUDA, fp32 on CPU); int8: quantized block "
                         "projections, ~1.8x faster on a CPU at ~2 %% logit error (default auto)")
@@ -468,6 +472,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.client_timeout <= 0:
         p.error("--client-timeout must be positive")
+    if args.threads < 0:
+        p.error("--threads must be 0 (auto) or more")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
     setup_logging(args.log_format, args.log_level)
+    try:
+        torch.set_num_threads(cpu_threads(args.device, args.threads or None))
+    except ValueError as exc:  # magnet_rt's InvalidParams: a bad --device
+        parser.error(str(exc))
+    log.info("torch CPU threads: %d", torch.get_num_threads(), extra={"ctx": {"threads": torch.get_num_threads()}})
     try:
         daemon = Daemon(args)
     except ValueError as exc:  # a bad --allow-dir

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -33,6 +34,24 @@ def pick_device(requested: str | torch.device | None = "auto") -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InvalidParams("device mps requested but MPS is not available")
     return device
+
+
+def cpu_threads(device: str | torch.device = "auto", requested: int | None = None, *, cpus: int | None = None,
+                load: float | None = None) -> int:
+    """Torch's CPU threads for an engine on `device`, measured in benchmarks/RESULTS.md ("CPU threads").
+    `requested` wins, then OMP_NUM_THREADS (torch's current count). On a GPU the CPU only feeds it: 1. On a
+    CPU: torch's default (the physical cores) less the cores already busy (1-minute load average over the
+    `cpus` this process may use), at least 1, since OpenMP threads that share a busy core spin-wait on each
+    other: on a 2-core machine with one core taken, 2 threads made a take ~2x slower than 1."""
+    if requested:
+        return requested
+    if "OMP_NUM_THREADS" in os.environ:  # the user's own choice, which torch has read
+        return torch.get_num_threads()
+    if pick_device(device).type != "cpu":
+        return 1
+    cpus = cpus or len(os.sched_getaffinity(0))
+    load = os.getloadavg()[0] if load is None else load
+    return max(1, min(torch.get_num_threads(), cpus - round(load)))
 
 
 def lm_dtype(device: torch.device) -> torch.dtype:
