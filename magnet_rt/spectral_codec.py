@@ -30,6 +30,7 @@ __all__ = ["SPECTRAL_KIND", "SpectralCodec", "SpectralCodecConfig", "SpectralCod
 
 SPECTRAL_KIND = "spectral"
 LOG_FLOOR = 1e-3  # magnitudes below this (-60 dB under a full-scale bin) are noise floor: log(mag + floor)
+MAX_LOG = 9.0
 LOG_SHIFT, LOG_SCALE = 3.0, 3.0  # log(mag + floor) in about [-7, 6] -> about [-1.3, 3] for the networks
 
 
@@ -134,7 +135,7 @@ class SpectralCodecModel(nn.Module):
     def spectrum(self, audio: Tensor) -> Tensor:
         """`[B, N]` -> complex STFT `[B, F, N // hop + 1]` (centred frames, reflect padding)."""
         c = self.config
-        return torch.stft(audio, c.n_fft, c.hop_length, window=self.window, center=True, return_complex=True)
+        return stft(audio, c.n_fft, c.hop_length, self.window)
 
     def features(self, audio: Tensor) -> Tensor:
         """`[B, N]` with N = T * hop -> normalised log-magnitudes `[B, F, T]` (frame t centred on t * hop)."""
@@ -143,7 +144,8 @@ class SpectralCodecModel(nn.Module):
 
     @staticmethod
     def magnitude(features: Tensor) -> Tensor:
-        return (torch.exp(features * LOG_SCALE - LOG_SHIFT) - LOG_FLOOR).clamp_min(0.0)
+        """Normalised log-magnitudes -> magnitudes, capped at e^9 (a full-scale sine is ~e^6.5 in a bin)."""
+        return (torch.exp((features * LOG_SCALE - LOG_SHIFT).clamp(max=MAX_LOG)) - LOG_FLOOR).clamp_min(0.0)
 
     def synthesize(self, features: Tensor, generator_seed: int = 0) -> Tensor:
         """Normalised log-magnitudes `[B, F, T]` -> audio `[B, T * hop]` by fast Griffin-Lim. Row b's phase
@@ -154,6 +156,12 @@ class SpectralCodecModel(nn.Module):
         rows = [griffin_lim(m, c.n_fft, c.hop_length, self.window, c.griffin_lim_iters, c.griffin_lim_momentum,
                             length=features.shape[-1] * c.hop_length, seed=generator_seed) for m in mag]
         return torch.stack(rows)
+
+
+def stft(x: Tensor, n_fft: int, hop: int, window: Tensor) -> Tensor:
+    """Centred frames, reflect-padded (zero-padded when the signal is shorter than half a window)."""
+    pad_mode = "reflect" if x.shape[-1] > n_fft // 2 else "constant"
+    return torch.stft(x, n_fft, hop, window=window, center=True, pad_mode=pad_mode, return_complex=True)
 
 
 def griffin_lim(mag: Tensor, n_fft: int, hop: int, window: Tensor, iters: int, momentum: float, length: int,
@@ -167,7 +175,7 @@ def griffin_lim(mag: Tensor, n_fft: int, hop: int, window: Tensor, iters: int, m
     alpha = momentum / (1 + momentum)
     for _ in range(iters):
         y = torch.istft(mag * angles, n_fft, hop, window=window, center=True, length=length)
-        rebuilt = torch.stft(y, n_fft, hop, window=window, center=True, return_complex=True)
+        rebuilt = stft(y, n_fft, hop, window)
         angles = rebuilt - alpha * previous
         angles = angles / (angles.abs() + 1e-16)
         previous = rebuilt

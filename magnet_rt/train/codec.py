@@ -77,8 +77,8 @@ class TrainableRVQ:
             if train and not bool(cb.inited.item()):
                 c, counts = kmeans(xd.float(), cb.embed.shape[0], self.kmeans_iters, generator)
                 cb.embed.copy_(c)
-                cb.embed_avg.copy_(c)
                 cb.cluster_size.copy_(counts.clamp_min(xd.shape[0] / cb.embed.shape[0]))
+                cb.embed_avg.copy_(c * cb.cluster_size[:, None])  # EMA state: embed = embed_avg / cluster_size
                 cb.inited.fill_(1.0)
             embed = cb.embed
             dist = xd.pow(2).sum(1, keepdim=True) - 2 * xd @ embed.t() + embed.pow(2).sum(1)[None]
