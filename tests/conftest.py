@@ -18,6 +18,16 @@ torch.set_num_threads(1)  # the daemon subprocesses under test get the other cor
 # per process on 2 shared cores spin-wait on each other (measured: a small LayerNorm 100x slower)
 
 
+@pytest.fixture(scope="module")
+def zctx():
+    """A ZeroMQ context for the tests' sockets (closed with linger 0)."""
+    import zmq
+
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     assert FIXTURE.is_dir(), f"shared fixture missing at {FIXTURE}"

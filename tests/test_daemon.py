@@ -57,13 +57,6 @@ def start_daemon(tmp_path_factory, *args: str) -> DaemonProcess:
 
 
 @pytest.fixture(scope="module")
-def zctx():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture(scope="module")
 def allowed(tmp_path_factory):
     folder = tmp_path_factory.mktemp("allowed")
     rng = np.random.default_rng(1)

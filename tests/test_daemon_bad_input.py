@@ -47,13 +47,6 @@ def daemon(tmp_path_factory, dirs):
     assert d.stop() == 0, d.log()[-3000:]
 
 
-@pytest.fixture(scope="module")
-def zctx():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
 def raw(msg: dict) -> bytes:
     return msgpack.packb(msg, use_bin_type=True)
 

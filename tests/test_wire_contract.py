@@ -39,13 +39,6 @@ def daemon(tmp_path_factory):
     assert d.stop() == 0, d.log()[-3000:]
 
 
-@pytest.fixture(scope="module")
-def zctx():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
 @pytest.fixture
 def dealer(daemon, zctx):
     sock = zctx.socket(zmq.DEALER)
