@@ -560,7 +560,8 @@ class MagnetClient(_Base):
     def generate(self, prompt: str | None = None, *, prompts: list[str] | None = None,
                  duration_s: float | None = None, loudness: float | None = None,
                  request_id: str | None = None, **render: Any) -> RequestStream:
-        """Render options (`render`): preset, params (dict or DecodeParams), seed, variations, stream, format,
+        """Takes arrive at -14 LUFS unless `loudness` says otherwise (`normalize=False`: the model's level).
+        Render options (`render`): preset, params (dict or DecodeParams), seed, variations, stream, format,
         chunk_s, model, rescore; and the modes of generate (PROTOCOL.md §6): hybrid_s, endless, overlap_s
         (a `duration_s` longer than the model's segment is long-form). Raises RequestFailed(local=True) at
         once when an argument is invalid."""

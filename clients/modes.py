@@ -37,10 +37,13 @@ def add_generate_mode_flags(p: argparse.ArgumentParser) -> None:
                    help="long-form and endless: seconds each window shares with the previous (default 3)")
     p.add_argument("--endless", action="store_true",
                    help="stream windows until Ctrl-C into a growing WAV (with --play: hear it); --duration ignored")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="keep the model's own level (the daemon normalises every take to -14 LUFS by default)")
 
 
 def generate_fields(args: argparse.Namespace) -> dict[str, Any]:
-    return {"hybrid_s": args.hybrid, "overlap_s": args.overlap, "endless": True if args.endless else None}
+    return {"hybrid_s": args.hybrid, "overlap_s": args.overlap, "endless": True if args.endless else None,
+            "normalize": False if args.no_normalize else None}
 
 
 class GrowingWav:

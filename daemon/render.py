@@ -90,10 +90,6 @@ class RenderPlan:
     def streaming(self) -> bool:
         return self.mode in STREAMING
 
-    @property
-    def loudness(self) -> float | None:
-        return getattr(self.msg, "loudness", None)
-
 
 def _invalid(rid: str, field: str, why: str, code: ErrorCode = ErrorCode.INVALID_FIELD) -> ProtocolError:
     return ProtocolError(code, f"{field}: {why}", request_id=rid, details={"field": field})

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from magnet_rt.audio import loudness_normalize
+from magnet_rt.audio import DEFAULT_LOUDNESS_LUFS, finish_take
 from magnet_rt.longform import endless, stream_long
 from protocol import (
     AudioChunk,
@@ -32,6 +32,7 @@ from protocol import (
     Done,
     Error,
     ErrorCode,
+    Generate,
     LoadReply,
     Message,
     Preview,
@@ -239,8 +240,9 @@ class Worker(threading.Thread):
             if plan.finish is not None:
                 res = plan.finish(res)
             audio, sr = res.audio, res.sample_rate
-            if plan.loudness is not None:
-                audio = np.stack([loudness_normalize(a, sr, plan.loudness) for a in audio])
+            if isinstance(msg, Generate):  # a whole take: no DC, no click, -14 LUFS unless asked otherwise
+                target = None if not msg.normalize else DEFAULT_LOUDNESS_LUFS if msg.loudness is None else msg.loudness
+                audio = np.stack([finish_take(a, sr, target) for a in audio])
             frames_out = []
             if msg.stream.audio:
                 for v, out in enumerate(audio):

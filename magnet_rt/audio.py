@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 import pyloudnorm
-from scipy.signal import resample_poly
+from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from magnet_rt.errors import InvalidAudio, InvalidParams, InvalidRegion
 
@@ -22,7 +22,9 @@ __all__ = [
     "equal_gain_crossfade",
     "equal_power_crossfade",
     "equal_power_gains",
+    "finish_take",
     "loudness_normalize",
+    "remove_dc",
     "resample",
     "seconds_to_samples",
     "splice",
@@ -181,6 +183,34 @@ def loudness_normalize(x: np.ndarray, sr: int, target_lufs: float = -14.0, peak_
     if peak * gain > ceiling:
         gain = ceiling / peak * (1.0 - 1e-6)  # margin so float32 rounding cannot cross the ceiling
     return (x * np.float32(gain)).astype(np.float32)
+
+
+DEFAULT_LOUDNESS_LUFS = -14.0  # every take's level unless a request opts out (streaming services' reference)
+TAKE_FADE_S = 0.005  # raised-cosine fade at a take's start and end: no click at a start, stop or loop point
+DC_CUTOFF_HZ = 10.0
+
+
+def remove_dc(x: np.ndarray, sr: int) -> np.ndarray:
+    """A 10 Hz 2nd-order Butterworth high-pass run forwards and backwards (zero phase), then the mean:
+    no offset and no sub-audible drift is left on the last axis."""
+    x = np.asarray(x, dtype=np.float64)
+    sos = butter(2, DC_CUTOFF_HZ, btype="highpass", fs=validate_sample_rate(sr), output="sos")
+    y = sosfiltfilt(sos, x, axis=-1) if x.shape[-1] > 3 * (2 * len(sos) + 1) else x
+    return y - y.mean(axis=-1, keepdims=True)
+
+
+def finish_take(x: np.ndarray, sr: int, loudness: float | None = DEFAULT_LOUDNESS_LUFS,
+                fade_s: float = TAKE_FADE_S) -> np.ndarray:
+    """A generated take (`[N]` or `[C, N]`) as it leaves the engine: DC removed, a `fade_s` fade in and out,
+    then `loudness` LUFS integrated (peaks under -1 dBFS; None keeps the model's level)."""
+    y = remove_dc(as_float32(x), sr)
+    n = min(int(round(fade_s * sr)), y.shape[-1] // 2)
+    if n:
+        ramp = np.sin(0.5 * np.pi * (np.arange(n) + 0.5) / n) ** 2
+        y[..., :n] *= ramp
+        y[..., -n:] *= ramp[::-1]
+    y = y.astype(np.float32)
+    return y if loudness is None else loudness_normalize(y, sr, loudness)
 
 
 def seconds_to_samples(seconds: float, sr: int) -> int:

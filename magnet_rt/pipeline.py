@@ -226,11 +226,16 @@ class MagnetPipeline:
     def generate(self, prompts: str | list[str | None] | None, duration_s: float | None = None,
                  params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
                  progress: Callable[[StepEvent], None] | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> JobResult:
-        """Text -> music: rows are prompt-major (prompt 0's variations first)."""
+                 cancelled: Callable[[], bool] | None = None,
+                 loudness: float | None = audio_ops.DEFAULT_LOUDNESS_LUFS) -> JobResult:
+        """Text -> music: rows are prompt-major (prompt 0's variations first). Each take is finished as the
+        daemon finishes it (`audio.finish_take`: DC removed, 5 ms fades, `loudness` LUFS; None: the model's
+        level); `codes` are the model's."""
         prompts = [prompts] if prompts is None or isinstance(prompts, str) else list(prompts)
         job = Job(prompts, self.frames_for(duration_s), params or DecodeParams(), _seed(seed), variations)
-        return self._run_one(job, progress, cancelled)
+        res = self._run_one(job, progress, cancelled)
+        res.audio = np.stack([audio_ops.finish_take(a, res.sample_rate, loudness) for a in res.audio])
+        return res
 
     def inpaint(self, audio, sample_rate: int, start_s: float, end_s: float, prompt: str | None,
                 params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,

@@ -417,6 +417,7 @@ class Generate(Render):
     prompts: tuple[str, ...] | None = _f(_list(_PROMPT, 1, MAX_PROMPTS), None)
     duration_s: float | None = _f(_float(0.0, MAX_LONG_DURATION_S, above=True), None)
     loudness: float | None = _f(_float(-70.0, 0.0), None)
+    normalize: bool = _f(_bool, True)
     hybrid_s: float | None = _f(_float(0.0, MAX_DURATION_S, above=True), None)
     overlap_s: float | None = _f(_float(0.0, MAX_DURATION_S, above=True), None)
     endless: bool = _f(_bool, False)

@@ -187,3 +187,23 @@ def test_seconds_and_bars_to_samples():
             bars_to_samples(sr=32000, **bad)
     with pytest.raises(InvalidParams):
         seconds_to_samples(-0.1, 32000)
+
+
+# ---- a take's finishing: DC, fades, loudness ----------------------------------------------------------------
+def test_finish_take_removes_dc_fades_and_lands_on_minus_14():
+    from magnet_rt.audio import DEFAULT_LOUDNESS_LUFS, finish_take, remove_dc
+
+    sr = 32000
+    t = np.arange(4 * sr) / sr
+    x = (0.05 * np.sin(2 * np.pi * 330 * t) + 0.25 + 0.02 * t).astype(np.float32)  # offset + slow drift
+    y = finish_take(x, sr)
+    assert abs(float(y.mean())) < 1e-3 and abs(float(y[: sr // 2].mean())) < 5e-3
+    assert lufs(y, sr) == pytest.approx(DEFAULT_LOUDNESS_LUFS, abs=0.5) and np.abs(y).max() <= CEILING
+    assert abs(y[0]) < 1e-3 and abs(y[-1]) < 1e-3  # 5 ms fades: no click at start or end
+    assert np.abs(y[sr // 100: -sr // 100]).min() >= 0 and np.abs(y[sr:sr + 100]).max() > 0.1
+    raw = finish_take(x, sr, loudness=None)  # opt-out: the model's level, still no DC and no click
+    assert abs(float(raw.mean())) < 1e-3 and abs(raw[0]) < 1e-3
+    assert lufs(raw, sr) == pytest.approx(lufs(remove_dc(x, sr), sr), abs=0.2)
+    stereo = finish_take(np.stack([x, -x]), sr, loudness=-20.0)
+    assert stereo.shape == (2, 4 * sr) and lufs(stereo, sr) == pytest.approx(-20.0, abs=0.5)
+    assert np.array_equal(finish_take(np.zeros(sr, np.float32), sr), np.zeros(sr, np.float32))

@@ -142,6 +142,26 @@ def test_generate_outputs_preview_s16_loudness(client):
         assert np.abs(x).max() <= 10 ** (-1 / 20) + 1e-3  # loudness_normalize's peak ceiling
 
 
+def test_generate_takes_leave_at_minus_14_lufs_unless_opted_out(client):
+    """Every plain generate take: DC removed, 5 ms fades, -14 LUFS by default; normalize=false keeps the level."""
+    import pyloudnorm
+
+    def take(rid: str, **kw) -> np.ndarray:
+        msgs = client.request(gen(rid, 2.0, seed=7, **kw), timeout=60)
+        assert msgs[-1].TYPE == "done", [m.TYPE for m in msgs]
+        return pcm([m for m in msgs if m.TYPE == "audio"])[0]
+
+    def lufs(x):
+        return pyloudnorm.Meter(SR).integrated_loudness(x.astype(np.float64))
+
+    normal, raw = take("lu1"), take("lu2", normalize=False)
+    assert lufs(normal) == pytest.approx(-14.0, abs=0.5) or np.abs(normal).max() >= 10 ** (-1 / 20) - 1e-3
+    assert abs(float(normal.mean())) < 1e-3 and abs(float(raw.mean())) < 1e-3
+    assert abs(normal[0]) < 1e-3 and abs(normal[-1]) < 1e-3 and abs(raw[0]) < 1e-3
+    assert abs(lufs(raw) - lufs(normal)) > 1.0  # tiny-random's own level is far from -14
+    assert np.corrcoef(raw, normal)[0, 1] > 0.999  # the same take, another gain
+
+
 def test_inpaint_round_trip_keeps_source_exactly(client):
     rng = np.random.default_rng(0)
     src = np.clip(rng.standard_normal(SR) * 0.3, -1, 1).astype(np.float32)  # 1 s mono at the model rate; f32 in [-1, 1]
