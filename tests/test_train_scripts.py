@@ -200,7 +200,7 @@ def test_recipe_commands_are_valid_invocations_of_each_stage(monkeypatch, capsys
     def parse_then_stop(self, args=None, namespace=None):
         raise Parsed(original(self, args, namespace))
 
-    todo = recipe.stages(Path("w"), Path("pub"), SimpleNamespace(codec_steps=10, lm_steps=5, decoder_steps=7,
+    todo = recipe.stages(Path("w"), Path("pub"), SimpleNamespace(codec_steps=10, lm_steps=5, decoder_steps=7, clips=20,
                                                                  threads=2))
     assert [n for n, _ in todo] == ["data", "codec", "lm+decoder", "adherence", "publish"]
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)

@@ -297,7 +297,8 @@ class SpectralCodecTrainer(CodecTrainer):
             q, _, commit = self.rvq(z, self.generator, train=not self.decoder_only)
         pred = self.model.decoder(q)
         mag, mag_hat = self.model.magnitude(target), self.model.magnitude(pred)
-        sc = torch.linalg.vector_norm(mag_hat - mag, dim=(1, 2)) / torch.linalg.vector_norm(mag, dim=(1, 2)).clamp_min(1e-6)
+        norm = torch.linalg.vector_norm
+        sc = norm(mag_hat - mag, dim=(1, 2)) / norm(mag, dim=(1, 2)).clamp_min(1e-6)
         return {"logmag": F.l1_loss(pred, target), "sc": sc.mean(), "commit": commit}
 
 

@@ -4,8 +4,9 @@
 
 Stages, each one the module command it prints (so any of them can be re-run alone), each resumable:
 
-1. data: `datagen` renders 4000 captioned 10 s clips with FluidSynth (WORK/data/synth);
-2. codec: `codec` trains the full codec (encoder, RVQ, decoder) for `--codec-steps` (WORK/runs/codec);
+1. data: `datagen` renders 2400 captioned 10 s clips with FluidSynth (WORK/data/synth), balanced in style x drums;
+2. codec: `codec --kind spectral` trains the full codec (PCA-initialised encoder, RVQ, decoder) for
+   `--codec-steps` (WORK/runs/codec);
 3. LM and decoder, side by side on two processes of one thread each: `magnet` trains the LM on the
    codec's tokens (frozen from here on) while `codec --decoder-only` keeps training the codec's decoder
    (WORK/runs/lm, WORK/runs/codec-dec) - the decoder has the most to learn and tokens do not change;
@@ -32,21 +33,19 @@ def stages(work: Path, publish: Path, args) -> list[tuple[str, list[list[str]]]]
     data, runs = work / "data" / "synth", work / "runs"
     codec_base = runs / "codec" / "codec"
     return [
-        ("data", [py + ["magnet_rt.train.datagen", "--out", str(data), "--n", "4000", "--seed", "0",
-                        "--seconds", "10"]]),
-        ("codec", [py + ["magnet_rt.train.codec", "--data", str(data), "--out", str(runs / "codec"),
-                         "--steps", str(args.codec_steps), "--batch-size", "4", "--seconds", "0.5", "--lr", "1e-3",
-                         "--loss-weights", "l1=1.0", "--filters", "16", "--dimension", "64", "--lstm", "1",
-                         "--threads", str(args.threads)]]),
+        ("data", [py + ["magnet_rt.train.datagen", "--out", str(data), "--n", str(args.clips), "--seed", "0",
+                        "--seconds", "10", "--workers", str(args.threads), "--no-midi"]]),
+        ("codec", [py + ["magnet_rt.train.codec", "--kind", "spectral", "--data", str(data), "--out",
+                         str(runs / "codec"), "--steps", str(args.codec_steps), "--batch-size", "16", "--seconds",
+                         "2", "--lr", "3e-4", "--threads", "1", "--eval-every", "500", "--eval-clips", "8"]]),
         ("lm+decoder", [
             py + ["magnet_rt.train.magnet", "--data", str(data), "--codec", str(codec_base), "--out",
                   str(runs / "lm"), "--steps", str(args.lm_steps), "--batch-size", "16", "--lr", "1e-3",
                   "--warmup", "100", "--ema-decay", "0.995", "--cfg-dropout", "0.2", "--valid", "96",
                   "--threads", "1", "--encode-workers", "2", "--eval-every", "250", "--ckpt-every", "100"],
-            py + ["magnet_rt.train.codec", "--data", str(data), "--out", str(runs / "codec-dec"), "--init",
-                  str(codec_base), "--decoder-only", "--steps", str(args.decoder_steps), "--batch-size", "4",
-                  "--seconds", "0.5", "--lr", "5e-4", "--loss-weights", "l1=1.0", "--filters", "16",
-                  "--dimension", "64", "--lstm", "1", "--threads", "1", "--eval-every", "1000"],
+            py + ["magnet_rt.train.codec", "--kind", "spectral", "--data", str(data), "--out", str(runs / "codec-dec"),
+                  "--init", str(codec_base), "--decoder-only", "--steps", str(args.decoder_steps), "--batch-size",
+                  "16", "--seconds", "2", "--lr", "3e-4", "--threads", "1", "--eval-every", "1000"],
         ]),
         ("adherence", [py + ["magnet_rt.train.adherence", "--data", str(data), "--bundle", str(runs / "lm" / "bundle"),
                              "--out", str(runs / "adherence"), "--valid", "96", "--threads", str(args.threads)]]),
@@ -64,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m magnet_rt.train.recipe", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default="out", help="data and runs go under WORK/data, WORK/runs")
     p.add_argument("--publish", default="magnet_rt/assets/demo")
-    p.add_argument("--codec-steps", type=int, default=4500)
+    p.add_argument("--clips", type=int, default=2400)
+    p.add_argument("--codec-steps", type=int, default=2000)
     p.add_argument("--lm-steps", type=int, default=2000)
-    p.add_argument("--decoder-steps", type=int, default=25000)
+    p.add_argument("--decoder-steps", type=int, default=10000)
     p.add_argument("--threads", type=int, default=2, help="torch threads of the single-process stages")
     p.add_argument("--from-stage", default="data", help="skip the stages before this one")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
