@@ -126,7 +126,7 @@ def test_inpaint_sends_the_file_and_keeps_the_rest(daemon, tmp_path, capsys):
                           "-o", str(tmp_path / "c.wav"))
     assert code == 0 and sf.info(str(tmp_path / "c.wav")).frames == 11 * 32000  # 5 s clip + 6 s added
     code, _, stderr = run(capsys, "inpaint", str(src), "--start-bar", "1", "--end-bar", "2.5", "--bpm", "123.4", "p",
-                          "--downbeat", "0.25", "--connect", daemon.endpoint, "-o", str(out))
+                          "--downbeat", "0.25", "--connect", daemon.endpoint, "-o", str(out), "--force")
     sent = daemon.received[-1]
     assert code == 0, stderr
     assert (sent.start_s, sent.start_bar, sent.end_bar, sent.bpm, sent.downbeat_s) == (None, 1.0, 2.5, 123.4, 0.25)
