@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import queue
 import random
 import re
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from importlib import metadata
+from pathlib import PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -65,8 +67,8 @@ REQUESTS = {  # address -> arguments; OSC.md's tables are checked against these 
     "/magnet/endless": "<id:s> <prompt:s> <preset:s> <seed:i>",
     "/magnet/prompt": "<id:s> <prompt:s>",
     "/magnet/cancel": "<id:s>",
-    "/magnet/status": "",
-    "/magnet/ping": "",
+    "/magnet/status": "[<id:s>]",
+    "/magnet/ping": "[<id:s>]",
 }
 REPLIES = {
     "/magnet/accepted": "<id:s> <queue_position:i>",
@@ -84,6 +86,10 @@ BRIDGE_CODES = ("unknown_address", "unreachable")  # besides PROTOCOL.md §8's c
 ARG_TYPES = "sifdh"  # OSC types a request's arguments may have: string, int32, float32, and float64 / int64
 TYPE_NAMES = {"c": "char", "b": "blob", "T": "true", "F": "false", "N": "nil", "I": "impulse", "t": "time tag",
               "m": "MIDI", "r": "RGBA colour", "[": "array", "]": "array"}
+OPTIONS = {"loudness": ("f", -70.0, 0.0), "normalize": ("i", 0, 1)}  # name -> kind, range (OSC.md §2)
+OPTION_ADDRESSES = ("/magnet/generate", "/magnet/variations", "/magnet/loop", "/magnet/hybrid")
+UNCONDITIONED = "@unconditioned"  # the prompt that asks for a take without text on purpose ("" is refused)
+_ROUTE = re.compile(r"@(\d{1,5})$")  # an id ending in @<port>: replies to that port (@0: the request's source port)
 MAX_DATAGRAM = 65535  # read every UDP datagram whole (socketserver reads 8192 bytes: longer ones were cut, dropped)
 
 
@@ -108,34 +114,88 @@ def _decimal(x: float) -> float:
 
 
 def parse(address: str, args: tuple) -> dict[str, Any]:
-    """Check an OSC message against REQUESTS; returns {name: value}. Ints may come as integral floats (Pd)."""
+    """Check an OSC message against REQUESTS; returns {name: value}. Ints may come as integral floats (Pd).
+    Trailing `name value` options (OPTIONS) follow the arguments of OPTION_ADDRESSES."""
     if address not in REQUESTS:
         raise OscError("unknown_address", f"unknown address {address}; see protocol/OSC.md")
     options = forms(REQUESTS[address])
+    args, extra = _split_options(address, args, len(options[0]))
     form = next((f for f in options if len(f) == len(args)), None)
     if form is None:
         counts = " or ".join(str(len(f)) for f in options)
         raise OscError("invalid_field", f"{address} takes {counts} arguments, got {len(args)}")
-    out: dict[str, Any] = {}
-    for k, ((name, kind), v) in enumerate(zip(form, args, strict=True), 1):
-        number = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-        if kind == "s" and isinstance(v, str):
-            out[name] = v
-        elif kind == "i" and number and float(v).is_integer():
-            out[name] = int(v)
-        elif kind == "f" and number:
-            out[name] = _decimal(float(v))
-        else:
-            want = {"s": "a string", "i": "an integer", "f": "a number"}[kind]
-            raise OscError("invalid_field", f"{address}: argument {k} ({name}) must be {want}, got {v!r}"[:300])
+    out = {name: _value(address, k, name, kind, v)
+           for k, ((name, kind), v) in enumerate(zip(form, args, strict=True), 1)}
+    for k, (name, v) in enumerate(extra):
+        kind, lo, hi = OPTIONS[name]
+        out[name] = _value(address, len(args) + 2 * k + 2, name, kind, v)
+        if not lo <= out[name] <= hi:
+            raise OscError("invalid_field", f"{address}: {name} must be in [{lo:g}, {hi:g}], got {out[name]:g}")
     if not 1 <= len(out.get("id", "x")) <= P.MAX_ID_CHARS:
         raise OscError("invalid_field", f"{address}: id must have 1 to {P.MAX_ID_CHARS} characters")
+    if (m := _ROUTE.search(out.get("id", ""))) and int(m.group(1)) > 65535:
+        raise OscError("invalid_field", f"{address}: the reply port in id {out['id']!r} must be in [0, 65535]")
     for name, lo, hi in (("seed", -1, MAX_SEED), ("bars", 1, 64), ("count", 1, P.MAX_VARIATIONS)):
         if name in out and not lo <= out[name] <= hi:
             raise OscError("invalid_field", f"{address}: {name} must be in [{lo}, {hi}], got {out[name]}")
     if "bpm" in out and not 0 < out["bpm"] <= 999:
         raise OscError("invalid_field", f"{address}: bpm must be in (0, 999], got {out['bpm']:g}")
+    if "prompt" in out:
+        out["prompt"] = _prompt(address, out["prompt"])
     return out
+
+
+def _split_options(address: str, args: tuple, required: int) -> tuple[tuple, list[tuple[str, Any]]]:
+    """(arguments, [(option, value)]): options start at the first known option name after the required
+    arguments, as `name value` pairs."""
+    if address not in OPTION_ADDRESSES:
+        return args, []
+    at = next((k for k in range(required, len(args)) if isinstance(args[k], str) and args[k] in OPTIONS), len(args))
+    tail = args[at:]
+    if len(tail) % 2:
+        raise OscError("invalid_field", f"{address}: option {tail[-1]!r} needs a value (options: "
+                                        f"{', '.join(f'{n} <value>' for n in OPTIONS)})")
+    pairs = [(tail[k], tail[k + 1]) for k in range(0, len(tail), 2)]
+    for name, _ in pairs:
+        if name not in OPTIONS:
+            raise OscError("invalid_field", f"{address}: unknown option {name!r}; options are {', '.join(OPTIONS)}")
+    return args[:at], pairs
+
+
+def _value(address: str, k: int, name: str, kind: str, v: Any) -> Any:
+    number = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    if kind == "s" and isinstance(v, str):
+        return v
+    if kind == "i" and number and float(v).is_integer():
+        return int(v)
+    if kind == "f" and number:
+        return _decimal(float(v))
+    want = {"s": "a string", "i": "an integer", "f": "a number"}[kind]
+    raise OscError("invalid_field", f"{address}: argument {k} ({name}) must be {want}, got {v!r}"[:300])
+
+
+def _prompt(address: str, prompt: str) -> str:
+    """An empty (or blank) prompt is refused; UNCONDITIONED asks for a take without text on purpose."""
+    if prompt == UNCONDITIONED:
+        return ""
+    if not prompt.strip():
+        raise OscError("invalid_field", f"{address}: the prompt is empty; describe the music, or send "
+                                        f"{UNCONDITIONED} as the prompt for a take without text on purpose")
+    return prompt
+
+
+def reply_port(osc_id: str, source_port: int, default: int) -> int:
+    """Where replies about `osc_id` go (OSC.md §1): the port its `@<port>` suffix names, the request's source
+    port for `@0`, else the bridge's reply port."""
+    m = _ROUTE.search(osc_id)
+    if m is None or int(m.group(1)) > 65535:
+        return default
+    return int(m.group(1)) or source_port
+
+
+def osc_path(path: str, windows: bool = os.name == "nt") -> str:
+    """A path as Max expects it: forward slashes on Windows too (`C:/Users/...`), as is elsewhere."""
+    return PureWindowsPath(path).as_posix() if windows else path
 
 
 def _address_of(data: bytes) -> str:
@@ -219,6 +279,7 @@ class Job:
     window: tuple[int, float, float] | None = None  # (index, start_s, duration_s) of the window being received
     window_parts: list[np.ndarray] = field(default_factory=list)
     sent_s: float | None = None  # /magnet/continue: the seconds asked of the daemon (whole frames, trimmed later)
+    to: tuple[str, int] = ("127.0.0.1", DEFAULT_REPLY_PORT)  # where its replies go (OSC.md §1)
 
     @property
     def phases(self) -> int:
@@ -250,7 +311,8 @@ class OscBridge:
         self.inbox: queue.Queue = queue.Queue()
         self.jobs: dict[str, Job] = {}  # protocol request id -> job
         self.by_osc: dict[tuple[str, str], Job] = {}
-        self.pending: dict[str, tuple[str, str, float]] = {}  # ping/status id -> (ip, address, sent at)
+        self.pending: dict[str, tuple[tuple[str, int], str, float, str]] = {}  # id -> (reply to, address, sent, osc id)
+        self.segment_s: float | None = None  # the daemon's longest take that is not long-form (welcome)
         self.counter = 0
         self.stop = threading.Event()
         self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -267,7 +329,7 @@ class OscBridge:
     def start(self) -> OscBridge:
         for t in self.threads:
             t.start()
-        self.send(self.client_host, "/magnet/startup", _version(), self.port)
+        self.send((self.client_host, self.reply_port), "/magnet/startup", _version(), self.port)
         return self
 
     def close(self) -> None:
@@ -279,28 +341,32 @@ class OscBridge:
         self.tx.close()
 
     # ---- OSC side (server threads) ----------------------------------------------------------------------------
-    def send(self, ip: str, address: str, *args: Any) -> None:
+    def send(self, to: tuple[str, int], address: str, *args: Any) -> None:
         b = OscMessageBuilder(address)
         for a in args:
             b.add_arg(a)
         try:
-            self.tx.sendto(b.build().dgram, (ip, self.reply_port))
+            self.tx.sendto(b.build().dgram, to)
         except OSError as exc:
-            log.warning("cannot send %s to %s:%d: %s", address, ip, self.reply_port, exc)
+            log.warning("cannot send %s to %s:%d: %s", address, *to, exc)
 
-    def error(self, ip: str, osc_id: str, code: str, message: str, address: str) -> None:
+    def error(self, to: tuple[str, int], osc_id: str, code: str, message: str, address: str) -> None:
         log.info("%s %s: %s %s", address, osc_id, code, message)
-        self.send(ip, "/magnet/error", osc_id, code, message[:1000], address)
+        self.send(to, "/magnet/error", osc_id, code, message[:1000], address)
+
+    def _to(self, client: tuple, osc_id: str) -> tuple[str, int]:
+        return client[0], reply_port(osc_id, client[1], self.reply_port)
 
     def _on_bad_datagram(self, client: tuple, address: str, osc_id: str, code: str, why: str) -> None:
         log.warning("dropped a datagram from %s:%d (%s): %s", client[0], client[1], address or "no address", why)
-        self.error(client[0], osc_id, code, why, address)
+        self.error(self._to(client, osc_id), osc_id, code, why, address)
 
     def _on_osc(self, client: tuple, address: str, *args: Any) -> None:
+        osc_id = args[0] if args and isinstance(args[0], str) else ""
         try:
-            self.inbox.put((client[0], address, parse(address, args)))
+            self.inbox.put((client[0], self._to(client, osc_id), address, parse(address, args)))
         except OscError as exc:
-            self.error(client[0], args[0] if args and isinstance(args[0], str) else "", exc.code, exc.message, address)
+            self.error(self._to(client, osc_id), osc_id, exc.code, exc.message, address)
 
     # ---- daemon side (the one thread that owns the DEALER) ----------------------------------------------------------
     def _run(self) -> None:
@@ -311,6 +377,7 @@ class OscBridge:
             self.dealer.curve_publickey, self.dealer.curve_secretkey = zmq.curve_keypair()
             self.dealer.curve_serverkey = self.curve_server_key
         self.dealer.connect(self.endpoint)
+        self._send(P.Hello(id=self._rid("h"), client="magnet-rt-osc"))  # its welcome says how long a segment is
         next_beat = next_clean = 0.0
         try:
             while not self.stop.is_set():
@@ -342,36 +409,45 @@ class OscBridge:
     def _send(self, msg: P.Message) -> None:
         self.dealer.send(P.pack(msg))
 
-    def _start(self, ip: str, address: str, v: dict[str, Any]) -> None:
+    def _start(self, ip: str, to: tuple[str, int], address: str, v: dict[str, Any]) -> None:
         osc_id = v.get("id", "")
         try:
             if address in ("/magnet/ping", "/magnet/status"):
                 rid = self._rid("p" if address == "/magnet/ping" else "s")
-                self.pending[rid] = (ip, address, time.monotonic(), "")
+                self.pending[rid] = (to, address, time.monotonic(), osc_id)
                 self._send(P.Ping(id=rid) if address == "/magnet/ping" else P.Status(id=rid))
             elif address == "/magnet/cancel":
-                job = self.by_osc.get((ip, osc_id))
-                if job is None:
-                    raise OscError("not_found", f"no running job {osc_id!r} from this host")
-                self._send(P.Cancel(id=self._rid("c"), target=job.rid))
+                for job in self._targets(ip, osc_id):
+                    self._send(P.Cancel(id=self._rid("c"), target=job.rid))
             elif address == "/magnet/prompt":
-                job = self.by_osc.get((ip, osc_id))
-                if job is None:
-                    raise OscError("not_found", f"no running job {osc_id!r} from this host")
+                job = self._targets(ip, osc_id, many=False)[0]
                 rid = self._rid("sp")
-                self.pending[rid] = (ip, address, time.monotonic(), osc_id)
+                self.pending[rid] = (to, address, time.monotonic(), osc_id)
                 self._send(P.SetPrompt(id=rid, target=job.rid, prompt=v["prompt"]))
             else:
                 if (ip, osc_id) in self.by_osc:
                     raise OscError("duplicate_id", f"job {osc_id!r} is still running; use a fresh id")
-                job = Job(ip, osc_id, address, v, outputs=v.get("count", 1))
+                job = Job(ip, osc_id, address, v, outputs=v.get("count", 1), to=to)
                 job.seed = v["seed"] if v["seed"] >= 0 else random.randrange(2**24)  # exact in Pd's floats
                 self._submit(job, self._request(job))
                 self.by_osc[(ip, osc_id)] = job
         except OscError as exc:
-            self.error(ip, osc_id, exc.code, exc.message, address)
+            self.error(to, osc_id, exc.code, exc.message, address)
         except P.ProtocolError as exc:
-            self.error(ip, osc_id, exc.code.value, exc.message, address)
+            self.error(to, osc_id, exc.code.value, exc.message, address)
+
+    def _targets(self, ip: str, osc_id: str, many: bool = True) -> list[Job]:
+        """The open job `osc_id` of this host; with `many`, for `*` (or `*@<port>`) every open job of this host
+        whose id routes the same way (OSC.md §3 `/magnet/cancel`)."""
+        if many and osc_id.startswith("*"):
+            suffix = osc_id[1:]
+            jobs = [j for (host, oid), j in self.by_osc.items()
+                    if host == ip and (_ROUTE.search(oid) or [""])[0] == suffix]
+        else:
+            jobs = [self.by_osc[(ip, osc_id)]] if (ip, osc_id) in self.by_osc else []
+        if not jobs:
+            raise OscError("not_found", f"no running job {osc_id!r} from this host")
+        return jobs
 
     def _request(self, job: Job) -> P.Render:
         v, common = job.values, {"preset": job.values["preset"], "seed": job.seed}
@@ -379,7 +455,7 @@ class OscBridge:
         duration = math.ceil(seconds * FRAME_RATE) / FRAME_RATE if seconds is not None else None  # trimmed later
         if job.address in ("/magnet/generate", "/magnet/variations", "/magnet/loop", "/magnet/hybrid"):
             return P.Generate(id="x", prompt=v["prompt"], duration_s=duration, variations=job.outputs,
-                              hybrid_s=v.get("hybrid_s"), **common)
+                              hybrid_s=v.get("hybrid_s"), **self._loudness(v, duration), **common)
         if job.address == "/magnet/endless":
             return P.Generate(id="x", prompt=v["prompt"], endless=True, **common)
         source = self._source(v["wav_path"])
@@ -392,6 +468,15 @@ class OscBridge:
                              **common)
         job.sent_s = duration
         return P.Continue(id="x", source=source, prompt=v["prompt"], duration_s=duration, **common)
+
+    def _loudness(self, v: dict[str, Any], duration: float | None) -> dict[str, Any]:
+        """The options `loudness` and `normalize` as generate fields. A long-form take streams window by window
+        and is never normalised, so its `loudness` is left out (OSC.md §2)."""
+        out: dict[str, Any] = {"normalize": bool(v["normalize"])} if "normalize" in v else {}
+        long_form = duration is not None and self.segment_s is not None and duration > self.segment_s + 1e-9
+        if "loudness" in v and not long_form:
+            out["loudness"] = v["loudness"]
+        return out
 
     def _source(self, path: str) -> P.Source:
         """A WAV this bridge wrote is sent inline (the daemon need not allow our folder); any other path goes
@@ -416,25 +501,28 @@ class OscBridge:
 
     def _on_reply(self, msg: P.Message) -> None:
         if msg.id in self.pending:
-            ip, address, sent, osc_id = self.pending.pop(msg.id)
+            to, address, sent, osc_id = self.pending.pop(msg.id)
             if isinstance(msg, P.SetPromptReply):
-                self.send(ip, "/magnet/prompt", osc_id, msg.window)
+                self.send(to, "/magnet/prompt", osc_id, msg.window)
             elif isinstance(msg, P.Pong):
-                self.send(ip, "/magnet/pong", (time.monotonic() - sent) * 1000.0)
+                self.send(to, "/magnet/pong", (time.monotonic() - sent) * 1000.0)
             elif isinstance(msg, P.StatusReply):
                 queued = sum(e.state == "queued" for e in msg.queue)
-                self.send(ip, "/magnet/status", msg.model or "", msg.device, msg.running, queued, len(self.by_osc))
+                self.send(to, "/magnet/status", msg.model or "", msg.device, msg.running, queued, len(self.by_osc))
             elif isinstance(msg, P.Error):
-                self.error(ip, osc_id, msg.code.value, msg.message, address)
+                self.error(to, osc_id, msg.code.value, msg.message, address)
+            return
+        if isinstance(msg, P.Welcome):
+            self.segment_s = msg.limits.max_duration_s
             return
         job = self.jobs.get(msg.id)
         if job is None:
             return  # heartbeats, cancel replies, and replies to jobs already ended
         job.deadline = None
         if isinstance(msg, P.Accepted) and job.phase == 0:
-            self.send(job.ip, "/magnet/accepted", job.osc_id, msg.queue_position)
+            self.send(job.to, "/magnet/accepted", job.osc_id, msg.queue_position)
         elif isinstance(msg, P.Progress):
-            self.send(job.ip, "/magnet/progress", job.osc_id, (job.phase + msg.step / msg.total) / job.phases)
+            self.send(job.to, "/magnet/progress", job.osc_id, (job.phase + msg.step / msg.total) / job.phases)
         elif isinstance(msg, P.Window):
             self._flush_window(job)
             job.windowed, job.window, job.window_parts = True, (msg.window, msg.start_s, msg.duration_s), []
@@ -450,14 +538,14 @@ class OscBridge:
             except Exception as exc:  # noqa: BLE001 - reported to the OSC client
                 self._end(job)
                 err = exc if isinstance(exc, P.ProtocolError) else P.ProtocolError(P.ErrorCode.INTERNAL, str(exc))
-                self.error(job.ip, job.osc_id, err.code.value, err.message, job.address)
+                self.error(job.to, job.osc_id, err.code.value, err.message, job.address)
         elif isinstance(msg, P.Cancelled):
             self._end(job)
             self._flush_window(job)
-            self.send(job.ip, "/magnet/cancelled", job.osc_id)
+            self.send(job.to, "/magnet/cancelled", job.osc_id)
         elif isinstance(msg, P.Error):
             self._end(job)
-            self.error(job.ip, job.osc_id, msg.code.value, msg.message, job.address)
+            self.error(job.to, job.osc_id, msg.code.value, msg.message, job.address)
 
     def _window_audio(self, job: Job, msg: P.AudioChunk, x: np.ndarray) -> None:
         """Long-form / endless: gather a window's audio; once it is all in, write it and send /magnet/chunk.
@@ -480,7 +568,7 @@ class OscBridge:
         audio = np.concatenate(job.window_parts, axis=-1)
         job.window, job.window_parts = None, []
         path = self.output.write_wav(audio, job.rate, name_hint=f"{job.osc_id}-w{index}")
-        self.send(job.ip, "/magnet/chunk", job.osc_id, path, index, float(start))
+        self.send(job.to, "/magnet/chunk", job.osc_id, osc_path(path), index, float(start))
 
     def _done(self, job: Job, msg: P.Done) -> None:
         outs = [np.concatenate(job.chunks[v], axis=-1) for v in range(job.outputs)]
@@ -503,18 +591,18 @@ class OscBridge:
         self._end(job)
         for v, a in enumerate(outs):
             path = self.output.write_wav(a, job.rate, name_hint=f"{job.osc_id}-{v}")
-            self.send(job.ip, "/magnet/done", job.osc_id, path, a.shape[-1] / job.rate, a.shape[-1], job.rate,
+            self.send(job.to, "/magnet/done", job.osc_id, osc_path(path), a.shape[-1] / job.rate, a.shape[-1], job.rate,
                       job.seed + v, v, job.outputs)
 
     def _expire(self, now: float) -> None:
         late = f"the daemon at {self.endpoint} did not answer within {REPLY_TIMEOUT_S:g} s"
         for job in [j for j in self.jobs.values() if j.deadline is not None and now > j.deadline]:
             self._end(job)
-            self.error(job.ip, job.osc_id, "unreachable", late, job.address)
-        for rid, (ip, address, sent, osc_id) in list(self.pending.items()):
+            self.error(job.to, job.osc_id, "unreachable", late, job.address)
+        for rid, (to, address, sent, osc_id) in list(self.pending.items()):
             if now - sent > REPLY_TIMEOUT_S:
                 del self.pending[rid]
-                self.error(ip, osc_id, "unreachable", late, address)
+                self.error(to, osc_id, "unreachable", late, address)
 
 
 def _inline(audio: np.ndarray, rate: int) -> P.Source:

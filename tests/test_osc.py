@@ -289,3 +289,89 @@ def test_argument_types_no_request_uses_are_refused_by_name(rig, tag, payload, n
     msg = rig["rx"].expect("/magnet/error", osc_id, timeout=10)
     assert msg[2] == "invalid_field" and f"argument 5 has OSC type '{tag.decode()}' ({name})" in msg[3], msg
     assert not [m for m in rig["rx"].all_of(osc_id) if m[0] == "/magnet/accepted"]
+
+
+# ---- several clients on one host, prompts, loudness, cancel all (issue 15) ----------------------------------------
+def _wait_for_all(proc, needles: list[str], timeout: float) -> str:
+    """The process's output once every needle has appeared in it (bounded in time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(n in "".join(proc.log) for n in needles):
+        time.sleep(0.1)
+    return "".join(proc.log)
+
+
+def test_two_clients_listening_on_their_own_ports_get_only_their_own_replies(rig):
+    """Two oscdump listeners (two device instances) request at once with the same job names; each id names its
+    listener's port, and each listener receives exactly its own replies and nothing else."""
+    from test_osc_support import Proc
+
+    oscsend, oscdump = need_binary("oscsend", "liblo-tools"), need_binary("oscdump", "liblo-tools")
+    ports = [free_udp_port(), free_udp_port()]
+    dumps = [Proc([oscdump, "-L", str(p)]) for p in ports]
+    try:
+        time.sleep(0.5)
+        send = [oscsend, "127.0.0.1", str(rig["port"])]
+        sends = [subprocess.Popen([*send, "/magnet/generate", "sssiif", f"gen0@{p}", "pad", "live", str(k), "1",
+                                   "120"]) for k, p in enumerate(ports)]
+        sends += [subprocess.Popen([*send, "/magnet/ping", "s", f"p@{p}"]) for p in ports]
+        sends += [subprocess.Popen([*send, "/magnet/generate", "sssi", f"bad@{p}", "", "live", "1"]) for p in ports]
+        for s in sends:
+            assert s.wait(10) == 0
+        for d in dumps:
+            _wait_for_all(d, ["/magnet/done", "/magnet/pong", "/magnet/error"], 90)
+        time.sleep(0.5)  # anything misrouted would arrive by now
+    finally:
+        for d in dumps:
+            d.stop()
+    for port, other, k in ((ports[0], ports[1], 0), (ports[1], ports[0], 1)):
+        text = "".join(dumps[k].log)
+        assert f'"gen0@{port}"' in text and f"@{other}" not in text, text
+        assert f'/magnet/accepted si "gen0@{port}"' in text and text.count("/magnet/pong f") == 1, text
+        assert f'/magnet/error ssss "bad@{port}" "invalid_field"' in text and "prompt is empty" in text, text
+        assert text.count("/magnet/done") == 1 and f" {bars_to_samples(1, 120, SR)} 32000 {k} 0 1" in text, text
+    assert not rig["rx"].all_of("gen0") and not rig["rx"].all_of(f"gen0@{ports[0]}")  # nothing at the default port
+
+
+def test_empty_prompt_is_refused_and_unconditioned_is_asked_on_purpose(rig):
+    for osc_id, prompt in (("e-1", ""), ("e-2", " ")):
+        rig["tx"].send_message("/magnet/generate", [osc_id, prompt, "live", 1, 1.0])
+        msg = rig["rx"].expect("/magnet/error", osc_id, timeout=10)
+        assert msg[2] == "invalid_field" and "@unconditioned" in msg[3]
+        assert not [m for m in rig["rx"].all_of(osc_id) if m[0] == "/magnet/accepted"]
+    check_wav(done_of(rig, "/magnet/generate", "u1", "@unconditioned", "live", 1, 1.0), rig["out"], SR)
+
+
+def test_loudness_and_normalize_options(rig):
+    """Every take is -14 LUFS by default; `loudness` picks another level, `normalize 0` keeps the model's own;
+    a long-form take streams unnormalised, so its loudness is left out rather than refused."""
+    import pyloudnorm
+
+    takes = {}
+    for osc_id, options in (("n1", []), ("n2", ["loudness", -23.0]), ("n3", ["normalize", 0])):
+        takes[osc_id] = check_wav(done_of(rig, "/magnet/generate", osc_id, "pad", "live", 3, 2.0, *options),
+                                  rig["out"], 2 * SR)
+    measured = {k: pyloudnorm.Meter(SR).integrated_loudness(a.T.astype(np.float64)) for k, a in takes.items()}
+    assert abs(measured["n1"] - -14.0) < 0.5 and abs(measured["n2"] - -23.0) < 0.5, measured
+    assert abs(measured["n3"] - measured["n1"]) > 1.0, measured  # the model's own level is not -14 LUFS
+    rig["tx"].send_message("/magnet/status", [])  # the welcome has arrived: the bridge knows the segment
+    rig["rx"].expect("/magnet/status", timeout=10)
+    msg = done_of(rig, "/magnet/generate", "n4", "pad", "live", 3, 12.0, "loudness", -20.0, timeout=120)
+    check_wav(msg, rig["out"], 12 * SR)
+
+
+def test_cancel_star_cancels_every_job_routed_to_that_port(rig):
+    port = free_udp_port()
+    rx = Receiver(port)
+    try:
+        for osc_id in (f"k1@{port}", f"k2@{port}"):
+            rig["tx"].send_message("/magnet/generate", [osc_id, "pad", "studio", 1, 10.0])
+            rx.expect("/magnet/accepted", osc_id, timeout=15)
+        rig["tx"].send_message("/magnet/generate", ["k3", "pad", "live", 1, 1.0])  # routed elsewhere: untouched
+        rig["tx"].send_message("/magnet/cancel", [f"*@{port}"])
+        for osc_id in (f"k1@{port}", f"k2@{port}"):
+            rx.expect("/magnet/cancelled", osc_id, timeout=30)
+        rig["rx"].expect("/magnet/done", "k3", timeout=60)
+        rig["tx"].send_message("/magnet/cancel", [f"*@{port}"])
+        assert rx.expect("/magnet/error", f"*@{port}", timeout=10)[2] == "not_found"
+    finally:
+        rx.close()

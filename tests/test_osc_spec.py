@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_osc_support import REPO
 
-from daemon.osc import DEFAULT_OSC, DEFAULT_REPLY_PORT, REPLIES, REQUESTS, OscError, forms, parse
+from daemon.osc import DEFAULT_OSC, DEFAULT_REPLY_PORT, REPLIES, REQUESTS, OscError, forms, osc_path, parse, reply_port
 from magnet_rt.audio import bars_to_samples
 
 SPEC = (REPO / "protocol" / "OSC.md").read_text()
@@ -60,6 +60,23 @@ def test_forms_and_parsing():
     assert parse("/magnet/generate", ("g", "pad", "live", 1, 2))["duration_s"] == 2.0
 
 
+def test_options_prompts_and_reply_routes():
+    v = parse("/magnet/generate", ("g@9123", "pad", "live", 7, 4.0, 120.0, "normalize", 0.0, "loudness", -16.0))
+    assert v == {"id": "g@9123", "prompt": "pad", "preset": "live", "seed": 7, "bars": 4, "bpm": 120.0,
+                 "normalize": 0, "loudness": -16.0}
+    assert parse("/magnet/loop", ("l", "pad", 1, 90.0, "live", 1, "loudness", -20))["loudness"] == -20.0
+    assert parse("/magnet/generate", ("g", "@unconditioned", "live", 1))["prompt"] == ""
+    assert parse("/magnet/ping", ("p@0",)) == {"id": "p@0"} and parse("/magnet/status", ()) == {}
+    assert [reply_port(i, 40000, 9001) for i in ("g@9123", "g@0", "g", "a@b", "g@", "x@1@2")] == [
+        9123, 40000, 9001, 9001, 9001, 2]
+
+
+def test_paths_are_sent_in_the_form_max_reads():
+    """Max's buffer~ takes `C:/…` on Windows (forward slashes); POSIX paths pass unchanged."""
+    assert osc_path("C:\\Users\\ana\\AppData\\x y.wav", windows=True) == "C:/Users/ana/AppData/x y.wav"
+    assert osc_path("/home/ana/x y.wav", windows=False) == "/home/ana/x y.wav"
+
+
 @pytest.mark.parametrize("address, args, words", [
     ("/magnet/nope", (), "unknown address"),
     ("/magnet/generate", ("g", "p", "live"), "takes 4 or 5 or 6 arguments, got 3"),
@@ -71,7 +88,18 @@ def test_forms_and_parsing():
     ("/magnet/variations", ("g", "p", "live", 1, 9), "count must be in"),
     ("/magnet/loop", ("g", "p", 65, 120.0, "live", 1), "bars must be in"),
     ("/magnet/loop", ("g", "p", 4, -1.0, "live", 1), "bpm must be in"),
-    ("/magnet/ping", (1,), "takes 0 arguments"),
+    ("/magnet/ping", ("p", 1), "takes 0 or 1 arguments"),
+    ("/magnet/ping", (1,), "argument 1 (id) must be a string"),
+    ("/magnet/generate", ("g", "", "live", 1), "the prompt is empty"),
+    ("/magnet/generate", ("g", "  ", "live", 1), "@unconditioned"),
+    ("/magnet/inpaint", ("g", "/a.wav", 0, 1, "", "live", 1), "the prompt is empty"),
+    ("/magnet/generate", ("g@65536", "p", "live", 1), "reply port"),
+    ("/magnet/generate", ("g", "p", "live", 1, 2.0, "loudness"), "option 'loudness' needs a value"),
+    ("/magnet/generate", ("g", "p", "live", 1, "loudness", 1.0), "loudness must be in [-70, 0]"),
+    ("/magnet/generate", ("g", "p", "live", 1, "normalize", 2), "normalize must be in [0, 1]"),
+    ("/magnet/generate", ("g", "p", "live", 1, "loudness", "x"), "argument 6 (loudness) must be a number"),
+    ("/magnet/generate", ("g", "p", "live", 1, "loudness", -9.0, "gain", 1), "unknown option 'gain'"),
+    ("/magnet/inpaint", ("g", "/a.wav", 0, 1, "p", "live", 1, "loudness", -9.0), "takes 7 arguments"),
 ])
 def test_bad_arguments(address, args, words):
     with pytest.raises(OscError) as err:
