@@ -310,7 +310,7 @@ class OscBridge:
         self.clean_outputs, self.curve_server_key = clean_outputs, curve_server_key
         self.inbox: queue.Queue = queue.Queue()
         self.jobs: dict[str, Job] = {}  # protocol request id -> job
-        self.by_osc: dict[tuple[str, str], Job] = {}
+        self.by_osc: dict[tuple[tuple[str, int], str], Job] = {}  # (reply to, OSC id) -> job
         self.pending: dict[str, tuple[tuple[str, int], str, float, str]] = {}  # id -> (reply to, address, sent, osc id)
         self.segment_s: float | None = None  # the daemon's longest take that is not long-form (welcome)
         self.counter = 0
@@ -364,7 +364,7 @@ class OscBridge:
     def _on_osc(self, client: tuple, address: str, *args: Any) -> None:
         osc_id = args[0] if args and isinstance(args[0], str) else ""
         try:
-            self.inbox.put((client[0], self._to(client, osc_id), address, parse(address, args)))
+            self.inbox.put((self._to(client, osc_id), address, parse(address, args)))
         except OscError as exc:
             self.error(self._to(client, osc_id), osc_id, exc.code, exc.message, address)
 
@@ -409,7 +409,7 @@ class OscBridge:
     def _send(self, msg: P.Message) -> None:
         self.dealer.send(P.pack(msg))
 
-    def _start(self, ip: str, to: tuple[str, int], address: str, v: dict[str, Any]) -> None:
+    def _start(self, to: tuple[str, int], address: str, v: dict[str, Any]) -> None:
         osc_id = v.get("id", "")
         try:
             if address in ("/magnet/ping", "/magnet/status"):
@@ -417,34 +417,32 @@ class OscBridge:
                 self.pending[rid] = (to, address, time.monotonic(), osc_id)
                 self._send(P.Ping(id=rid) if address == "/magnet/ping" else P.Status(id=rid))
             elif address == "/magnet/cancel":
-                for job in self._targets(ip, osc_id):
+                for job in self._targets(to, osc_id):
                     self._send(P.Cancel(id=self._rid("c"), target=job.rid))
             elif address == "/magnet/prompt":
-                job = self._targets(ip, osc_id, many=False)[0]
+                job = self._targets(to, osc_id, many=False)[0]
                 rid = self._rid("sp")
                 self.pending[rid] = (to, address, time.monotonic(), osc_id)
                 self._send(P.SetPrompt(id=rid, target=job.rid, prompt=v["prompt"]))
             else:
-                if (ip, osc_id) in self.by_osc:
+                if (to, osc_id) in self.by_osc:
                     raise OscError("duplicate_id", f"job {osc_id!r} is still running; use a fresh id")
-                job = Job(ip, osc_id, address, v, outputs=v.get("count", 1), to=to)
+                job = Job(to[0], osc_id, address, v, outputs=v.get("count", 1), to=to)
                 job.seed = v["seed"] if v["seed"] >= 0 else random.randrange(2**24)  # exact in Pd's floats
                 self._submit(job, self._request(job))
-                self.by_osc[(ip, osc_id)] = job
+                self.by_osc[(to, osc_id)] = job
         except OscError as exc:
             self.error(to, osc_id, exc.code, exc.message, address)
         except P.ProtocolError as exc:
             self.error(to, osc_id, exc.code.value, exc.message, address)
 
-    def _targets(self, ip: str, osc_id: str, many: bool = True) -> list[Job]:
-        """The open job `osc_id` of this host; with `many`, for `*` (or `*@<port>`) every open job of this host
-        whose id routes the same way (OSC.md §3 `/magnet/cancel`)."""
+    def _targets(self, to: tuple[str, int], osc_id: str, many: bool = True) -> list[Job]:
+        """The open job `osc_id` whose replies go to `to`; with `many`, for `*` (or `*@<port>`) every open job
+        whose replies go there (OSC.md §3 `/magnet/cancel`)."""
         if many and osc_id.startswith("*"):
-            suffix = osc_id[1:]
-            jobs = [j for (host, oid), j in self.by_osc.items()
-                    if host == ip and (_ROUTE.search(oid) or [""])[0] == suffix]
+            jobs = [j for (dest, _), j in self.by_osc.items() if dest == to]
         else:
-            jobs = [self.by_osc[(ip, osc_id)]] if (ip, osc_id) in self.by_osc else []
+            jobs = [self.by_osc[(to, osc_id)]] if (to, osc_id) in self.by_osc else []
         if not jobs:
             raise OscError("not_found", f"no running job {osc_id!r} from this host")
         return jobs
@@ -497,7 +495,7 @@ class OscBridge:
 
     def _end(self, job: Job) -> None:
         self.jobs.pop(job.rid, None)
-        self.by_osc.pop((job.ip, job.osc_id), None)
+        self.by_osc.pop((job.to, job.osc_id), None)
 
     def _on_reply(self, msg: P.Message) -> None:
         if msg.id in self.pending:

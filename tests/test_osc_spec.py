@@ -154,7 +154,11 @@ def test_max_files_are_what_the_builder_writes(tmp_path):
 # ---- Pd -----------------------------------------------------------------------------------------------------------
 def test_pd_patch_ports_and_addresses():
     text = (REPO / "clients" / "pd" / "magnet.pd").read_text()
-    assert f"connect 127.0.0.1 {SEND_PORT};" in text and f"listen {DEFAULT_REPLY_PORT};" in text
+    assert f"connect 127.0.0.1 {SEND_PORT};" in text
+    objects = [line for line in text.split(";\n") if line.startswith(("#X obj", "#X msg", "#X text"))]
+    index = {name: next(k for k, o in enumerate(objects) if o.endswith(name))
+             for name in ("netsend -u -b", "oscparse", "makefilename %s@0")}
+    assert f"#X connect {index['netsend -u -b']} 1 {index['oscparse']} 0" in text  # replies come back via netsend
     routed = re.search(r"route (accepted[^;]*);", text).group(1).split()
     assert {f"/magnet/{w}" for w in routed} <= set(REPLIES)
     for verb in re.findall(r"magnet-send (\w+)", text):
