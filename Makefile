@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 # TORCH_SPEC= (empty) so it is kept: `make install TORCH_SPEC=`.
 TORCH_SPEC ?= torch==2.13.0
 MODEL ?= demo
-BIND ?= tcp://127.0.0.1:5555
+# $MAGNET_RT_ENDPOINT when set: where the clients look too.
+BIND ?= $(or $(MAGNET_RT_ENDPOINT),tcp://127.0.0.1:5555)
 SERVE_ARGS ?=
 
 .PHONY: install test-deps serve test test-gpu demo bench gpu-carry clean
@@ -21,12 +22,12 @@ $(BIN)/magnet-rt: pyproject.toml
 install: $(BIN)/magnet-rt
 
 serve: install
-	$(BIN)/magnet-rt serve --model $(MODEL) --bind $(BIND) $(SERVE_ARGS)
+	$(BIN)/magnet-rt serve --model $(MODEL) --bind '$(BIND)' $(SERVE_ARGS)
 
 # Programs the tests drive (FluidSynth and its General MIDI soundfont for the data generator, liblo's
-# oscsend/oscdump and headless Pure Data for the OSC clients): installed with apt-get when missing (sudo
-# when not root); where that cannot be done, one sentence names the command.
-TEST_DEBS := fluidsynth fluid-soundfont-gm liblo-tools puredata-core
+# oscsend/oscdump and headless Pure Data for the OSC clients, PortAudio for the README's --play): installed
+# with apt-get when missing (sudo when not root); where that cannot be done, one sentence names the command.
+TEST_DEBS := fluidsynth fluid-soundfont-gm liblo-tools puredata-core libportaudio2
 
 test-deps:
 	@missing=$$(for p in $(TEST_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

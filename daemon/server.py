@@ -80,6 +80,7 @@ HOUSEKEEPING_S = 0.5
 CLEANUP_EVERY_S = 60.0
 MAX_FRAMES_PER_TURN = 256  # bound one loop turn so neither socket starves the other
 SEND_HWM = 100_000  # progress + audio chunks of many requests to a slow reader
+ENV_ENDPOINT = "MAGNET_RT_ENDPOINT"  # the clients' variable (clients.client): set once, both ends agree
 
 
 def daemon_version() -> str:
@@ -417,8 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  magnet-rt serve\n  magnet-rt serve --bind ipc:///tmp/magnet-rt.sock --allow-dir ~/loops\n"
                "  magnet-rt serve --bind tcp://0.0.0.0:5555 --curve-secret keys/server.key_secret",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bind", default=DEFAULT_ENDPOINT, metavar="ENDPOINT",
-                   help=f"ZeroMQ endpoint (default {DEFAULT_ENDPOINT}; ipc:// too; tcp://127.0.0.1:* picks a port)")
+    p.add_argument("--bind", default=os.environ.get(ENV_ENDPOINT) or DEFAULT_ENDPOINT, metavar="ENDPOINT",
+                   help=f"ZeroMQ endpoint (default ${ENV_ENDPOINT}, else {DEFAULT_ENDPOINT}, where the clients "
+                        "look too; ipc:// too; tcp://127.0.0.1:* picks a port)")
     p.add_argument("--model", default=None, help="model to serve and keep loaded: demo (the shipped bundle, the "
                    "default), tiny-random (random weights, tests), a released hub id or a folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
