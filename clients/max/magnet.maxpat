@@ -31,10 +31,10 @@
      "patching_rect": [
       15,
       10,
-      1258.0,
+      1713.0,
       22.0
      ],
-     "text": "magnet-rt over OSC (protocol/OSC.md): requests to udp 9000, replies on 9001. Type a prompt and press Enter, then Generate / Loop / Variations; select in the waveform for Inpaint."
+     "text": "magnet-rt over OSC (protocol/OSC.md): requests to udp 9000, replies on this instance's own port. Type a prompt and press Enter (or Send), then Generate / Loop / Variations; select in the waveform for Inpaint (snapped to beats when snap is on)."
     }
    },
    {
@@ -55,6 +55,23 @@
    {
     "box": {
      "id": "obj-3",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      300,
+      720,
+      40.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-4",
      "maxclass": "textedit",
      "numinlets": 1,
      "numoutlets": 4,
@@ -64,6 +81,8 @@
       300,
       40
      ],
+     "keymode": 1,
+     "lines": 1,
      "outlettype": [
       "",
       "int",
@@ -74,12 +93,32 @@
    },
    {
     "box": {
-     "id": "obj-4",
+     "id": "obj-5",
+     "maxclass": "textbutton",
+     "numinlets": 1,
+     "numoutlets": 3,
+     "patching_rect": [
+      15,
+      90,
+      60,
+      22.0
+     ],
+     "outlettype": [
+      "",
+      "",
+      "int"
+     ],
+     "text": "Send"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-6",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
      "patching_rect": [
-      15,
+      90,
       95,
       82.0,
       22.0
@@ -93,13 +132,32 @@
    },
    {
     "box": {
-     "id": "obj-5",
+     "id": "obj-7",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "patching_rect": [
+      90,
+      120,
+      82.0,
+      22.0
+     ],
+     "outlettype": [
+      "",
+      ""
+     ],
+     "text": "route bang"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-8",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      15,
-      125,
+      180,
+      150,
       68.0,
       22.0
      ],
@@ -111,7 +169,134 @@
    },
    {
     "box": {
-     "id": "obj-6",
+     "id": "obj-9",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      90,
+      150,
+      40.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-10",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      250,
+      150,
+      40.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-11",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      90,
+      175,
+      481.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "set type a prompt first (or @unconditioned for a take without text)"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-12",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      250,
+      175,
+      40.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "set"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-13",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      250,
+      120,
+      47.0,
+      22.0
+     ],
+     "outlettype": [
+      "bang",
+      "bang"
+     ],
+     "text": "t b b"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-14",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      180,
+      180,
+      40.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "t s"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-15",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      330,
+      180,
+      40.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "t i"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-16",
      "maxclass": "umenu",
      "numinlets": 1,
      "numoutlets": 3,
@@ -138,7 +323,7 @@
    },
    {
     "box": {
-     "id": "obj-7",
+     "id": "obj-17",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -157,7 +342,7 @@
    },
    {
     "box": {
-     "id": "obj-8",
+     "id": "obj-18",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -177,7 +362,7 @@
    },
    {
     "box": {
-     "id": "obj-9",
+     "id": "obj-19",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
@@ -195,7 +380,7 @@
    },
    {
     "box": {
-     "id": "obj-10",
+     "id": "obj-20",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -210,7 +395,7 @@
    },
    {
     "box": {
-     "id": "obj-11",
+     "id": "obj-21",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -225,7 +410,7 @@
    },
    {
     "box": {
-     "id": "obj-12",
+     "id": "obj-22",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -240,7 +425,7 @@
    },
    {
     "box": {
-     "id": "obj-13",
+     "id": "obj-23",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -255,7 +440,7 @@
    },
    {
     "box": {
-     "id": "obj-14",
+     "id": "obj-24",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -273,12 +458,12 @@
    },
    {
     "box": {
-     "id": "obj-15",
+     "id": "obj-25",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      790,
+      700,
       75,
       40.0,
       22.0
@@ -291,12 +476,12 @@
    },
    {
     "box": {
-     "id": "obj-16",
+     "id": "obj-26",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      880,
+      745,
       75,
       40.0,
       22.0
@@ -309,12 +494,12 @@
    },
    {
     "box": {
-     "id": "obj-17",
+     "id": "obj-27",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      970,
+      790,
       75,
       40.0,
       22.0
@@ -327,12 +512,12 @@
    },
    {
     "box": {
-     "id": "obj-18",
+     "id": "obj-28",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      760,
+      835,
       75,
       40.0,
       22.0
@@ -345,7 +530,222 @@
    },
    {
     "box": {
-     "id": "obj-19",
+     "id": "obj-29",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      1000,
+      45,
+      96.0,
+      22.0
+     ],
+     "outlettype": [
+      "int"
+     ],
+     "text": "random 40000"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-30",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      1000,
+      70,
+      61.0,
+      22.0
+     ],
+     "outlettype": [
+      "int"
+     ],
+     "text": "+ 20000"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-31",
+     "maxclass": "number",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      1000,
+      95,
+      60,
+      22.0
+     ],
+     "minimum": 1,
+     "maximum": 65535,
+     "outlettype": [
+      "",
+      "bang"
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-32",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      1065,
+      95,
+      201.0,
+      22.0
+     ],
+     "text": "reply port of this instance"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-33",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      1000,
+      120,
+      47.0,
+      22.0
+     ],
+     "outlettype": [
+      "int",
+      "int"
+     ],
+     "text": "t i i"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-34",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      1000,
+      160,
+      60,
+      22.0
+     ],
+     "minimum": -70.0,
+     "maximum": 0.0,
+     "outlettype": [
+      "",
+      "bang"
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-35",
+     "maxclass": "toggle",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      1070,
+      160,
+      24,
+      24
+     ],
+     "parameter_enable": 0,
+     "outlettype": [
+      "int"
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-36",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      1000,
+      138,
+      187.0,
+      22.0
+     ],
+     "text": "loudness LUFS / normalize"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-37",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      1000,
+      190,
+      68.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "pak 0. 0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-38",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      1000,
+      215,
+      180.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "loudness $1 normalize $2"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-39",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      1100,
+      130,
+      40.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "-14."
+    }
+   },
+   {
+    "box": {
+     "id": "obj-40",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      1140,
+      130,
+      40.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-41",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -363,22 +763,76 @@
    },
    {
     "box": {
-     "id": "obj-20",
+     "id": "obj-42",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      1000,
+      600,
+      110.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "/magnet/cancel"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-43",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
       870,
       575,
-      208.0,
+      341.0,
       22.0
      ],
-     "text": "click to cancel the last job"
+     "text": "cancel: the last job / every job of this device"
     }
    },
    {
     "box": {
-     "id": "obj-21",
+     "id": "obj-44",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      1000,
+      630,
+      152.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "sprintf symout *@%ld"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-45",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      1000,
+      655,
+      194.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "prepend set /magnet/cancel"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-46",
      "maxclass": "textbutton",
      "numinlets": 1,
      "numoutlets": 3,
@@ -398,13 +852,50 @@
    },
    {
     "box": {
-     "id": "obj-22",
+     "id": "obj-47",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      15,
+      325,
+      47.0,
+      22.0
+     ],
+     "outlettype": [
+      "bang",
+      "bang"
+     ],
+     "text": "t b b"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-48",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      350,
+      68.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "gate 1 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-49",
      "maxclass": "newobj",
      "numinlets": 5,
      "numoutlets": 4,
      "patching_rect": [
       15,
-      330,
+      375,
       61.0,
       22.0
      ],
@@ -419,31 +910,31 @@
    },
    {
     "box": {
-     "id": "obj-23",
+     "id": "obj-50",
      "maxclass": "newobj",
-     "numinlets": 1,
+     "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       15,
-      360,
-      159.0,
+      400,
+      187.0,
       22.0
      ],
      "outlettype": [
       ""
      ],
-     "text": "sprintf symout gen%ld"
+     "text": "sprintf symout gen%ld@%ld"
     }
    },
    {
     "box": {
-     "id": "obj-24",
+     "id": "obj-51",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
       15,
-      390,
+      425,
       47.0,
       22.0
      ],
@@ -456,7 +947,25 @@
    },
    {
     "box": {
-     "id": "obj-25",
+     "id": "obj-52",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      95,
+      450,
+      194.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "prepend set /magnet/cancel"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-53",
      "maxclass": "newobj",
      "numinlets": 6,
      "numoutlets": 1,
@@ -474,13 +983,13 @@
    },
    {
     "box": {
-     "id": "obj-26",
+     "id": "obj-54",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       15,
-      530,
+      560,
       180.0,
       22.0
      ],
@@ -492,25 +1001,25 @@
    },
    {
     "box": {
-     "id": "obj-27",
+     "id": "obj-55",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      95,
-      420,
-      194.0,
+      15,
+      530,
+      54.0,
       22.0
      ],
      "outlettype": [
       ""
      ],
-     "text": "prepend set /magnet/cancel"
+     "text": "append"
     }
    },
    {
     "box": {
-     "id": "obj-28",
+     "id": "obj-56",
      "maxclass": "textbutton",
      "numinlets": 1,
      "numoutlets": 3,
@@ -530,13 +1039,50 @@
    },
    {
     "box": {
-     "id": "obj-29",
+     "id": "obj-57",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      230,
+      325,
+      47.0,
+      22.0
+     ],
+     "outlettype": [
+      "bang",
+      "bang"
+     ],
+     "text": "t b b"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-58",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      230,
+      350,
+      68.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "gate 1 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-59",
      "maxclass": "newobj",
      "numinlets": 5,
      "numoutlets": 4,
      "patching_rect": [
       230,
-      330,
+      375,
       61.0,
       22.0
      ],
@@ -551,31 +1097,31 @@
    },
    {
     "box": {
-     "id": "obj-30",
+     "id": "obj-60",
      "maxclass": "newobj",
-     "numinlets": 1,
+     "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       230,
-      360,
-      166.0,
+      400,
+      194.0,
       22.0
      ],
      "outlettype": [
       ""
      ],
-     "text": "sprintf symout loop%ld"
+     "text": "sprintf symout loop%ld@%ld"
     }
    },
    {
     "box": {
-     "id": "obj-31",
+     "id": "obj-61",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
       230,
-      390,
+      425,
       47.0,
       22.0
      ],
@@ -588,7 +1134,25 @@
    },
    {
     "box": {
-     "id": "obj-32",
+     "id": "obj-62",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      310,
+      450,
+      194.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "prepend set /magnet/cancel"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-63",
      "maxclass": "newobj",
      "numinlets": 6,
      "numoutlets": 1,
@@ -606,13 +1170,13 @@
    },
    {
     "box": {
-     "id": "obj-33",
+     "id": "obj-64",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       230,
-      530,
+      560,
       152.0,
       22.0
      ],
@@ -624,25 +1188,25 @@
    },
    {
     "box": {
-     "id": "obj-34",
+     "id": "obj-65",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      310,
-      420,
-      194.0,
+      230,
+      530,
+      54.0,
       22.0
      ],
      "outlettype": [
       ""
      ],
-     "text": "prepend set /magnet/cancel"
+     "text": "append"
     }
    },
    {
     "box": {
-     "id": "obj-35",
+     "id": "obj-66",
      "maxclass": "textbutton",
      "numinlets": 1,
      "numoutlets": 3,
@@ -662,13 +1226,50 @@
    },
    {
     "box": {
-     "id": "obj-36",
+     "id": "obj-67",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      445,
+      325,
+      47.0,
+      22.0
+     ],
+     "outlettype": [
+      "bang",
+      "bang"
+     ],
+     "text": "t b b"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-68",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      445,
+      350,
+      68.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "gate 1 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-69",
      "maxclass": "newobj",
      "numinlets": 5,
      "numoutlets": 4,
      "patching_rect": [
       445,
-      330,
+      375,
       61.0,
       22.0
      ],
@@ -683,31 +1284,31 @@
    },
    {
     "box": {
-     "id": "obj-37",
+     "id": "obj-70",
      "maxclass": "newobj",
-     "numinlets": 1,
+     "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       445,
-      360,
-      159.0,
+      400,
+      187.0,
       22.0
      ],
      "outlettype": [
       ""
      ],
-     "text": "sprintf symout var%ld"
+     "text": "sprintf symout var%ld@%ld"
     }
    },
    {
     "box": {
-     "id": "obj-38",
+     "id": "obj-71",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
       445,
-      390,
+      425,
       47.0,
       22.0
      ],
@@ -720,7 +1321,25 @@
    },
    {
     "box": {
-     "id": "obj-39",
+     "id": "obj-72",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      525,
+      450,
+      194.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "prepend set /magnet/cancel"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-73",
      "maxclass": "newobj",
      "numinlets": 7,
      "numoutlets": 1,
@@ -738,13 +1357,13 @@
    },
    {
     "box": {
-     "id": "obj-40",
+     "id": "obj-74",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       445,
-      530,
+      560,
       194.0,
       22.0
      ],
@@ -756,25 +1375,25 @@
    },
    {
     "box": {
-     "id": "obj-41",
+     "id": "obj-75",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      525,
-      420,
-      194.0,
+      445,
+      530,
+      54.0,
       22.0
      ],
      "outlettype": [
       ""
      ],
-     "text": "prepend set /magnet/cancel"
+     "text": "append"
     }
    },
    {
     "box": {
-     "id": "obj-42",
+     "id": "obj-76",
      "maxclass": "textbutton",
      "numinlets": 1,
      "numoutlets": 3,
@@ -794,13 +1413,50 @@
    },
    {
     "box": {
-     "id": "obj-43",
+     "id": "obj-77",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      660,
+      325,
+      47.0,
+      22.0
+     ],
+     "outlettype": [
+      "bang",
+      "bang"
+     ],
+     "text": "t b b"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-78",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      660,
+      350,
+      68.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "gate 1 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-79",
      "maxclass": "newobj",
      "numinlets": 5,
      "numoutlets": 4,
      "patching_rect": [
       660,
-      330,
+      375,
       61.0,
       22.0
      ],
@@ -815,31 +1471,31 @@
    },
    {
     "box": {
-     "id": "obj-44",
+     "id": "obj-80",
      "maxclass": "newobj",
-     "numinlets": 1,
+     "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       660,
-      360,
-      159.0,
+      400,
+      187.0,
       22.0
      ],
      "outlettype": [
       ""
      ],
-     "text": "sprintf symout inp%ld"
+     "text": "sprintf symout inp%ld@%ld"
     }
    },
    {
     "box": {
-     "id": "obj-45",
+     "id": "obj-81",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
       660,
-      390,
+      425,
       47.0,
       22.0
      ],
@@ -852,49 +1508,13 @@
    },
    {
     "box": {
-     "id": "obj-46",
-     "maxclass": "newobj",
-     "numinlets": 7,
-     "numoutlets": 1,
-     "patching_rect": [
-      660,
-      500,
-      138.0,
-      22.0
-     ],
-     "outlettype": [
-      ""
-     ],
-     "text": "pack s s f f s s i"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-47",
-     "maxclass": "newobj",
-     "numinlets": 2,
-     "numoutlets": 1,
-     "patching_rect": [
-      660,
-      530,
-      173.0,
-      22.0
-     ],
-     "outlettype": [
-      ""
-     ],
-     "text": "prepend /magnet/inpaint"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-48",
+     "id": "obj-82",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       740,
-      420,
+      450,
       194.0,
       22.0
      ],
@@ -906,7 +1526,7 @@
    },
    {
     "box": {
-     "id": "obj-49",
+     "id": "obj-83",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -924,13 +1544,65 @@
    },
    {
     "box": {
-     "id": "obj-50",
+     "id": "obj-84",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      15,
+      575,
+      96.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "prepend port"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-85",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "patching_rect": [
+      15,
+      625,
+      166.0,
+      22.0
+     ],
+     "outlettype": [
+      "",
+      ""
+     ],
+     "text": "route /magnet/progress"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-86",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      600,
+      690,
+      96.0,
+      22.0
+     ],
+     "text": "print magnet"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-87",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 8,
      "patching_rect": [
       15,
-      630,
+      650,
       803.0,
       22.0
      ],
@@ -949,28 +1621,13 @@
    },
    {
     "box": {
-     "id": "obj-51",
-     "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 0,
-     "patching_rect": [
-      600,
-      690,
-      96.0,
-      22.0
-     ],
-     "text": "print magnet"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-52",
+     "id": "obj-88",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
       150,
-      660,
+      680,
       82.0,
       22.0
      ],
@@ -983,13 +1640,13 @@
    },
    {
     "box": {
-     "id": "obj-53",
+     "id": "obj-89",
      "maxclass": "flonum",
      "numinlets": 1,
      "numoutlets": 2,
      "patching_rect": [
       150,
-      690,
+      705,
       60,
       22.0
      ],
@@ -1001,13 +1658,13 @@
    },
    {
     "box": {
-     "id": "obj-54",
+     "id": "obj-90",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
       215,
-      690,
+      705,
       96.0,
       22.0
      ],
@@ -1016,24 +1673,7 @@
    },
    {
     "box": {
-     "id": "obj-55",
-     "maxclass": "message",
-     "numinlets": 2,
-     "numoutlets": 1,
-     "patching_rect": [
-      300,
-      720,
-      40.0,
-      22.0
-     ],
-     "outlettype": [
-      ""
-     ]
-    }
-   },
-   {
-    "box": {
-     "id": "obj-56",
+     "id": "obj-91",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1051,7 +1691,7 @@
    },
    {
     "box": {
-     "id": "obj-57",
+     "id": "obj-92",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 8,
@@ -1076,7 +1716,7 @@
    },
    {
     "box": {
-     "id": "obj-58",
+     "id": "obj-93",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1095,7 +1735,7 @@
    },
    {
     "box": {
-     "id": "obj-59",
+     "id": "obj-94",
      "maxclass": "umenu",
      "numinlets": 1,
      "numoutlets": 3,
@@ -1115,22 +1755,22 @@
    },
    {
     "box": {
-     "id": "obj-60",
+     "id": "obj-95",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
       870,
       365,
-      201.0,
+      313.0,
       22.0
      ],
-     "text": "takes (pick one to load it)"
+     "text": "takes of this session (pick one to load it)"
     }
    },
    {
     "box": {
-     "id": "obj-61",
+     "id": "obj-96",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1148,7 +1788,7 @@
    },
    {
     "box": {
-     "id": "obj-62",
+     "id": "obj-97",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1167,7 +1807,7 @@
    },
    {
     "box": {
-     "id": "obj-63",
+     "id": "obj-98",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1185,7 +1825,7 @@
    },
    {
     "box": {
-     "id": "obj-64",
+     "id": "obj-99",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -1204,15 +1844,15 @@
    },
    {
     "box": {
-     "id": "obj-65",
+     "id": "obj-100",
      "maxclass": "waveform~",
      "numinlets": 5,
      "numoutlets": 6,
      "patching_rect": [
       15,
-      180,
+      200,
       640,
-      100
+      90
      ],
      "outlettype": [
       "float",
@@ -1226,7 +1866,7 @@
    },
    {
     "box": {
-     "id": "obj-66",
+     "id": "obj-101",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1244,7 +1884,149 @@
    },
    {
     "box": {
-     "id": "obj-67",
+     "id": "obj-102",
+     "maxclass": "toggle",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      870,
+      540,
+      24,
+      24
+     ],
+     "parameter_enable": 0,
+     "outlettype": [
+      "int"
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-103",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      900,
+      540,
+      103.0,
+      22.0
+     ],
+     "text": "snap to beats"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-104",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      930,
+      565,
+      40.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-105",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      870,
+      565,
+      96.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "expr 2 - $i1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-106",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "patching_rect": [
+      660,
+      430,
+      68.0,
+      22.0
+     ],
+     "outlettype": [
+      "",
+      ""
+     ],
+     "text": "gate 2 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-107",
+     "maxclass": "newobj",
+     "numinlets": 9,
+     "numoutlets": 1,
+     "patching_rect": [
+      445,
+      500,
+      173.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "pack s s f f f s s i 0."
+    }
+   },
+   {
+    "box": {
+     "id": "obj-108",
+     "maxclass": "newobj",
+     "numinlets": 7,
+     "numoutlets": 1,
+     "patching_rect": [
+      660,
+      500,
+      138.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "pack s s f f s s i"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-109",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      445,
+      440,
+      285.0,
+      22.0
+     ],
+     "outlettype": [
+      "float"
+     ],
+     "text": "expr int($f1 * $f2 / 60000. + 0.5) / 4."
+    }
+   },
+   {
+    "box": {
+     "id": "obj-110",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1262,7 +2044,25 @@
    },
    {
     "box": {
-     "id": "obj-68",
+     "id": "obj-111",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      555,
+      440,
+      285.0,
+      22.0
+     ],
+     "outlettype": [
+      "float"
+     ],
+     "text": "expr int($f1 * $f2 / 60000. + 0.5) / 4."
+    }
+   },
+   {
+    "box": {
+     "id": "obj-112",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1280,7 +2080,79 @@
    },
    {
     "box": {
-     "id": "obj-69",
+     "id": "obj-113",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      445,
+      530,
+      208.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "prepend /magnet/inpaint_bars"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-114",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      660,
+      530,
+      173.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "prepend /magnet/inpaint"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-115",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      445,
+      160,
+      75.0,
+      22.0
+     ],
+     "outlettype": [
+      "float"
+     ],
+     "text": "!/ 60000."
+    }
+   },
+   {
+    "box": {
+     "id": "obj-116",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      445,
+      180,
+      96.0,
+      22.0
+     ],
+     "outlettype": [
+      ""
+     ],
+     "text": "prepend grid"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-117",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1298,7 +2170,7 @@
    },
    {
     "box": {
-     "id": "obj-70",
+     "id": "obj-118",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -1313,7 +2185,7 @@
    },
    {
     "box": {
-     "id": "obj-71",
+     "id": "obj-119",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 3,
@@ -1333,7 +2205,7 @@
    },
    {
     "box": {
-     "id": "obj-72",
+     "id": "obj-120",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1351,7 +2223,7 @@
    },
    {
     "box": {
-     "id": "obj-73",
+     "id": "obj-121",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1369,7 +2241,7 @@
    },
    {
     "box": {
-     "id": "obj-74",
+     "id": "obj-122",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -1387,7 +2259,7 @@
    },
    {
     "box": {
-     "id": "obj-75",
+     "id": "obj-123",
      "maxclass": "newobj",
      "numinlets": 3,
      "numoutlets": 2,
@@ -1406,7 +2278,7 @@
    },
    {
     "box": {
-     "id": "obj-76",
+     "id": "obj-124",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -1424,7 +2296,7 @@
    },
    {
     "box": {
-     "id": "obj-77",
+     "id": "obj-125",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 0,
@@ -1442,11 +2314,131 @@
    {
     "patchline": {
      "source": [
+      "obj-5",
+      0
+     ],
+     "destination": [
+      "obj-4",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
+      0
+     ],
+     "destination": [
+      "obj-6",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-6",
+      0
+     ],
+     "destination": [
+      "obj-7",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      0
+     ],
+     "destination": [
+      "obj-9",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      0
+     ],
+     "destination": [
+      "obj-11",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-7",
+      1
+     ],
+     "destination": [
+      "obj-8",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-8",
+      0
+     ],
+     "destination": [
+      "obj-13",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-13",
+      1
+     ],
+     "destination": [
+      "obj-10",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-13",
+      0
+     ],
+     "destination": [
+      "obj-12",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-11",
+      0
+     ],
+     "destination": [
       "obj-3",
       0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-12",
+      0
      ],
      "destination": [
-      "obj-4",
+      "obj-3",
       0
      ]
     }
@@ -1454,119 +2446,23 @@
    {
     "patchline": {
      "source": [
-      "obj-4",
-      0
-     ],
-     "destination": [
-      "obj-5",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-14",
-      0
-     ],
-     "destination": [
-      "obj-15",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-15",
-      0
-     ],
-     "destination": [
-      "obj-6",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-14",
-      0
-     ],
-     "destination": [
-      "obj-16",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-16",
-      0
-     ],
-     "destination": [
-      "obj-7",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-14",
-      0
-     ],
-     "destination": [
-      "obj-17",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-17",
-      0
-     ],
-     "destination": [
       "obj-8",
       0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
+     ],
+     "destination": [
       "obj-14",
       0
-     ],
-     "destination": [
-      "obj-18",
-      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-18",
-      0
-     ],
-     "destination": [
       "obj-9",
       0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-19",
-      0
      ],
      "destination": [
-      "obj-2",
+      "obj-15",
       0
      ]
     }
@@ -1574,11 +2470,11 @@
    {
     "patchline": {
      "source": [
-      "obj-21",
+      "obj-10",
       0
      ],
      "destination": [
-      "obj-22",
+      "obj-15",
       0
      ]
     }
@@ -1586,23 +2482,11 @@
    {
     "patchline": {
      "source": [
-      "obj-22",
-      0
-     ],
-     "destination": [
-      "obj-23",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-23",
-      0
-     ],
-     "destination": [
       "obj-24",
+      0
+     ],
+     "destination": [
+      "obj-25",
       0
      ]
     }
@@ -1611,6 +2495,18 @@
     "patchline": {
      "source": [
       "obj-25",
+      0
+     ],
+     "destination": [
+      "obj-16",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-24",
       0
      ],
      "destination": [
@@ -1626,7 +2522,7 @@
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-17",
       0
      ]
     }
@@ -1635,7 +2531,7 @@
     "patchline": {
      "source": [
       "obj-24",
-      1
+      0
      ],
      "destination": [
       "obj-27",
@@ -1650,7 +2546,7 @@
       0
      ],
      "destination": [
-      "obj-19",
+      "obj-18",
       0
      ]
     }
@@ -1662,68 +2558,8 @@
       0
      ],
      "destination": [
-      "obj-25",
+      "obj-28",
       0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-5",
-      0
-     ],
-     "destination": [
-      "obj-25",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-6",
-      1
-     ],
-     "destination": [
-      "obj-25",
-      2
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-7",
-      0
-     ],
-     "destination": [
-      "obj-25",
-      3
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-8",
-      0
-     ],
-     "destination": [
-      "obj-25",
-      4
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-9",
-      0
-     ],
-     "destination": [
-      "obj-25",
-      5
      ]
     }
    },
@@ -1734,78 +2570,6 @@
       0
      ],
      "destination": [
-      "obj-29",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-29",
-      0
-     ],
-     "destination": [
-      "obj-30",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-30",
-      0
-     ],
-     "destination": [
-      "obj-31",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-32",
-      0
-     ],
-     "destination": [
-      "obj-33",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-33",
-      0
-     ],
-     "destination": [
-      "obj-2",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-31",
-      1
-     ],
-     "destination": [
-      "obj-34",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-34",
-      0
-     ],
-     "destination": [
       "obj-19",
       0
      ]
@@ -1814,11 +2578,47 @@
    {
     "patchline": {
      "source": [
+      "obj-24",
+      0
+     ],
+     "destination": [
+      "obj-29",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-29",
+      0
+     ],
+     "destination": [
+      "obj-30",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-30",
+      0
+     ],
+     "destination": [
+      "obj-31",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-31",
       0
      ],
      "destination": [
-      "obj-32",
+      "obj-33",
       0
      ]
     }
@@ -1826,60 +2626,60 @@
    {
     "patchline": {
      "source": [
-      "obj-5",
+      "obj-24",
       0
      ],
      "destination": [
-      "obj-32",
-      1
+      "obj-39",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-6",
-      1
+      "obj-39",
+      0
      ],
      "destination": [
-      "obj-32",
-      4
+      "obj-34",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-7",
+      "obj-24",
       0
      ],
      "destination": [
-      "obj-32",
-      5
+      "obj-40",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-8",
+      "obj-40",
       0
      ],
      "destination": [
-      "obj-32",
-      2
+      "obj-35",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-9",
+      "obj-34",
       0
      ],
      "destination": [
-      "obj-32",
-      3
+      "obj-37",
+      0
      ]
     }
    },
@@ -1890,20 +2690,8 @@
       0
      ],
      "destination": [
-      "obj-36",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-36",
-      0
-     ],
-     "destination": [
       "obj-37",
-      0
+      1
      ]
     }
    },
@@ -1922,11 +2710,11 @@
    {
     "patchline": {
      "source": [
-      "obj-39",
+      "obj-44",
       0
      ],
      "destination": [
-      "obj-40",
+      "obj-45",
       0
      ]
     }
@@ -1934,108 +2722,36 @@
    {
     "patchline": {
      "source": [
-      "obj-40",
+      "obj-33",
+      0
+     ],
+     "destination": [
+      "obj-44",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-45",
+      0
+     ],
+     "destination": [
+      "obj-42",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-41",
       0
      ],
      "destination": [
       "obj-2",
       0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-38",
-      1
-     ],
-     "destination": [
-      "obj-41",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-41",
-      0
-     ],
-     "destination": [
-      "obj-19",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-38",
-      0
-     ],
-     "destination": [
-      "obj-39",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-5",
-      0
-     ],
-     "destination": [
-      "obj-39",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-6",
-      1
-     ],
-     "destination": [
-      "obj-39",
-      2
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-7",
-      0
-     ],
-     "destination": [
-      "obj-39",
-      3
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-8",
-      0
-     ],
-     "destination": [
-      "obj-39",
-      5
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-9",
-      0
-     ],
-     "destination": [
-      "obj-39",
-      6
      ]
     }
    },
@@ -2046,54 +2762,6 @@
       0
      ],
      "destination": [
-      "obj-43",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-43",
-      0
-     ],
-     "destination": [
-      "obj-44",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-44",
-      0
-     ],
-     "destination": [
-      "obj-45",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-46",
-      0
-     ],
-     "destination": [
-      "obj-47",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-47",
-      0
-     ],
-     "destination": [
       "obj-2",
       0
      ]
@@ -2102,8 +2770,44 @@
    {
     "patchline": {
      "source": [
-      "obj-45",
+      "obj-46",
+      0
+     ],
+     "destination": [
+      "obj-47",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-47",
       1
+     ],
+     "destination": [
+      "obj-4",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-47",
+      0
+     ],
+     "destination": [
+      "obj-48",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-15",
+      0
      ],
      "destination": [
       "obj-48",
@@ -2118,56 +2822,8 @@
       0
      ],
      "destination": [
-      "obj-19",
+      "obj-49",
       0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-45",
-      0
-     ],
-     "destination": [
-      "obj-46",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-5",
-      0
-     ],
-     "destination": [
-      "obj-46",
-      4
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-6",
-      1
-     ],
-     "destination": [
-      "obj-46",
-      5
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-7",
-      0
-     ],
-     "destination": [
-      "obj-46",
-      6
      ]
     }
    },
@@ -2186,6 +2842,18 @@
    {
     "patchline": {
      "source": [
+      "obj-33",
+      1
+     ],
+     "destination": [
+      "obj-50",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-50",
       0
      ],
@@ -2198,79 +2866,7 @@
    {
     "patchline": {
      "source": [
-      "obj-50",
-      2
-     ],
-     "destination": [
       "obj-51",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-50",
-      3
-     ],
-     "destination": [
-      "obj-51",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-50",
-      4
-     ],
-     "destination": [
-      "obj-51",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-50",
-      5
-     ],
-     "destination": [
-      "obj-51",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-50",
-      6
-     ],
-     "destination": [
-      "obj-51",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-50",
-      7
-     ],
-     "destination": [
-      "obj-51",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-50",
       1
      ],
      "destination": [
@@ -2283,154 +2879,22 @@
     "patchline": {
      "source": [
       "obj-52",
-      1
+      0
+     ],
+     "destination": [
+      "obj-41",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-51",
+      0
      ],
      "destination": [
       "obj-53",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-56",
-      0
-     ],
-     "destination": [
-      "obj-55",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-50",
-      3
-     ],
-     "destination": [
-      "obj-56",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-50",
-      2
-     ],
-     "destination": [
-      "obj-57",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-57",
-      1
-     ],
-     "destination": [
-      "obj-58",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-58",
-      1
-     ],
-     "destination": [
-      "obj-61",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-61",
-      0
-     ],
-     "destination": [
-      "obj-59",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-58",
-      0
-     ],
-     "destination": [
-      "obj-62",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-59",
-      1
-     ],
-     "destination": [
-      "obj-62",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-62",
-      0
-     ],
-     "destination": [
-      "obj-63",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-63",
-      0
-     ],
-     "destination": [
-      "obj-64",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-62",
-      1
-     ],
-     "destination": [
-      "obj-46",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-64",
-      1
-     ],
-     "destination": [
-      "obj-66",
       0
      ]
     }
@@ -2442,43 +2906,19 @@
       0
      ],
      "destination": [
-      "obj-66",
-      0
+      "obj-53",
+      1
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-66",
-      0
+      "obj-16",
+      1
      ],
      "destination": [
-      "obj-65",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-65",
-      2
-     ],
-     "destination": [
-      "obj-67",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-67",
-      0
-     ],
-     "destination": [
-      "obj-46",
+      "obj-53",
       2
      ]
     }
@@ -2486,8 +2926,368 @@
    {
     "patchline": {
      "source": [
-      "obj-65",
+      "obj-17",
+      0
+     ],
+     "destination": [
+      "obj-53",
       3
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-18",
+      0
+     ],
+     "destination": [
+      "obj-53",
+      4
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-19",
+      0
+     ],
+     "destination": [
+      "obj-53",
+      5
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-53",
+      0
+     ],
+     "destination": [
+      "obj-55",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-38",
+      0
+     ],
+     "destination": [
+      "obj-55",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-55",
+      0
+     ],
+     "destination": [
+      "obj-54",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-54",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-56",
+      0
+     ],
+     "destination": [
+      "obj-57",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-57",
+      1
+     ],
+     "destination": [
+      "obj-4",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-57",
+      0
+     ],
+     "destination": [
+      "obj-58",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-15",
+      0
+     ],
+     "destination": [
+      "obj-58",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-58",
+      0
+     ],
+     "destination": [
+      "obj-59",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-59",
+      0
+     ],
+     "destination": [
+      "obj-60",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-33",
+      1
+     ],
+     "destination": [
+      "obj-60",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-60",
+      0
+     ],
+     "destination": [
+      "obj-61",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-61",
+      1
+     ],
+     "destination": [
+      "obj-62",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-62",
+      0
+     ],
+     "destination": [
+      "obj-41",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-61",
+      0
+     ],
+     "destination": [
+      "obj-63",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-14",
+      0
+     ],
+     "destination": [
+      "obj-63",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-18",
+      0
+     ],
+     "destination": [
+      "obj-63",
+      2
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-19",
+      0
+     ],
+     "destination": [
+      "obj-63",
+      3
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-16",
+      1
+     ],
+     "destination": [
+      "obj-63",
+      4
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-17",
+      0
+     ],
+     "destination": [
+      "obj-63",
+      5
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-63",
+      0
+     ],
+     "destination": [
+      "obj-65",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-38",
+      0
+     ],
+     "destination": [
+      "obj-65",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-65",
+      0
+     ],
+     "destination": [
+      "obj-64",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-64",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-66",
+      0
+     ],
+     "destination": [
+      "obj-67",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-67",
+      1
+     ],
+     "destination": [
+      "obj-4",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-67",
+      0
+     ],
+     "destination": [
+      "obj-68",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-15",
+      0
      ],
      "destination": [
       "obj-68",
@@ -2502,8 +3302,8 @@
       0
      ],
      "destination": [
-      "obj-46",
-      3
+      "obj-69",
+      0
      ]
     }
    },
@@ -2514,55 +3314,31 @@
       0
      ],
      "destination": [
+      "obj-70",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-33",
+      1
+     ],
+     "destination": [
+      "obj-70",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-70",
+      0
+     ],
+     "destination": [
       "obj-71",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-72",
-      0
-     ],
-     "destination": [
-      "obj-75",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-73",
-      0
-     ],
-     "destination": [
-      "obj-75",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-74",
-      0
-     ],
-     "destination": [
-      "obj-75",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-75",
-      0
-     ],
-     "destination": [
-      "obj-76",
       0
      ]
     }
@@ -2574,7 +3350,19 @@
       1
      ],
      "destination": [
-      "obj-73",
+      "obj-72",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-72",
+      0
+     ],
+     "destination": [
+      "obj-41",
       0
      ]
     }
@@ -2586,7 +3374,115 @@
       0
      ],
      "destination": [
-      "obj-72",
+      "obj-73",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-14",
+      0
+     ],
+     "destination": [
+      "obj-73",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-16",
+      1
+     ],
+     "destination": [
+      "obj-73",
+      2
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-17",
+      0
+     ],
+     "destination": [
+      "obj-73",
+      3
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-18",
+      0
+     ],
+     "destination": [
+      "obj-73",
+      5
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-19",
+      0
+     ],
+     "destination": [
+      "obj-73",
+      6
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-73",
+      0
+     ],
+     "destination": [
+      "obj-75",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-38",
+      0
+     ],
+     "destination": [
+      "obj-75",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-75",
+      0
+     ],
+     "destination": [
+      "obj-74",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-74",
+      0
+     ],
+     "destination": [
+      "obj-2",
       0
      ]
     }
@@ -2606,11 +3502,851 @@
    {
     "patchline": {
      "source": [
-      "obj-76",
+      "obj-77",
+      1
+     ],
+     "destination": [
+      "obj-4",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-77",
       0
      ],
      "destination": [
-      "obj-77",
+      "obj-78",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-15",
+      0
+     ],
+     "destination": [
+      "obj-78",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-78",
+      0
+     ],
+     "destination": [
+      "obj-79",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-79",
+      0
+     ],
+     "destination": [
+      "obj-80",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-33",
+      1
+     ],
+     "destination": [
+      "obj-80",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-80",
+      0
+     ],
+     "destination": [
+      "obj-81",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-81",
+      1
+     ],
+     "destination": [
+      "obj-82",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-82",
+      0
+     ],
+     "destination": [
+      "obj-41",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-84",
+      0
+     ],
+     "destination": [
+      "obj-83",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-33",
+      0
+     ],
+     "destination": [
+      "obj-84",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-83",
+      0
+     ],
+     "destination": [
+      "obj-85",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-85",
+      1
+     ],
+     "destination": [
+      "obj-86",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-83",
+      0
+     ],
+     "destination": [
+      "obj-87",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-87",
+      1
+     ],
+     "destination": [
+      "obj-88",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-88",
+      1
+     ],
+     "destination": [
+      "obj-89",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-87",
+      3
+     ],
+     "destination": [
+      "obj-91",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-91",
+      0
+     ],
+     "destination": [
+      "obj-3",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-87",
+      2
+     ],
+     "destination": [
+      "obj-92",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-92",
+      1
+     ],
+     "destination": [
+      "obj-93",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-93",
+      1
+     ],
+     "destination": [
+      "obj-96",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-96",
+      0
+     ],
+     "destination": [
+      "obj-94",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-93",
+      0
+     ],
+     "destination": [
+      "obj-97",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-94",
+      1
+     ],
+     "destination": [
+      "obj-97",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-97",
+      0
+     ],
+     "destination": [
+      "obj-98",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-98",
+      0
+     ],
+     "destination": [
+      "obj-99",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-99",
+      1
+     ],
+     "destination": [
+      "obj-101",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-24",
+      0
+     ],
+     "destination": [
+      "obj-101",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-101",
+      0
+     ],
+     "destination": [
+      "obj-100",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-24",
+      0
+     ],
+     "destination": [
+      "obj-104",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-104",
+      0
+     ],
+     "destination": [
+      "obj-102",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-102",
+      0
+     ],
+     "destination": [
+      "obj-105",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-105",
+      0
+     ],
+     "destination": [
+      "obj-106",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-81",
+      0
+     ],
+     "destination": [
+      "obj-106",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-106",
+      0
+     ],
+     "destination": [
+      "obj-107",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-106",
+      1
+     ],
+     "destination": [
+      "obj-108",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-97",
+      1
+     ],
+     "destination": [
+      "obj-107",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-14",
+      0
+     ],
+     "destination": [
+      "obj-107",
+      5
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-16",
+      1
+     ],
+     "destination": [
+      "obj-107",
+      6
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-17",
+      0
+     ],
+     "destination": [
+      "obj-107",
+      7
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-97",
+      1
+     ],
+     "destination": [
+      "obj-108",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-14",
+      0
+     ],
+     "destination": [
+      "obj-108",
+      4
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-16",
+      1
+     ],
+     "destination": [
+      "obj-108",
+      5
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-17",
+      0
+     ],
+     "destination": [
+      "obj-108",
+      6
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-19",
+      0
+     ],
+     "destination": [
+      "obj-107",
+      4
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-100",
+      2
+     ],
+     "destination": [
+      "obj-109",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-19",
+      0
+     ],
+     "destination": [
+      "obj-109",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-109",
+      0
+     ],
+     "destination": [
+      "obj-107",
+      2
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-100",
+      2
+     ],
+     "destination": [
+      "obj-110",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-110",
+      0
+     ],
+     "destination": [
+      "obj-108",
+      2
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-100",
+      3
+     ],
+     "destination": [
+      "obj-111",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-19",
+      0
+     ],
+     "destination": [
+      "obj-111",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-111",
+      0
+     ],
+     "destination": [
+      "obj-107",
+      3
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-100",
+      3
+     ],
+     "destination": [
+      "obj-112",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-112",
+      0
+     ],
+     "destination": [
+      "obj-108",
+      3
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-107",
+      0
+     ],
+     "destination": [
+      "obj-113",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-113",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-108",
+      0
+     ],
+     "destination": [
+      "obj-114",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-114",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-19",
+      0
+     ],
+     "destination": [
+      "obj-115",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-115",
+      0
+     ],
+     "destination": [
+      "obj-116",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-116",
+      0
+     ],
+     "destination": [
+      "obj-100",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-117",
+      0
+     ],
+     "destination": [
+      "obj-119",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-120",
+      0
+     ],
+     "destination": [
+      "obj-123",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-121",
+      0
+     ],
+     "destination": [
+      "obj-123",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-122",
+      0
+     ],
+     "destination": [
+      "obj-123",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-123",
+      0
+     ],
+     "destination": [
+      "obj-124",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-119",
+      1
+     ],
+     "destination": [
+      "obj-121",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-119",
+      0
+     ],
+     "destination": [
+      "obj-120",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-124",
+      0
+     ],
+     "destination": [
+      "obj-125",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-124",
+      0
+     ],
+     "destination": [
+      "obj-125",
       1
      ]
     }
