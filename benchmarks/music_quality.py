@@ -15,7 +15,8 @@ The row `clips` measures the held-out training clips themselves under (b) (the c
 
 Buzz measures: the normalised autocorrelation of the waveform at one codec frame (20 ms) and the share of
 200 Hz - 8 kHz energy lying within 2 Hz of a multiple of 50 Hz; music sits near 0 and at a few %.
-Writes OUT/music_quality.json and OUT/spectrograms.png (one caption: the clip and each bundle's take).
+Writes OUT/music_quality.json, OUT/spectrograms.png (one caption: the clip and each bundle's take) and
+OUT/codec-spectrograms.png (one held-out clip and each codec's reconstruction of it).
 """
 
 from __future__ import annotations
@@ -150,14 +151,14 @@ class Clip:
     labels: dict
 
 
-def held_out(data: Path, n_clips: int, n_captions: int) -> tuple[list[Clip], list[Clip]]:
+def held_out(data: Path, n_clips: int, n_captions: int, every: int = 50) -> tuple[list[Clip], list[Clip]]:
     """Codec clips: held out from the codec (name hash); captions: the LM's held-out tail (the last files),
     taken alternately with and without drums so the drums comparison has pairs."""
     from magnet_rt.train.codec import is_held_out
 
     rows = [json.loads(line) for line in (data / "captions.jsonl").read_text().splitlines() if line.strip()]
     clips = [Clip(data / r["file"], r["caption"], r) for r in rows]
-    codec_clips = [c for c in clips if is_held_out(c.path.name)][:n_clips]
+    codec_clips = [c for c in clips if is_held_out(c.path.name, every)][:n_clips]
     tail = clips[-96:]
     drums = [c for c in tail if c.labels["drums"]]
     quiet = [c for c in tail if not c.labels["drums"]]
@@ -174,12 +175,15 @@ def read(path: Path, seconds: float) -> tuple[np.ndarray, int]:
 
 # ---- rows --------------------------------------------------------------------------------------------------
 def codec_row(codec, clips: list[Clip], seconds: float, ear: Transcriber, tmp: Path,
-              source_notes: dict) -> dict:
+              source_notes: dict, panels: list) -> dict:
+    """The round trip of each clip; the first clip's reconstruction joins `panels` (the codec PNG)."""
     per = []
     for c in clips:
         x, sr = read(c.path, seconds)
         codes = codec.encode(x, sr)
         y = codec.decode(codes)[0, 0].cpu().numpy()[: len(x)]
+        if c is clips[0]:
+            panels.append(y)
         if c.path not in source_notes:
             source_notes[c.path] = ear.notes(x, sr, tmp)
         per.append({"chroma_cosine": chroma_cosine(x, y, sr), "onset_corr": onset_correlation(x, y, sr),
@@ -254,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--preset", default="balanced")
     p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--held-out-every", type=int, default=50, help="the codec trainer's held-out split (1: every file)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="out/music_quality")
     args = p.parse_args(argv)
@@ -266,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    codec_clips, captions = held_out(data, args.clips, args.takes)
+    codec_clips, captions = held_out(data, args.clips, args.takes, args.held_out_every)
     if not codec_clips or not captions:
         print(f"music_quality: error: no held-out clips or captions in {data}", file=sys.stderr)
         return 2
@@ -280,24 +285,35 @@ def main(argv: list[str] | None = None) -> int:
         result["takes"]["clips"] = takes_row(sources, sr, captions, ear, out)
     panels = [("training clip (FluidSynth)", sources[0])]
     source_notes: dict = {}
+    codec_panels: list[tuple[str, np.ndarray]] = []
     for spec in args.codec:
         from magnet_rt.train.data import load_codec_any
 
         name, _, path = spec.partition("=")
         log.info("%s: codec round trip of %d clips", name, len(codec_clips))
-        result["codec"][name] = codec_row(load_codec_any(path), codec_clips, args.seconds, ear, out, source_notes)
+        recon: list[np.ndarray] = []
+        result["codec"][name] = codec_row(load_codec_any(path), codec_clips, args.seconds, ear, out, source_notes,
+                                          recon)
+        codec_panels.append((f"{name}: codec round trip (encode -> 4 codebooks -> decode)", recon[0]))
     for spec in args.bundle:
         name, _, path = spec.partition("=")
         pipe = load_pipeline(path or name, device="cpu")
         log.info("%s: codec round trip of %d clips", name, len(codec_clips))
-        result["codec"][name] = codec_row(pipe.codec, codec_clips, args.seconds, ear, out, source_notes)
+        recon = []
+        result["codec"][name] = codec_row(pipe.codec, codec_clips, args.seconds, ear, out, source_notes, recon)
+        codec_panels.append((f"{name}: codec round trip (encode -> 4 codebooks -> decode)", recon[0]))
         log.info("%s: %d takes", name, len(captions))
         takes = generate_takes(pipe, captions, args.seconds, args.preset, args.seed)
         result["takes"][name] = takes_row(takes, pipe.sample_rate, captions, ear, out)
         panels.append((f"{name}: take, preset {args.preset}, seed {args.seed}", takes[0]))
     result["seconds_taken"] = time.time() - t0
     (out / "music_quality.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    spectrogram_png(out / "spectrograms.png", panels, sr, captions[0].caption)
+    if args.bundle:
+        spectrogram_png(out / "spectrograms.png", panels, sr, captions[0].caption)
+    if codec_panels:
+        source = read(codec_clips[0].path, args.seconds)[0]
+        spectrogram_png(out / "codec-spectrograms.png", [("held-out clip (FluidSynth)", source), *codec_panels], sr,
+                        codec_clips[0].caption)
     print(json.dumps(strip_items(result), indent=2, default=float))
     return 0
 
