@@ -90,12 +90,14 @@ def load_codec_any(path: str | Path, device="cpu"):
 
 
 TOKEN_PARTS = ("encoder.", "quantizer.")  # what maps audio to tokens; the decoder does not
+SYNTHESIS_ONLY = ("griffin_lim",)  # config fields of the spectral codec's phase reconstruction: not in the tokens
 
 
 def codec_fingerprint(codec) -> str:
     """A short hash of the config and of the weights that determine the tokens (encoder + quantizer), so
     tokens stay valid while only the decoder is fine-tuned (`train.codec --decoder-only`)."""
-    h = hashlib.sha256(json.dumps(codec.model.config.to_dict(), sort_keys=True, default=str).encode())
+    config = {k: v for k, v in codec.model.config.to_dict().items() if not k.startswith(SYNTHESIS_ONLY)}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for k, v in sorted(codec.model.state_dict().items()):
         if not k.startswith(TOKEN_PARTS):
             continue
