@@ -10,7 +10,7 @@ MODEL ?= demo
 BIND ?= $(or $(MAGNET_RT_ENDPOINT),tcp://127.0.0.1:5555)
 SERVE_ARGS ?=
 
-.PHONY: install test-deps serve test test-gpu demo bench gpu-carry clean
+.PHONY: install test-deps serve test test-gpu demo bench gpu-carry clean plugin
 
 $(BIN)/magnet-rt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,12 @@ serve: install
 	$(BIN)/magnet-rt serve --model $(MODEL) --bind '$(BIND)' $(SERVE_ARGS)
 
 # Programs the tests drive (FluidSynth and its General MIDI soundfont for the data generator, liblo's
-# oscsend/oscdump and headless Pure Data for the OSC clients, PortAudio for the README's --play): installed
-# with apt-get when missing (sudo when not root); where that cannot be done, one sentence names the command.
-TEST_DEBS := fluidsynth fluid-soundfont-gm liblo-tools puredata-core libportaudio2
+# oscsend/oscdump and headless Pure Data for the OSC clients, PortAudio for the README's --play), and what the
+# DAW plugin (clients/plugin) builds with (JUCE 7 with its VST3 SDK, cppzmq + libzmq, msgpack-cxx, CMake,
+# ccache for rebuilds): installed with apt-get when missing (sudo when not root); where that cannot be done,
+# one sentence names the command.
+TEST_DEBS := fluidsynth fluid-soundfont-gm liblo-tools puredata-core libportaudio2 \
+	juce-modules-source juce-tools cppzmq-dev libmsgpack-cxx-dev cmake g++ pkg-config ccache
 
 test-deps:
 	@missing=$$(for p in $(TEST_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -43,6 +46,11 @@ test-deps:
 
 test: install test-deps
 	$(BIN)/python -m pytest -q
+
+# The DAW plugin (VST3 + standalone) into build/plugin (README, "DAW plugin").
+plugin: test-deps
+	cmake -S clients/plugin -B build/plugin -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/plugin --target MagnetRT_VST3 MagnetRT_Standalone
 
 # The daemon on its default model (the shipped demo bundle): three takes, one inpaint, a PNG.
 demo: install

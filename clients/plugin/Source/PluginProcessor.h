@@ -1,0 +1,64 @@
+#pragma once
+
+#include "DaemonWorker.h"
+#include "Shared.h"
+
+#include <juce_audio_processors/juce_audio_processors.h>
+
+class MagnetProcessor : public juce::AudioProcessor
+{
+public:
+    MagnetProcessor();
+    ~MagnetProcessor() override;
+
+    void prepareToPlay (double sampleRate, int samplesPerBlock) override;
+    void releaseResources() override {}
+    bool isBusesLayoutSupported (const BusesLayout&) const override;
+    void processBlock (juce::AudioBuffer<float>&, juce::MidiBuffer&) override;
+    using AudioProcessor::processBlock;
+
+    juce::AudioProcessorEditor* createEditor() override;
+    bool hasEditor() const override { return true; }
+
+    const juce::String getName() const override { return "MagnetRT"; }
+    bool acceptsMidi() const override { return true; }
+    bool producesMidi() const override { return false; }
+    double getTailLengthSeconds() const override { return 0.0; }
+    int getNumPrograms() override { return 1; }
+    int getCurrentProgram() override { return 0; }
+    void setCurrentProgram (int) override {}
+    const juce::String getProgramName (int) override { return {}; }
+    void changeProgramName (int, const juce::String&) override {}
+
+    void getStateInformation (juce::MemoryBlock&) override;
+    void setStateInformation (const void*, int) override;
+
+    void post (DaemonWorker::Action a) { worker->post (a); }
+    void play (int slot) { playRequest.store (slot); }
+    void stop() { stopRequest.store (true); }
+
+    Settings settings;
+    Report report;
+    TakeSlots takes;
+    HostTime host;
+    std::atomic<int> playingSlot { -1 };  // for the editor
+
+private:
+    void trigger (int slot, int offset, const juce::Optional<juce::AudioPlayHead::PositionInfo>& pos);
+
+    std::atomic<int> playRequest { -1 };
+    std::atomic<bool> stopRequest { false };
+    std::atomic<bool> resetRequest { false };
+    std::atomic<uint32_t> noteGenerate { 0 };
+    std::unique_ptr<DaemonWorker> worker;
+
+    // Audio thread only.
+    double rate = 44100.0;
+    int slot = -1;
+    int64_t pos = 0, loopLen = 0;
+    int pendingSlot = -1;
+    int64_t pendingIn = -1;        // samples from this block's start to the pending start
+    int64_t pendingLoopLen = 0;
+
+    JUCE_DECLARE_NON_COPYABLE_WITH_LEAK_DETECTOR (MagnetProcessor)
+};
