@@ -184,11 +184,11 @@ void DaemonWorker::run()
         {
             rateBuilt = hr;
             for (int k = 0; k < kSlots; ++k)
-                if (auto* t = slots.peek (k); t != nullptr && t->hostRate != hr)
+                if (auto* old = slots.peek (k); old != nullptr && old->hostRate != hr)
                 {
-                    auto* copy = makeTake (t->pcm, t->rate, t->channels);
-                    copy->seed = t->seed; copy->bpm = t->bpm; copy->beatsPerBar = t->beatsPerBar;
-                    copy->prompt = t->prompt; copy->path = t->path;
+                    auto* copy = makeTake (old->pcm, old->rate, old->channels);
+                    copy->seed = old->seed; copy->bpm = old->bpm; copy->beatsPerBar = old->beatsPerBar;
+                    copy->prompt = old->prompt; copy->path = old->path;
                     slots.publish (k, copy);
                 }
         }

@@ -34,7 +34,7 @@ public:
     void setStateInformation (const void*, int) override;
 
     void post (DaemonWorker::Action a) { worker->post (a); }
-    void play (int slot) { playRequest.store (slot); }
+    void play (int s) { playRequest.store (s); }
     void stop() { stopRequest.store (true); }
 
     Settings settings;

@@ -18,7 +18,7 @@ void packValue (msgpack::packer<msgpack::sbuffer>& pk, const Value& v)
         case Value::Kind::Float: pk.pack_double (v.f); break;
         case Value::Kind::Str:   pk.pack_str ((uint32_t) v.s.size()); pk.pack_str_body (v.s.data(), (uint32_t) v.s.size()); break;
         case Value::Kind::Bin:   pk.pack_bin ((uint32_t) v.bin.size()); pk.pack_bin_body ((const char*) v.bin.data(), (uint32_t) v.bin.size()); break;
-        case Value::Kind::Map:
+        case Value::Kind::Dict:
             pk.pack_map ((uint32_t) v.map->size());
             for (auto& [k, x] : *v.map)
             {

@@ -19,7 +19,7 @@ using Map = std::vector<std::pair<std::string, Value>>;
 
 struct Value
 {
-    enum class Kind { Nil, Bool, Int, Float, Str, Bin, Map } kind = Kind::Nil;
+    enum class Kind { Nil, Bool, Int, Float, Str, Bin, Dict } kind = Kind::Nil;
     bool b = false;
     int64_t i = 0;
     double f = 0.0;
@@ -32,7 +32,7 @@ struct Value
     static Value ofFloat (double v)            { Value x; x.kind = Kind::Float; x.f = v; return x; }
     static Value ofStr (std::string v)         { Value x; x.kind = Kind::Str; x.s = std::move (v); return x; }
     static Value ofBin (std::vector<uint8_t> v){ Value x; x.kind = Kind::Bin; x.bin = std::move (v); return x; }
-    static Value ofMap (Map m)                 { Value x; x.kind = Kind::Map; x.map = std::make_shared<Map> (std::move (m)); return x; }
+    static Value ofMap (Map m)                 { Value x; x.kind = Kind::Dict; x.map = std::make_shared<Map> (std::move (m)); return x; }
 };
 
 // {"v": 1, "type": type, "id": id, ...fields}
