@@ -15,7 +15,8 @@ The row `clips` measures the held-out training clips themselves under (b) (the c
 
 Buzz measures: the normalised autocorrelation of the waveform at one codec frame (20 ms) and the share of
 200 Hz - 8 kHz energy lying within 2 Hz of a multiple of 50 Hz; music sits near 0 and at a few %.
-Writes OUT/music_quality.json, OUT/spectrograms.png (one caption: the clip and each bundle's take) and
+Writes OUT/music_quality.json (means and rates; `publish --metrics` takes it), OUT/music_quality-items.json
+(every clip and take), OUT/spectrograms.png (one caption: the clip and each bundle's take) and
 OUT/codec-spectrograms.png (one held-out clip and each codec's reconstruction of it).
 """
 
@@ -162,7 +163,8 @@ def held_out(data: Path, n_clips: int, n_captions: int, every: int = 50) -> tupl
     tail = clips[-96:]
     drums = [c for c in tail if c.labels["drums"]]
     quiet = [c for c in tail if not c.labels["drums"]]
-    captions = [c for pair in zip(drums, quiet, strict=False) for c in pair][:n_captions]
+    paired = [c for pair in zip(drums, quiet, strict=False) for c in pair]
+    captions = (paired + [c for c in tail if c not in paired])[:n_captions]
     return codec_clips, captions
 
 
@@ -307,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         result["takes"][name] = takes_row(takes, pipe.sample_rate, captions, ear, out)
         panels.append((f"{name}: take, preset {args.preset}, seed {args.seed}", takes[0]))
     result["seconds_taken"] = time.time() - t0
-    (out / "music_quality.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (out / "music_quality-items.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (out / "music_quality.json").write_text(json.dumps(strip_items(result), indent=2, default=float) + "\n")
     if args.bundle:
         spectrogram_png(out / "spectrograms.png", panels, sr, captions[0].caption)
     if codec_panels:

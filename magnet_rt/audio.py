@@ -213,6 +213,17 @@ def finish_take(x: np.ndarray, sr: int, loudness: float | None = DEFAULT_LOUDNES
     return y if loudness is None else loudness_normalize(y, sr, loudness)
 
 
+def level_gain(reference: np.ndarray, rendering: np.ndarray, max_boost_db: float = 20.0,
+               max_cut_db: float = 60.0) -> float:
+    """The gain that brings `rendering` to the RMS of `reference`, at most `max_boost_db` up (a near-silent
+    rendering is not blown up) and `max_cut_db` down; 1 where either is silent."""
+    ref = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64)))) if reference.size else 0.0
+    ren = float(np.sqrt(np.mean(np.square(rendering, dtype=np.float64)))) if rendering.size else 0.0
+    if ref < 1e-6 or ren < 1e-6:
+        return 1.0
+    return float(np.clip(ref / ren, 10.0 ** (-max_cut_db / 20.0), 10.0 ** (max_boost_db / 20.0)))
+
+
 def seconds_to_samples(seconds: float, sr: int) -> int:
     """`round(seconds * sr)` with halves rounded up; seconds must be finite and >= 0."""
     if not math.isfinite(seconds) or seconds < 0:

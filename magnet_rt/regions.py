@@ -57,6 +57,7 @@ __all__ = ["MAX_SOURCE_S", "MIN_CONTEXT_S", "Timeline", "continue_timeline", "in
 MAX_SOURCE_S = 600.0  # longest source of an inpaint or continue, and longest continuation (10 minutes)
 MIN_CONTEXT_S = 1.0  # a region gets one window only if this much context (where the clip has it) fits too
 JOIN_FADE_S = 0.1
+NEIGHBOUR_S = 2.0  # new audio takes the RMS of this much source on either side of it (`_neighbour_gain`)
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,15 @@ class RegionTask:
         return Prepared(self.job(), self.finish, self.step, len(self.tl.windows))
 
 
+def _neighbour_gain(x: np.ndarray, new: np.ndarray, a: int, b: int, sr: int) -> np.float32:
+    """The gain that gives new audio for [a, b) the RMS of the source's NEIGHBOUR_S on either side of it
+    (at most +20 dB up, 60 dB down): a regenerated region or a continuation sits at the level of the music around it,
+    whatever level the model renders at (the source may be a take normalised to -14 LUFS, or any clip)."""
+    n = round(NEIGHBOUR_S * sr)
+    around = np.concatenate([x[:, max(0, a - n):a], x[:, b:b + n]], axis=-1)
+    return np.float32(audio_ops.level_gain(around, new))
+
+
 def _check_source(audio, sample_rate: int) -> tuple[np.ndarray, int]:
     x = audio_ops.to_float32_channels_first(audio)
     sr = audio_ops.validate_sample_rate(sample_rate)
@@ -219,8 +229,13 @@ def prepare_inpaint(pipe: MagnetPipeline, audio, sample_rate: int, start_s: floa
 
     def render(joined: np.ndarray) -> tuple[np.ndarray, int]:
         new = audio_ops.resample(joined, pipe.sample_rate, sr)  # [V, 1, n] from sample s0
-        region = _fit(new[..., a - s0:b - s0], b - a)
-        return np.stack([audio_ops.splice(x, _channels(r, x.shape[0]), a, b, fade) for r in region]), sr
+        outs = []
+        for r in new:
+            r = _channels(r, x.shape[0])
+            region = _fit(r[:, a - s0:b - s0], b - a)
+            region = region * _neighbour_gain(x, region, a, b, sr)
+            outs.append(audio_ops.splice(x, region, a, b, fade))
+        return np.stack(outs), sr
 
     task = RegionTask(pipe, tl, prompt, params or DecodeParams(), _seed(seed), variations,
                       known.expand(variations, -1, -1).clone(), render, {"codec_encode": t_enc})
@@ -235,7 +250,7 @@ def prepare_continue(pipe: MagnetPipeline, audio, sample_rate: int, prompt: str 
     span_s, d = pipe.lm.cfg.span_len / fr, float(duration_s)
     if not (math.isfinite(d) and span_s - 1e-9 <= d <= MAX_SOURCE_S):
         raise InvalidRegion(f"a continuation adds {span_s:g} to {MAX_SOURCE_S:g} s (one span at least); asked {d}")
-    added = round(d * sr)
+    added = audio_ops.seconds_to_samples(d, sr)  # half up, as the OSC bridge counts
     kept = math.floor(N * fr / sr)
     new = math.ceil((N + added) * fr / sr) - kept
     tl = continue_timeline(kept, new, *_frames(pipe))
@@ -251,6 +266,8 @@ def prepare_continue(pipe: MagnetPipeline, audio, sample_rate: int, prompt: str 
         for r in new_audio:
             r = _channels(r, x.shape[0])
             cont = _fit(r[:, N - c0:], added)
+            gain = _neighbour_gain(x, cont, N, N, sr)
+            r, cont = r * gain, cont * gain
             if ramp and N - c0 >= 1:  # start where the source ends: no step at the join
                 step = x[:, N - 1:N] - r[:, N - c0 - 1:N - c0]
                 g = ((np.arange(ramp) + 0.5) / ramp).astype(np.float32)

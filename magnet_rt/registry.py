@@ -93,6 +93,7 @@ def load_pipeline(name: str, device: str = "auto", fast: bool = True, text_encod
     """`precision`: "auto" computes as released (fp16 blocks on CUDA, fp32 elsewhere); "int8" quantizes the
     block projections for a faster CPU (measured ~1.8x per forward, ~2 % logit error: RESULTS.md).
     `step_graphs`: decode with static steps replayed as CUDA graphs (auto: on CUDA; same codes either way)."""
+    from .bundle import is_bundle, load_bundle
     from .errors import InvalidParams
     from .graphs import check_step_graphs
     from .pipeline import MagnetPipeline
@@ -102,6 +103,9 @@ def load_pipeline(name: str, device: str = "auto", fast: bool = True, text_encod
     check_step_graphs(step_graphs)  # before a model is loaded for nothing
     if name == DEMO:
         pipe = load_demo(device=device, fast=fast)
+    elif is_bundle(name):  # a magnet-rt bundle folder (the demo's format, e.g. a training run's OUT/bundle)
+        pipe = load_bundle(name, device=device)
+        pipe.fast = fast
     else:
         pipe = MagnetPipeline.from_audiocraft(resolve_model(name), device=device, text_encoder=text_encoder)
         pipe.name, pipe.fast = name, fast

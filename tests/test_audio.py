@@ -207,3 +207,13 @@ def test_finish_take_removes_dc_fades_and_lands_on_minus_14():
     stereo = finish_take(np.stack([x, -x]), sr, loudness=-20.0)
     assert stereo.shape == (2, 4 * sr) and lufs(stereo, sr) == pytest.approx(-20.0, abs=0.5)
     assert np.array_equal(finish_take(np.zeros(sr, np.float32), sr), np.zeros(sr, np.float32))
+
+
+def test_level_gain_matches_rms_within_bounds():
+    from magnet_rt.audio import level_gain
+
+    x = np.random.default_rng(0).standard_normal(32000).astype(np.float32) * 0.1
+    assert level_gain(x, 0.5 * x) == pytest.approx(2.0, rel=1e-6)
+    assert level_gain(x, 100 * x) == pytest.approx(0.01, rel=1e-6)  # down: as far as needed (to -60 dB)
+    assert level_gain(1000 * x, x) == pytest.approx(10.0, rel=1e-6)  # up: +20 dB at most
+    assert level_gain(np.zeros(10, np.float32), x) == 1.0 and level_gain(x, np.zeros(10, np.float32)) == 1.0
