@@ -21,13 +21,18 @@ def demo():
 def test_bundle_is_shipped_small_and_documented():
     d = registry.demo_dir()
     size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-    assert size <= 40e6, size
+    assert size <= 60e6, size
     cfg = read_bundle_config(d)
     assert cfg["name"] == "demo" and cfg["text_encoder"]["kind"] == "minilm"
     assert (cfg["lm"]["n_q"], cfg["lm"]["card"], cfg["codec"]["sampling_rate"]) == (4, 2048, 32000)
     m = cfg["metrics"]
     assert np.isfinite(m["lm"]["loss"]) and np.isfinite(m["codec"]["mel_distance"])
     assert m["adherence"]["generated"]["mean"] > m["adherence"]["chance"]["mean"]
+    assert cfg["codec"]["kind"] == "spectral"  # the waveform codec buzzed (docs/TRAINING.md 3.2)
+    ear = m["music_quality"]  # benchmarks/music_quality.py: the codec keeps notes, no take is a frame buzz
+    codec, takes = ear["codec"]["new"], ear["takes"]["new"]
+    assert codec["chroma_cosine"] >= 0.85 and codec["onset_corr"] >= 0.7 and codec["note_f1"] >= 0.5
+    assert takes["corr_20ms_range"][1] < 0.5 and takes["comb_50hz_range"][1] < 0.25 and takes["n"] >= 24
     assert registry.default_model() == "demo"
 
 
@@ -57,6 +62,22 @@ def test_inpainting_keeps_the_outside_and_fills_the_region_at_a_similar_level(de
     inside = np.sqrt(np.mean(take[:, a:b] ** 2))
     outside = np.sqrt(np.mean(np.concatenate([take[:, :a], take[:, b:]], 1) ** 2))
     assert abs(20 * np.log10(inside / outside)) < 10.0, (inside, outside)
+
+
+@pytest.mark.parametrize("gain_db", [-20.0, 6.0])
+def test_inpaint_and_continue_follow_the_source_level(demo, gain_db):
+    """New audio takes the level at which the codec renders the source's own context, so a quiet or a hot
+    source gets a region and a continuation at its own level (not at the model's raw output level)."""
+    take = demo.generate("folk with acoustic guitar, upright bass and drums at 100 bpm", params=LIVE, seed=5)
+    src = take.audio[0] * np.float32(10 ** (gain_db / 20))
+
+    def db(a, b):
+        return 20 * np.log10(np.sqrt(np.mean(a ** 2)) / np.sqrt(np.mean(b ** 2)))
+
+    r = demo.inpaint(src, 32000, 4.0, 7.0, "folk with fiddle and drums", params=LIVE, seed=6).audio[0]
+    assert abs(db(r[:, 4 * 32000:7 * 32000], src)) < 6.0
+    c = demo.continue_from(src, 32000, "folk with fiddle and drums", 4.0, params=LIVE, seed=6).audio[0]
+    assert abs(db(c[:, src.shape[-1]:], src)) < 6.0
 
 
 def test_the_released_export_of_the_demo_lm_round_trips(demo, tmp_path):

@@ -57,7 +57,7 @@ def plot(codec_runs: list[str], lm_runs: list[str], out: str | Path) -> Path:
             if train[0]["step"] < last / 2:  # restarted its count (decoder-only from --init), not a resume
                 offset = last
             steps = np.array([t["step"] for t in train]) + offset
-            for key in ("mel", "logmag", "sc", "l1"):
+            for key in (k for k in ("mel", "logmag", "sc", "l1") if k in train[0]):  # the spectral codec: logmag, sc
                 y = smooth(np.array([t[key] for t in train]), 20)
                 axes[r, 0].plot(steps[len(steps) - len(y):], y, label=f"{key} ({Path(run).name})")
             if evals:
