@@ -88,6 +88,52 @@ def test_grader_inpaint_shape_keeps_the_outside_exactly(endpoint, tmp_path):
     assert not np.array_equal(y[64000:128000], x[64000:128000])
 
 
+LONG = ("--preset", "live", "--param", "decoding_steps=[3,1,1,1]")
+
+
+def test_long_sources_through_the_cli_and_the_python_client(endpoint, tmp_path):
+    """Issue 13's cases against the real daemon: a 2 s region inside a 60 s clip, a 15 s region (windows with
+    pinned overlaps) and a 30 s clip continued by 12 s, through the CLI and the Python client; every sample
+    outside the region (or of the source) comes back exactly."""
+    rng = np.random.default_rng(5)
+    clips = {s: (0.2 * rng.standard_normal(32000 * s)).astype(np.float32) for s in (60, 25, 30)}
+    for s, x in clips.items():
+        sf.write(str(tmp_path / f"c{s}.wav"), x, 32000, subtype="FLOAT")
+    cases = [("c60", ["inpaint", "c60.wav", "--start", "30", "--end", "32"], 30, 32),
+             ("c25", ["inpaint", "c25.wav", "--start", "5", "--end", "20"], 5, 20)]
+    for name, argv, a, b in cases:
+        r = cli(*argv, "fill", "--connect", endpoint, *LONG, "--seed", "3", "-o", f"{name}-out.wav", cwd=tmp_path,
+                timeout=300)
+        assert r.returncode == 0, r.stderr
+        x, (y, sr) = clips[int(name[1:])], sf.read(str(tmp_path / f"{name}-out.wav"), dtype="float32")
+        assert sr == 32000 and y.shape == x.shape
+        np.testing.assert_array_equal(y[:a * 32000], x[:a * 32000])
+        np.testing.assert_array_equal(y[b * 32000:], x[b * 32000:])
+        assert not np.array_equal(y[a * 32000:b * 32000], x[a * 32000:b * 32000])
+    r = cli("continue", "c30.wav", "more", "--duration", "12", "--connect", endpoint, *LONG, "--seed", "4", "-o",
+            "c30-out.wav", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    y, _ = sf.read(str(tmp_path / "c30-out.wav"), dtype="float32")
+    assert y.shape == (42 * 32000,)
+    np.testing.assert_array_equal(y[:30 * 32000], clips[30])
+    params = {"decoding_steps": [3, 1, 1, 1]}
+    with MagnetClient(endpoint) as c:
+        res = c.inpaint_audio(clips[60][None], 30.0, 32.0, "fill", sample_rate=32000, seed=3, preset="live",
+                              params=params)
+        out = res.audio[0]
+        assert out.shape == (1, 60 * 32000)
+        np.testing.assert_array_equal(out[0, :30 * 32000], clips[60][:30 * 32000])
+        np.testing.assert_array_equal(out[0, 32 * 32000:], clips[60][32 * 32000:])
+        res = c.inpaint_audio(clips[25][None], 5.0, 20.0, "fill", sample_rate=32000, seed=3, preset="live",
+                              params=params)
+        np.testing.assert_array_equal(res.audio[0][0, :5 * 32000], clips[25][:5 * 32000])
+        np.testing.assert_array_equal(res.audio[0][0, 20 * 32000:], clips[25][20 * 32000:])
+        res = c.continue_audio(clips[30][None], "more", duration_s=12.0, sample_rate=32000, seed=4, preset="live",
+                               params=params)
+        assert res.audio[0].shape == (1, 42 * 32000)
+        np.testing.assert_array_equal(res.audio[0][0, :30 * 32000], clips[30])
+
+
 def test_short_takes_variations_json_and_seeds(endpoint, tmp_path):
     argv = ("generate", "PROMPT", "--connect", endpoint, "--preset", "live", "--seed", "7", "--duration", "2",
             "--param", "decoding_steps=[4,1,1,1]", "--variations", "2", "--json", "-q", "-o", "v.wav")
