@@ -13,10 +13,11 @@ Stages, each one the module command it prints (so any of them can be re-run alon
 4. adherence: the prompt-adherence classifier and its scores on the LM bundle (WORK/runs/adherence);
 5. publish: LM + fine-tuned decoder -> `--publish`, with the metrics; training curves -> docs PNG.
 
-The shipped bundle was made by these stages with the settings below, except that its codec run's
-settings changed while it ran (its provenance records them; docs/TRAINING.md tells the history), so a
-re-run gives a comparable, not bit-identical, bundle. CPU figures: about 1 h (data, 2 cores) + 40 min
-(codec) + 80 min (LM and decoder) + 35 min (adherence: 3 seeds x 96 takes) on 2 cores.
+The shipped bundle was made by these stages with the settings below, except that its decoder was not
+fine-tuned (the step-1500 codec ships) and its adherence used one seed (docs/TRAINING.md 3.4, 5.5); the
+codec's first ~400 steps ran on two threads, so a re-run gives a comparable, not bit-identical, bundle.
+CPU figures on 2 busy cores: 9 min (data) + 12 min (codec) + 70 min (LM, 1200 steps) + 15 min per
+adherence seed.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="out", help="data and runs go under WORK/data, WORK/runs")
     p.add_argument("--publish", default="magnet_rt/assets/demo")
     p.add_argument("--clips", type=int, default=2400)
-    p.add_argument("--codec-steps", type=int, default=2000)
-    p.add_argument("--lm-steps", type=int, default=2000)
+    p.add_argument("--codec-steps", type=int, default=1500)
+    p.add_argument("--lm-steps", type=int, default=1200)
     p.add_argument("--decoder-steps", type=int, default=10000)
     p.add_argument("--threads", type=int, default=2, help="torch threads of the single-process stages")
     p.add_argument("--from-stage", default="data", help="skip the stages before this one")
