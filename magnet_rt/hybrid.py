@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import audio as audio_ops
 from .errors import Cancelled, InvalidParams
 from .params import DecodeParams
 from .pipeline import Job, JobResult, MagnetPipeline, Prepared, _seed
@@ -161,10 +162,14 @@ def prepare_hybrid(pipe: MagnetPipeline, musicgen: MusicgenRescorer, prompt: str
 
 def generate_hybrid(pipe: MagnetPipeline, musicgen: MusicgenRescorer, prompt: str | None, duration_s: float | None,
                     hybrid_s: float, params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
-                    progress=None, cancelled=None, **kwargs) -> JobResult:
-    """`prepare_hybrid` + one `run_batch` over the variations' jobs + `finish_all`."""
+                    progress=None, cancelled=None, loudness: float | None = audio_ops.DEFAULT_LOUDNESS_LUFS,
+                    **kwargs) -> JobResult:
+    """`prepare_hybrid` + one `run_batch` over the variations' jobs + `finish_all`; each take finished like
+    `MagnetPipeline.generate`'s (`audio.finish_take`; `loudness` None keeps the model's level)."""
     prep = prepare_hybrid(pipe, musicgen, prompt, duration_s, hybrid_s, params, seed, variations,
                           cancelled=cancelled, **kwargs)
     on_step = (lambda ji, ev: progress(ev) if ji == 0 else None) if progress else None
-    res = pipe.run_batch(prep.jobs, on_step=on_step, is_cancelled=(lambda _: cancelled()) if cancelled else None)
-    return prep.finish_all(res)
+    res = prep.finish_all(pipe.run_batch(prep.jobs, on_step=on_step,
+                                         is_cancelled=(lambda _: cancelled()) if cancelled else None))
+    res.audio = np.stack([audio_ops.finish_take(a, res.sample_rate, loudness) for a in res.audio])
+    return res

@@ -2,6 +2,7 @@
 the tiny-random pipeline; the rescorer through the pipeline's hook; the hybrid training objective."""
 
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,11 @@ def test_prepare_hybrid_pins_the_ar_prefix_and_magnet_completes(pipe, musicgen):
     assert not torch.equal(res.codes[0, :, :15], res.codes[1, :, :15])
     alone = generate_hybrid(pipe, musicgen, "warm pads", 1.0, 0.3, FAST, seed=12)  # variation 1 == seed + 1
     assert torch.equal(alone.codes[0], res.codes[1])
+    import pyloudnorm  # the take is finished like generate's: no DC, -14 LUFS (or the -1 dBFS peak ceiling)
+
+    take = alone.audio[0, 0].astype(np.float64)
+    level = pyloudnorm.Meter(32000, block_size=0.2).integrated_loudness(take)
+    assert abs(take.mean()) < 1e-3 and (abs(level + 14.0) < 0.5 or np.abs(take).max() >= 10 ** (-1 / 20) - 1e-3)
 
 
 def test_hybrid_arguments_are_checked(pipe, musicgen):
