@@ -21,10 +21,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import zmq
 
-from magnet_rt.audio import DEFAULT_LOUDNESS_LUFS, finish_take
+from magnet_rt.audio import DEFAULT_LOUDNESS_LUFS, finish_takes
 from magnet_rt.longform import endless, stream_long
 from protocol import (
     AudioChunk,
@@ -242,7 +241,7 @@ class Worker(threading.Thread):
             audio, sr = res.audio, res.sample_rate
             if isinstance(msg, Generate):  # a whole take: no DC, no click, -14 LUFS unless asked otherwise
                 target = None if not msg.normalize else DEFAULT_LOUDNESS_LUFS if msg.loudness is None else msg.loudness
-                audio = np.stack([finish_take(a, sr, target) for a in audio])
+                audio = finish_takes(audio, sr, target)
             frames_out = []
             if msg.stream.audio:
                 for v, out in enumerate(audio):

@@ -23,6 +23,7 @@ __all__ = [
     "equal_power_crossfade",
     "equal_power_gains",
     "finish_take",
+    "finish_takes",
     "loudness_normalize",
     "remove_dc",
     "resample",
@@ -211,6 +212,11 @@ def finish_take(x: np.ndarray, sr: int, loudness: float | None = DEFAULT_LOUDNES
         y[..., -n:] *= ramp[::-1]
     y = y.astype(np.float32)
     return y if loudness is None else loudness_normalize(y, sr, loudness)
+
+
+def finish_takes(audio: np.ndarray, sr: int, loudness: float | None = DEFAULT_LOUDNESS_LUFS) -> np.ndarray:
+    """`finish_take` on each take of `[V, C, N]`: what every generate path (engine, hybrid, daemon) returns."""
+    return np.stack([finish_take(a, sr, loudness) for a in audio])
 
 
 def level_gain(reference: np.ndarray, rendering: np.ndarray, max_boost_db: float = 20.0,

@@ -171,5 +171,5 @@ def generate_hybrid(pipe: MagnetPipeline, musicgen: MusicgenRescorer, prompt: st
     on_step = (lambda ji, ev: progress(ev) if ji == 0 else None) if progress else None
     res = prep.finish_all(pipe.run_batch(prep.jobs, on_step=on_step,
                                          is_cancelled=(lambda _: cancelled()) if cancelled else None))
-    res.audio = np.stack([audio_ops.finish_take(a, res.sample_rate, loudness) for a in res.audio])
+    res.audio = audio_ops.finish_takes(res.audio, res.sample_rate, loudness)
     return res

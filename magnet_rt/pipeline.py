@@ -234,7 +234,7 @@ class MagnetPipeline:
         prompts = [prompts] if prompts is None or isinstance(prompts, str) else list(prompts)
         job = Job(prompts, self.frames_for(duration_s), params or DecodeParams(), _seed(seed), variations)
         res = self._run_one(job, progress, cancelled)
-        res.audio = np.stack([audio_ops.finish_take(a, res.sample_rate, loudness) for a in res.audio])
+        res.audio = audio_ops.finish_takes(res.audio, res.sample_rate, loudness)
         return res
 
     def inpaint(self, audio, sample_rate: int, start_s: float, end_s: float, prompt: str | None,
