@@ -43,6 +43,7 @@ class Ticket:
     payload: Any = None  # what the worker needs to build or run the job (daemon.render.RenderPlan, ...)
     key: Hashable | None = None  # batch key once prepared; None: not batchable (or not prepared yet)
     prepared: bool = True
+    preparing: bool = False  # handed to a worker by `unprepared`
     state: State = State.QUEUED
     cancel_requested: bool = False
     cancelled_by: str | None = None
@@ -150,8 +151,13 @@ class Scheduler:
 
     # ---- worker thread ----------------------------------------------------------------------------------
     def unprepared(self) -> list[Ticket]:
+        """Queued tickets that need preparing, each handed to one caller only (with `--replicas` several
+        workers ask): the caller prepares it (`set_prepared`) or ends it."""
         with self._lock:
-            return [t for t in self._queue if not t.prepared]
+            out = [t for t in self._queue if not t.prepared and not t.preparing]
+            for t in out:
+                t.preparing = True
+            return out
 
     def set_prepared(self, t: Ticket, key: Hashable | None) -> None:
         with self._lock:
@@ -177,11 +183,11 @@ class Scheduler:
         empty queue (the worker, the only caller, has finished its batch by then)."""
         deadline = self.clock() + timeout
         with self._lock:
-            while not self._queue:
-                if self.closed:
+            while not self._queue or (not self._queue[0].prepared and self._queue[0].preparing):
+                if self.closed and not self._queue:
                     return None
                 left = deadline - self.clock()
-                if left <= 0:
+                if left <= 0:  # (the head is being prepared by another worker: it waits, not spins)
                     return []
                 self._wake.wait(left)
             head = self._queue[0]

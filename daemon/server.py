@@ -63,6 +63,7 @@ from protocol import (
 from protocol.framing import OVERSIZE_FACTOR
 
 from . import render
+from .cluster import add_cluster_arguments, check_cluster_args, cluster_from_args
 from .errors import to_protocol_error
 from .files import OutputDir, PathPolicy
 from .keys import is_local_endpoint, load_server_secret
@@ -97,10 +98,11 @@ class Daemon:
         self.args = args
         self.max_bytes = args.max_message_bytes
         self.sched = Scheduler(max_queue=args.max_queue, max_batch=args.max_batch)
+        self.cluster = cluster_from_args(args)  # --replicas N: the engine on Ray Serve (daemon.cluster)
+        loader = (self.cluster.load_pipeline if self.cluster is not None else
+                  functools.partial(load_pipeline, precision=args.precision, step_graphs=args.step_graphs))
         self.models = ModelManager(args.model, device=args.device, keep_alive_s=args.keep_alive,
-                                   rescorer=args.rescorer,
-                                   loader=functools.partial(load_pipeline, precision=args.precision,
-                                                           step_graphs=args.step_graphs))
+                                   rescorer=args.rescorer, loader=loader)
         self.files = PathPolicy(args.allow_dir)
         self.outputs = OutputDir(args.output_dir, ttl_s=args.output_ttl)
         self.started = time.monotonic()
@@ -139,9 +141,12 @@ class Daemon:
         self.pull = self.zctx.socket(zmq.PULL)
         self.pull.bind(OUTBOX)
         self.models.load(self.args.model)
-        self.worker = Worker(self.zctx, OUTBOX, self.sched, self.models, self.max_bytes,
-                             endless_ahead_s=self.args.endless_ahead)
-        self.worker.start()
+        # one engine thread, or one per replica so that every replica has a batch in flight
+        self.workers = [Worker(self.zctx, OUTBOX, self.sched, self.models, self.max_bytes,
+                               endless_ahead_s=self.args.endless_ahead) for _ in range(max(1, self.args.replicas))]
+        self.worker = self.workers[0]
+        for w in self.workers:
+            w.start()
         self.outputs.cleanup()
         return endpoint
 
@@ -154,6 +159,8 @@ class Daemon:
             self.pull.close(linger=0)
         self.zctx.term()
         self.zctx = None
+        if self.cluster is not None:
+            self.cluster.close()
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -177,7 +184,8 @@ class Daemon:
                 self.begin_shutdown()
             if self.signals > 1:
                 self.sched.cancel_running()
-            if not self.worker.is_alive():
+            alive = [w.is_alive() for w in self.workers]
+            if not all(alive) and not (self.stopping and any(alive)):  # stopping: until every worker is done
                 self._forward(limit=None)
                 if not self.stopping:  # the engine thread died: answer everything, then exit 1
                     self.worker_died()
@@ -312,7 +320,8 @@ class Daemon:
         self.send(client, StatusReply(id=msg.id, model=on_device, device=device, memory=memory_stats(),
                                       queue=queue, running=running, recent_timings=self.sched.recent_timings(),
                                       uptime_s=time.monotonic() - self.started,
-                                      last_step_at=self.sched.last_step_at))
+                                      last_step_at=self.sched.last_step_at,
+                                      replicas=pipe.replicas() if self.cluster is not None and pipe else ()))
 
     def on_models(self, client: bytes, msg) -> None:
         self.send(client, ModelsReply(id=msg.id, models=tuple(self.models.info()), default_model=self.args.model))
@@ -462,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=LOG_FORMATS, default="human", help="stderr log lines (default human)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_osc_arguments(p)
+    add_cluster_arguments(p)
     return p
 
 
@@ -476,6 +486,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--client-timeout must be positive")
     if args.threads < 0:
         p.error("--threads must be 0 (auto) or more")
+    check_cluster_args(p, args)
 
 
 def main(argv: list[str] | None = None) -> int:

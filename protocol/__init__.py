@@ -52,6 +52,7 @@ from .messages import (
     Progress,
     QueueEntry,
     Render,
+    ReplicaInfo,
     Request,
     SetPrompt,
     SetPromptReply,
@@ -75,8 +76,8 @@ __all__ = [
     "Accepted", "AudioChunk", "AudioData", "Cancel", "CancelReply", "Cancelled", "Continue", "DecodeParams",
     "Done", "Error", "ErrorCode", "ErrorHelp", "Event", "Generate", "Hello", "Inpaint", "Limits", "Load",
     "LoadReply", "Message", "ModelInfo", "Models", "ModelsReply", "Ping", "Pong", "Preview", "Progress",
-    "ProtocolError", "QueueEntry", "Render", "Request", "SetPrompt", "SetPromptReply", "Source", "Status",
-    "StatusReply", "Stream", "Struct", "Unload",
+    "ProtocolError", "QueueEntry", "Render", "ReplicaInfo", "Request", "SetPrompt", "SetPromptReply", "Source",
+    "Status", "StatusReply", "Stream", "Struct", "Unload",
     "UnloadReply", "Welcome", "Window", "explain", "is_terminal", "pack", "pcm_decode", "pcm_encode", "unpack",
     "unpack_map",
 ]

@@ -375,6 +375,18 @@ class QueueEntry(Struct):
 
 
 @struct
+class ReplicaInfo(Struct):
+    """An engine replica of a daemon started with `--replicas` (Ray Serve, docs/SCALE.md)."""
+
+    id: str = _f(_ID)
+    state: str = _f(_choice("alive", "dead"))
+    pid: int | None = _f(_COUNT, None)
+    running: int = _f(_COUNT)
+    batches: int = _f(_COUNT)
+    deaths: int = _f(_COUNT)
+
+
+@struct
 class ModelInfo(Struct):
     name: str = _f(_MODEL)
     loaded: bool = _f(_bool)
@@ -680,6 +692,7 @@ class StatusReply(Event):
     recent_timings: dict[str, float] = _f(_map(_SECONDS), factory=dict)
     uptime_s: float = _f(_SECONDS)
     last_step_at: float | None = _f(_SECONDS, None)
+    replicas: tuple[ReplicaInfo, ...] = _f(_list(_struct(ReplicaInfo), 0, 4096), ())
 
 
 @struct

@@ -1,0 +1,179 @@
+"""`magnet-rt serve --replicas 2`: the same protocol with the engine on two Ray Serve replicas (daemon.cluster).
+
+A local Ray on loopback (Ray's single-machine mode), two replicas of tiny-random at half a CPU each, the
+daemon as a subprocess on 127.0.0.1 driven by real DEALER sockets. Results are compared byte for byte with
+the single daemon's for the same requests and seeds. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from daemon.testing import Client, DaemonProcess
+from protocol import Cancel, DecodeParams, Generate, Status, Stream, is_terminal
+
+pytestmark = pytest.mark.slow
+
+FAST = DecodeParams(decoding_steps=(4, 1, 1, 1))
+MID = DecodeParams(decoding_steps=(200, 50, 50, 50))  # long enough to kill a replica while it runs
+SLOW = DecodeParams(decoding_steps=(200, 1, 1, 1))
+# (id, prompt, duration, params, seed): each its own length, so none shares a batch here or in the single
+# daemon (a batch's codec decode may differ in the last bits, PROTOCOL.md §6) and two run at once
+REQUESTS = [(f"r{i}", p, d, FAST, 100 + i) for i, (p, d) in
+            enumerate([("dusty breakbeat", 0.5), ("warm pads", 0.6), ("dusty breakbeat", 0.8), ("", 1.0)])]
+KILLED = ("k", "acid bassline", 4.0, MID, 7)
+
+
+def gen(rid: str, prompt: str, duration_s: float, params: DecodeParams, seed: int, **kw) -> Generate:
+    return Generate(id=rid, prompt=prompt, duration_s=duration_s, preset="live", params=params, seed=seed,
+                    stream=Stream(progress=True, audio=True), **kw)
+
+
+def start(tmp_path_factory, *args: str) -> DaemonProcess:
+    cache = tmp_path_factory.getbasetemp() / "magnet-rt-cache"  # one tiny-random build per test session
+    d = DaemonProcess("--model", "tiny-random", "--device", "cpu", "--threads", "1", *args,
+                      env={"MAGNET_RT_CACHE": str(cache), "OMP_NUM_THREADS": "1"})
+    d.start(timeout=300)
+    return d
+
+
+def run_all(zctx, endpoint: str, requests, timeout: float = 180.0) -> dict[str, list]:
+    """Each request from its own client, all at once; every message of each up to its terminal one."""
+    out: dict[str, list] = {}
+    clients = {r[0]: Client(zctx, endpoint) for r in requests}
+
+    def one(r) -> None:
+        out[r[0]] = clients[r[0]].request(gen(*r), timeout=timeout)
+
+    threads = [threading.Thread(target=one, args=(r,)) for r in requests]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout + 10)
+    finally:
+        for c in clients.values():
+            c.close()
+    assert set(out) == {r[0] for r in requests}, f"requests without an answer: {set(clients) - set(out)}"
+    return out
+
+
+def audio_bytes(msgs) -> bytes:
+    return b"".join(m.data for m in msgs if m.TYPE == "audio")
+
+
+def check_one_terminal(msgs) -> None:
+    """accepted first, then exactly one terminal message, the last one, and it is `done`."""
+    kinds = [m.TYPE for m in msgs]
+    assert kinds[0] == "accepted" and kinds[-1] == "done", kinds
+    assert sum(is_terminal(m) for m in msgs) == 1, kinds
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, zctx) -> dict[str, bytes]:
+    """The single daemon's takes for the same requests."""
+    d = start(tmp_path_factory)
+    try:
+        got = run_all(zctx, d.endpoint, [*REQUESTS, KILLED])
+    finally:
+        assert d.stop() == 0, d.log()[-3000:]
+    for msgs in got.values():
+        check_one_terminal(msgs)
+    return {rid: audio_bytes(msgs) for rid, msgs in got.items()}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, reference):
+    d = start(tmp_path_factory, "--replicas", "2", "--replica-cpus", "0.5")
+    yield d
+    assert d.stop(timeout=120) == 0, d.log()[-5000:]
+
+
+def status(zctx, endpoint: str):
+    c = Client(zctx, endpoint)
+    try:
+        return c.call(Status(id="st"), timeout=30)
+    finally:
+        c.close()
+
+
+def wait_for(pred, what: str, timeout: float = 120.0, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (v := pred()) is not None:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_the_single_daemon_imports_no_ray():
+    code = ("import sys, daemon.server, clients.cli; daemon.server.build_parser(); "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_concurrent_clients_get_the_single_daemons_bytes(cluster, reference, zctx):
+    got = run_all(zctx, cluster.endpoint, REQUESTS)
+    for rid, msgs in got.items():
+        check_one_terminal(msgs)
+        steps = [m.step for m in msgs if m.TYPE == "progress"]
+        assert steps == list(range(1, 8)), (rid, steps)
+        assert audio_bytes(msgs) == reference[rid], rid
+    st = status(zctx, cluster.endpoint)
+    alive = [r for r in st.replicas if r.state == "alive"]
+    assert len(alive) == 2 and all(r.pid for r in alive), st.replicas
+    assert sum(r.batches for r in st.replicas) >= 2 and all(r.running == 0 for r in st.replicas), st.replicas
+
+
+def test_a_replica_killed_mid_batch_reruns_it_on_another(cluster, reference, zctx):
+    c = Client(zctx, cluster.endpoint)
+    try:
+        c.send(gen(*KILLED))
+        assert c.next("k").TYPE == "accepted"
+        assert c.next("k", timeout=60).TYPE == "progress"  # decoding on a replica now
+        running = wait_for(lambda: next((r for r in status(zctx, cluster.endpoint).replicas if r.running), None),
+                           "the replica running the request", timeout=30)
+        os.kill(running.pid, signal.SIGKILL)
+        msgs = c.until_terminal("k", timeout=180)
+    finally:
+        c.close()
+    kinds = [m.TYPE for m in msgs]
+    assert kinds[-1] == "done" and sum(is_terminal(m) for m in msgs) == 1, kinds
+    steps = [m.step for m in msgs if m.TYPE == "progress"]
+    assert steps == sorted(set(steps)) and steps[-1] == sum(MID.decoding_steps), steps  # none twice
+    assert audio_bytes(msgs) == reference["k"]  # the rerun on the other replica made the same take
+
+    def replaced():
+        s = status(zctx, cluster.endpoint)
+        return s if sum(r.state == "alive" for r in s.replicas) == 2 else None
+
+    st = wait_for(replaced, "Serve to replace the replica")
+    dead = {r.id: r for r in st.replicas}[running.id]
+    assert dead.state == "dead" and dead.deaths == 1, st.replicas
+
+
+def test_cancel_stops_the_replicas_work(cluster, zctx):
+    c = Client(zctx, cluster.endpoint)
+    try:
+        c.send(gen("slow", "drone", 4.0, SLOW, 1))
+        assert c.next("slow").TYPE == "accepted"
+        assert c.next("slow", timeout=60).TYPE == "progress"
+        assert c.call(Cancel(id="x", target="slow")).state == "running"
+        msgs = c.until_terminal("slow", timeout=60)
+        assert msgs[-1].TYPE == "cancelled" and msgs[-1].by == "x"
+        # both replicas are free again: two requests of different lengths run at once and finish
+        got = run_all(zctx, cluster.endpoint, REQUESTS[1:3], timeout=120)
+    finally:
+        c.close()
+    for msgs in got.values():
+        check_one_terminal(msgs)
+    st = status(zctx, cluster.endpoint)
+    assert all(r.running == 0 for r in st.replicas), st.replicas
