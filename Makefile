@@ -16,7 +16,7 @@ $(BIN)/magnet-rt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install -q "$(TORCH_SPEC)"; fi
-	$(BIN)/python -m pip install -q -e '.[dev,demo,eval]'
+	$(BIN)/python -m pip install -q -e '.[dev,demo,eval,cluster]'
 	$(BIN)/python -m pip install -q --no-deps basic-pitch==0.4.0
 	@touch $@
 
