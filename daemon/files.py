@@ -6,26 +6,23 @@ path is refused. The file is opened with O_NOFOLLOW|O_NONBLOCK and checked again
 symlink or fifo swapped in after the check is not followed or waited on. Refusals raise
 ProtocolError(forbidden_path); unreadable or unsuitable audio raises ProtocolError(invalid_audio).
 
-Writing (`OutputDir`): `write_wav(audio, sr)` writes atomically and returns the absolute path; `cleanup()`
-removes our WAVs older than the TTL. The OSC bridge delivers results this way.
+Writing: the output folder for WAV results belongs to the OSC bridge (`clients/output_dir.py`); it is named
+here for daemon/server.py, which cleans the folder it hands to `serve --osc`.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from clients.output_dir import OutputDir  # noqa: F401 - re-exported for daemon/server.py (see above)
 from protocol import ErrorCode, ProtocolError
 
 MIN_RATE, MAX_RATE = 8000, 192000
-OUTPUT_PREFIX = "magnet-"
 
 
 def _forbidden(path: str, why: str) -> ProtocolError:
@@ -91,54 +88,3 @@ class PathPolicy:
         if not data.size or not np.isfinite(data).all():
             raise _bad_audio("the file is empty or holds NaN/inf samples")
         return np.ascontiguousarray(data.T), rate
-
-
-def default_output_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "magnet-rt" / "outputs"
-
-
-class OutputDir:
-    def __init__(self, root: str | Path | None = None, ttl_s: float = 3600.0):
-        self.root = Path(root) if root is not None else default_output_dir()
-        self.ttl_s = float(ttl_s)
-
-    def ensure(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return self.root
-
-    def write_wav(self, audio: np.ndarray, sample_rate: int, name_hint: str = "") -> str:
-        """Write float audio [C, N] or [N] as 32-bit float WAV; returns the absolute path."""
-        x = np.asarray(audio, dtype=np.float32)
-        frames = x[:, None] if x.ndim == 1 else x.T  # soundfile wants [N, C]
-        safe = "".join(c for c in name_hint if c.isalnum() or c in "-_")[:32]
-        name = f"{OUTPUT_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{safe + '-' if safe else ''}{uuid.uuid4().hex[:8]}.wav"
-        root = self.ensure()
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".wav", dir=root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                sf.write(f, frames, int(sample_rate), subtype="FLOAT", format="WAV")
-            final = root / name
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return str(final.resolve())
-
-    def cleanup(self, now: float | None = None) -> int:
-        """Remove our WAV files (and stale temp files) older than the TTL; returns how many."""
-        if not self.root.is_dir():
-            return 0
-        cutoff = (time.time() if now is None else now) - self.ttl_s
-        removed = 0
-        for entry in os.scandir(self.root):
-            ours = entry.name.startswith((OUTPUT_PREFIX, ".tmp-")) and entry.name.endswith(".wav")
-            if not ours or not entry.is_file(follow_symlinks=False):
-                continue
-            try:
-                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
-            except FileNotFoundError:
-                pass
-        return removed

@@ -30,6 +30,7 @@ from importlib import metadata
 import torch
 import zmq
 
+from clients.osc import add_osc_arguments, start_osc_bridge
 from magnet_rt.devices import cpu_threads
 from magnet_rt.graphs import STEP_GRAPHS
 from magnet_rt.registry import PRECISIONS, TINY_RANDOM, default_model, load_pipeline
@@ -69,7 +70,6 @@ from .files import OutputDir, PathPolicy
 from .keys import is_local_endpoint, load_server_secret
 from .logs import LOG_FORMATS, ctx, setup_logging
 from .models import ModelManager, describe_device
-from .osc import add_osc_arguments, start_osc_bridge
 from .scheduler import Scheduler, State, Ticket
 from .worker import Worker
 

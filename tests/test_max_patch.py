@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 from test_osc_support import REPO
 
-from daemon.osc import OPTIONS, REQUESTS, forms
+from clients.osc import OPTIONS, REQUESTS, forms
 
 MAX = REPO / "clients" / "max"
 REF = "https://docs.cycling74.com/max8/refpages/"

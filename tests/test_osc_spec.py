@@ -1,4 +1,4 @@
-"""protocol/OSC.md against daemon/osc.py's dispatcher, argument parsing, and the Max and Pd patches' ports and
+"""protocol/OSC.md against clients/osc.py's dispatcher, argument parsing, and the Max and Pd patches' ports and
 addresses. No daemon needed."""
 
 from __future__ import annotations
@@ -11,7 +11,19 @@ import numpy as np
 import pytest
 from test_osc_support import REPO
 
-from daemon.osc import DEFAULT_OSC, DEFAULT_REPLY_PORT, REPLIES, REQUESTS, OscError, forms, osc_path, parse, reply_port
+from clients.osc import (
+    DEFAULT_OSC,
+    DEFAULT_REPLY_PORT,
+    REPLIES,
+    REQUESTS,
+    OscBridge,
+    OscError,
+    forms,
+    osc_path,
+    parse,
+    reply_port,
+)
+from clients.output_dir import OutputDir
 from magnet_rt.audio import bars_to_samples
 
 SPEC = (REPO / "protocol" / "OSC.md").read_text()
@@ -36,6 +48,14 @@ def test_request_table_matches_the_dispatcher():
     for address, (args, replies, _) in rows.items():
         assert (args.strip("`") if args != "—" else "") == REQUESTS[address], address
         assert set(re.findall(r"`(/magnet/\w+)`", replies)) <= set(REPLIES), address
+
+
+def test_every_request_address_has_one_handler(tmp_path):
+    bridge = OscBridge("tcp://127.0.0.1:1", "127.0.0.1:0", output=OutputDir(tmp_path))  # not started: binds nothing
+    try:
+        assert set(bridge.handlers) == set(REQUESTS)
+    finally:
+        bridge.close()
 
 
 def test_reply_table_matches_the_bridge():

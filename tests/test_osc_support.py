@@ -90,7 +90,7 @@ def start_daemon(tmp: Path, allow: Path) -> tuple[Proc, str]:
 
 
 def start_bridge(endpoint: str, reply_port: int, out: Path) -> tuple[Proc, int]:
-    proc = Proc([sys.executable, "-m", "daemon.osc", "--connect", endpoint, "--osc", f"{HOST}:0",
+    proc = Proc([sys.executable, "-m", "clients.osc", "--connect", endpoint, "--osc", f"{HOST}:0",
                  "--osc-reply-port", str(reply_port), "--output-dir", str(out)])
     port = int(proc.wait_line(r"osc bridge on [\d.]+:(\d+)", 60).group(1))
     return proc, port

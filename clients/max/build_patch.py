@@ -4,7 +4,7 @@
 
 The two differ only in where the tempo comes from (a number box / Live's song tempo via live.observer) and
 where the sound goes (dac~ / plugout~). tests/test_osc_spec.py checks the ports and addresses against
-daemon/osc.py and that the files are what this script writes.
+clients/osc.py and that the files are what this script writes.
 """
 
 from __future__ import annotations
