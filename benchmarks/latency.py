@@ -7,7 +7,8 @@ Random weights of the named shape (tiny = the shared fixture's structure, small 
 medium = magnet-medium-10secs), batch B with classifier-free guidance (2B rows per forward), 10 s
 (500 frames). The baseline is the reference computation (all heads, dense masked attention, null rows
 through cross-attention, fp32 on CPU / fp16 blocks on CUDA as released); the fast path is
-`decoding.decode(..., fast=True)`, in `--fast-dtype` (auto: fp16 blocks on CUDA as released, fp32 on CPU:
+`decoding.decode` with the device's chosen step form (`decoding.choose_path`), in `--fast-dtype` (auto:
+fp16 blocks on CUDA as released, fp32 on CPU:
 bf16 matmuls measured slower than fp32 on our CPU build, see RESULTS.md; `--fast-dtype bf16` to try).
 The fast path comes in two forms, both timed: `dynamic` (samples only the re-masked positions, with
 data-dependent shapes) and `static` (`magnet_rt.graphs`: fixed shapes, no host sync, replayed as CUDA
@@ -29,8 +30,9 @@ import time
 import numpy as np
 import torch
 
-from magnet_rt.decoding import RowGroup, decode
+from magnet_rt.decoding import DecodePath, RowGroup, decode
 from magnet_rt.graphs import StepGraphs, use_static
+from magnet_rt.int8 import quantize_int8
 from magnet_rt.lm import RELEASED_SHAPES, MagnetConfig, MagnetLM
 from magnet_rt.presets import resolve_params
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     "size, e.g. 1,2,4,8,16 (the paper's Fig. 2)")
     ap.add_argument("--frames", type=int, default=500)
     ap.add_argument("--fast-dtype", choices=["auto", *DTYPES], default="auto",
-                    help="int8: dynamically quantized block projections (CPU; MagnetLM.quantize_int8)")
+                    help="int8: dynamically quantized block projections (CPU; int8.quantize_int8)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-other", action="store_true", help="time only the fast form served on this device")
     ap.add_argument("--codec", action="store_true", help="include EnCodec 32 kHz decoding (random weights)")
@@ -116,14 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     if fast_dtype == base_dtype:
         fast = base
     elif fast_dtype == torch.qint8:
-        fast = copy.deepcopy(base).quantize_int8()
+        fast = quantize_int8(copy.deepcopy(base))
     else:
         fast = copy.deepcopy(base).set_precision(fast_dtype)
     text = torch.randn(args.batch, 12, base.cfg.text_dim, generator=torch.Generator().manual_seed(1)).to(device)
     mask = torch.ones(args.batch, 12, dtype=torch.long, device=device)
     codec = None
     if args.codec:
-        from magnet_rt.codec import Codec, random_encodec_config, random_encodec_model
+        from magnet_rt.codec import Codec
+        from magnet_rt.encodec_checkpoints import random_encodec_config, random_encodec_model
 
         cfg = random_encodec_config(n_filters=64, dimension=128, lstm_layers=2)  # the released 32 kHz shape
         codec = Codec(random_encodec_model(cfg), device=device)
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             with torch.inference_mode():
                 cond = lm.project_text(text[:1].expand(batch, -1, -1), mask[:1].expand(batch, -1))
                 g = torch.Generator(device=device).manual_seed(0)
-                codes = decode(lm, cond, args.frames, params, [RowGroup(batch, g)], fast=is_fast,
+                path = (DecodePath.STATIC if static else DecodePath.DYNAMIC) if is_fast else DecodePath.REFERENCE
+                codes = decode(lm, cond, args.frames, params, [RowGroup(batch, g)], path=path,
                                graphs=graphs.get(id(lm)) if static else None)[0]
                 if codec is not None:
                     codec.decode(codes)

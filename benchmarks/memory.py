@@ -17,7 +17,7 @@ import argparse
 import torch
 from transformers import EncodecModel, T5Config, T5EncoderModel
 
-from magnet_rt.codec import random_encodec_config
+from magnet_rt.encodec_checkpoints import random_encodec_config
 from magnet_rt.lm import RELEASED_SHAPES, MagnetLM
 
 from .report import emit

@@ -1,8 +1,10 @@
 """magnet-rt engine: MAGNeT (Ziv et al., ICLR 2024) computed exactly like the released checkpoints.
 
-    from magnet_rt import MagnetLM, DecodeParams
-    lm = MagnetLM.from_audiocraft("path/to/magnet-small-10secs")
-    codes = lm.generate(text_hidden, text_mask, frames=500, params=DecodeParams(), seed=1)
+    from magnet_rt import DecodeParams
+    from magnet_rt.checkpoints import load_audiocraft_lm
+    from magnet_rt.decoding import decode_single
+    lm = load_audiocraft_lm("path/to/magnet-small-10secs")
+    codes = decode_single(lm, text_hidden, text_mask, frames=500, params=DecodeParams(), seed=1)
 """
 
 from __future__ import annotations

@@ -184,11 +184,13 @@ def build_text_encoder(spec: dict[str, Any], bundle_dir: str | Path, device: str
     raise CheckpointError(f"{bundle_dir}: unknown text encoder kind {kind!r} (known: minilm, t5)")
 
 
-def load_bundle(directory: str | Path, device: str | torch.device = "auto", text_encoder=None):
+def load_bundle(directory: str | Path, device: str | torch.device = "auto", text_encoder=None, options=None,
+                name: str | None = None):
     """A bundle folder -> MagnetPipeline (LM in the device's release precision, codec, text encoder).
-    `text_encoder` overrides the bundle's (an object with the TextEncoder interface)."""
+    `text_encoder` overrides the bundle's (an object with the TextEncoder interface); `options`:
+    `pipeline.PipelineOptions` (default: the defaults); `name`: the pipeline's name (default: the bundle's)."""
     from .devices import codec_device, codec_half, lm_dtype, pick_device
-    from .pipeline import MagnetPipeline
+    from .pipeline import MagnetPipeline, PipelineOptions
 
     d = Path(directory)
     config = read_bundle_config(d)
@@ -200,4 +202,5 @@ def load_bundle(directory: str | Path, device: str | torch.device = "auto", text
         raise CheckpointError(f"{d}: text encoder width {te.dim} != the LM's text_dim {lm.cfg.text_dim}")
     log.info("loaded bundle %s: LM dim %d x %d layers, codec %d Hz", d, lm.cfg.dim, lm.cfg.num_layers,
              codec.sample_rate)
-    return MagnetPipeline(lm, te, codec, name=str(config.get("name") or d.name))
+    return MagnetPipeline(lm, te, codec, name=name or str(config.get("name") or d.name),
+                          options=options or PipelineOptions())

@@ -215,6 +215,7 @@ def read_audiocraft_lm(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]
 
 def load_audiocraft_lm(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                        frame_rate: int = 50) -> MagnetLM:
+    """Load a released `state_dict.bin` (or a directory holding it)."""
     xp, state = read_audiocraft_lm(path)
     if "output_proj.weight" not in state:
         raise CheckpointError(f"{path}: no condition_provider.conditioners.*.output_proj.weight (the text projection)")
@@ -230,6 +231,12 @@ def load_audiocraft_lm(path: str | Path, device: str | torch.device = "cpu", dty
     log.info("loaded %s: dim %d, %d layers, %d heads, %.1f s segment", path, cfg.dim, cfg.num_layers,
              cfg.num_heads, cfg.segment_duration)
     return model
+
+
+def load_pretrained_lm(repo_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                       **hub_kwargs) -> MagnetLM:
+    """Resolve `repo_id` (hub id, hub cache, or local directory) and load its `state_dict.bin`."""
+    return load_audiocraft_lm(resolve_file(repo_id, "state_dict.bin", **hub_kwargs), device=device, dtype=dtype)
 
 
 def audiocraft_xp_cfg(cfg: MagnetConfig, text_encoder: str = "t5-base") -> str:

@@ -23,26 +23,41 @@ Departures from the release, all deliberate:
   codes whatever else shares the batch) and its own cancellation: a cancelled group leaves the batch
   at the next step.
 - **Draws.** Every step draws one uniform per (row, frame) from the row's group generator, and each
-  path reads the draws of the positions it samples: the reference path (all positions), the fast path
-  (re-masked positions, data-dependent shapes, `_step`) and its static form (`graphs.static_step`, fixed
-  shapes, CUDA graphs) give the same codes for a seed.
+  path reads the draws of the positions it samples: the reference step (all positions), the dynamic step
+  (re-masked positions, data-dependent shapes) and the static step (`graphs.static_step`, fixed shapes,
+  CUDA graphs) give the same codes for a seed.
+
+The decode step is an object chosen once per request (`choose_path`: the device's measured fastest forms,
+the span arrangement, whether a rescorer runs between steps) and called once per step with the step's
+scalars (`StepScalars`); the loop never asks which path it is on.
 """
 
 from __future__ import annotations
 
-import math
-import secrets
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .devices import fastest_forms
 from .errors import Cancelled, InvalidParams
-from .graphs import DONT_REMASK, Mode, StepGraphs, rescore_units, top_units, unit_positions, units_to_mask
-from .params import DecodeParams
+from .graphs import Bucket, Mode, StepGraphs
+from .interfaces import BindableRescorer, Rescorer
+from .lm import Attention, CrossInputs, MagnetLM
+from .params import DecodeParams, pick_seed
 from .sampling import TEMPERATURE_FLOOR, choose_tokens, probs_at, sampler, step_temperature, uniforms
+from .selection import (
+    DONT_REMASK,
+    chunked,
+    least_probable_spans,
+    rescore_units,
+    top_units,
+    unit_positions,
+    units_to_mask,
+)
 
 
 @dataclass
@@ -66,7 +81,7 @@ class StepEvent:
 # ---- schedule --------------------------------------------------------------------------------------
 def mask_fractions(steps: int) -> list[Tensor]:
     """mask_p per step as float32 scalars, computed exactly as the release does."""
-    return [torch.cos(t * math.pi * 0.5) for t in torch.linspace(0, 1, steps)]
+    return [torch.cos(t * torch.pi * 0.5) for t in torch.linspace(0, 1, steps)]
 
 
 def cfg_coef(mask_p: Tensor, params: DecodeParams) -> float:
@@ -74,79 +89,87 @@ def cfg_coef(mask_p: Tensor, params: DecodeParams) -> float:
     return p * params.max_cfg_coef + (1 - p) * params.min_cfg_coef
 
 
-# ---- span selection (`nonoverlap` units: units_to_mask, top_units, ... live with the static step) ------
-def spans_mask(starts: Tensor, T: int, span_len: int) -> Tensor:
-    mask = torch.zeros(T, dtype=torch.bool, device=starts.device)
-    for d in range(span_len):
-        mask[(starts + d).clamp(max=T - 1)] = True
-    return mask
+@dataclass(frozen=True)
+class StepScalars:
+    """What changes from one step to the next: every step form reads these and nothing else per step."""
+
+    mask_p: Tensor  # float32 scalar: the fraction of units re-masked
+    coef: float  # CFG coefficient
+    temperature: float  # before the floor
+    u: Tensor | None  # [rows, T] one uniform per position (None when greedy)
+
+    @classmethod
+    def at(cls, params: DecodeParams, kind: str, mask_p: Tensor, i: int, steps: int, u: Tensor | None) -> StepScalars:
+        temp = step_temperature(params.temperature, params.anneal_temperature, steps - 1 - i, steps)
+        return cls(mask_p, cfg_coef(mask_p, params), temp, u)
 
 
-def least_probable_spans(scores: Tensor, target: int, span_len: int) -> Tensor:
-    """`stride1` masking of one row: scores [T] -> mask [T] (the release's binary search over the
-    number of top-scoring stride-1 windows whose union covers about `target` tokens)."""
-    T = scores.shape[-1]
-    by_score = torch.argsort(scores.unfold(0, span_len, 1).sum(-1), descending=True)
-    target = max(target, span_len)
-    lo, hi = target // span_len, target - span_len + 1
-    mid = round(0.5 * (lo + hi))
-    if mid == lo or mid == hi:
-        return spans_mask(by_score[:mid], T, span_len)
-    while lo < mid < hi:
-        mask = spans_mask(by_score[:mid], T, span_len)
-        if int(mask.sum()) > target:
-            hi = mid
-        else:
-            lo = mid
-        mid = round(0.5 * (lo + hi))
-    return mask
+# ---- which step: chosen once per request --------------------------------------------------------------
+class DecodePath(enum.Enum):
+    REFERENCE = "reference"  # the release's computation: all heads, dense attention, every position sampled
+    DYNAMIC = "dynamic"  # samples only the re-masked positions (data-dependent shapes)
+    STATIC = "static"  # fixed shapes, no host reads: replayed as CUDA graphs on a GPU (`graphs`)
 
 
-# ---- the forward with classifier-free guidance --------------------------------------------------------
-def cfg_logits_at(lm, gen: Tensor, cond: Tensor, cross_len: Tensor | None, stage: int, coef: float,
-                  sel: Tensor, fast: bool, cross=None) -> Tensor:
-    """CFG logits of codebook `stage` from one forward of [cond rows; null rows].
-
-    fast: [n, C] at the n positions where `sel` [B, T] is True: `cross` holds the request's precomputed
-    text k/v (null rows skip cross-attention, whose output is exactly 0 for an all-zero condition), the
-    window uses banded attention, the stage head runs only at the selected positions, and the null half is
-    skipped when coef == 1 (it cannot change the result). Otherwise [B, T, C], the reference computation:
-    all heads at all positions, dense masked attention, null rows attended too.
-    """
-    B = gen.shape[0]
-    if fast:
-        head = lm.linears[stage]
-        if coef == 1.0:
-            return head(lm(gen, cross, stage, heads="none", local="banded")[sel])
-        h = lm(torch.cat([gen, gen]), cross, stage, heads="none", local="banded")  # [2B, T, D]
-        cond_l, uncond_l = head(h[:B][sel]), head(h[B:][sel])
-        return uncond_l + (cond_l - uncond_l) * coef
-    both = torch.cat([cond, torch.zeros_like(cond)])
-    both_len = None if cross_len is None else torch.cat([cross_len, cross_len])
-    all_logits = lm(torch.cat([gen, gen]), lm.cross_inputs(both, both_len), stage)  # [2B, K, T, C]
-    cond_l, uncond_l = all_logits.split(B)
-    return (uncond_l + (cond_l - uncond_l) * coef)[:, stage]
+@dataclass(frozen=True)
+class PathChoice:
+    path: DecodePath
+    attention: Attention
+    reason: str  # why this path, in words (logged, and asserted by tests)
 
 
-# ---- decoding ---------------------------------------------------------------------------------------
+def choose_path(device: torch.device, params: DecodeParams, *, rescoring: bool, graphs: bool,
+                requested: DecodePath | None = None) -> PathChoice:
+    """The step form of one request. `graphs`: static steps are available (the pipeline made them where
+    they were measured faster, or where asked: `pipeline.PipelineOptions.step_graphs`); `requested`: a path
+    asked for explicitly (None: static steps when available, else dynamic ones). The attention form is the
+    device's measured faster one (`devices.fastest_forms`), dense on the reference path."""
+    forms, arrangement = fastest_forms(device), params.span_arrangement
+    if requested is DecodePath.REFERENCE:
+        return PathChoice(DecodePath.REFERENCE, Attention.DENSE, "the reference computation was asked for")
+    static = requested is DecodePath.STATIC or (requested is None and graphs)
+    if static and rescoring:
+        return PathChoice(DecodePath.DYNAMIC, forms.attention, "static steps cannot call the rescorer (an "
+                          "external model run between a step's sampling and its scoring): dynamic steps")
+    if static:
+        if not graphs:
+            raise InvalidParams("the static path needs step graphs (graphs.StepGraphs)")
+        return PathChoice(DecodePath.STATIC, forms.attention, f"static steps ({arrangement}) on {device.type}")
+    why = ("asked for" if requested is DecodePath.DYNAMIC else "static steps are off for this pipeline"
+           if forms.static_steps else f"measured faster than static steps on {device.type}")
+    return PathChoice(DecodePath.DYNAMIC, forms.attention, f"dynamic steps ({arrangement}): {why}")
+
+
+def make_step(lm: MagnetLM, params: DecodeParams, choice: PathChoice, rescorer: Rescorer | None = None,
+              graphs: StepGraphs | None = None) -> DecodeStep:
+    if choice.path is DecodePath.STATIC:
+        return StaticStep(lm, params, choice, graphs)
+    return EagerStep(lm, params, choice, rescorer)
+
+
+# ---- the batch -----------------------------------------------------------------------------------------
 class _Batch:
     """Decoding state of the live rows; rows of cancelled groups are dropped between steps.
 
     On the static path `gen` is the bound bucket's buffer, updated in place by each step."""
 
-    def __init__(self, gen, fixed, init, cond, cross_len, groups, cross):
+    def __init__(self, gen: Tensor, fixed: Tensor, init: Tensor, cond: Tensor, cross_len: Tensor | None,
+                 groups: list[RowGroup]):
         self.gen, self.fixed, self.init, self.cond, self.cross_len = gen, fixed, init, cond, cross_len
-        self.groups = groups  # list of (group index, RowGroup) still decoding
-        self.cross = cross  # fast path: the text k/v of every layer, computed once per batch
+        self.groups = list(enumerate(groups))  # (group index, RowGroup) still decoding
+        self.cross: CrossInputs | None = None  # dynamic step: the text k/v of every layer, once per batch
         self.rows = torch.arange(gen.shape[0])  # each live row's index in the original batch
-        self.bucket = None  # static path: the graphs.Bucket holding this batch's state
-        self.finished: dict[int, Tensor] = {}
+        self.bucket: Bucket | None = None  # static step: the bucket holding this batch's state
 
-    def slices(self):
+    def slices(self) -> Iterator[tuple[int, RowGroup, slice]]:
         start = 0
         for gi, g in self.groups:
             yield gi, g, slice(start, start + g.rows)
             start += g.rows
+
+    def uniforms(self) -> Tensor:
+        """One draw per position, group by group, whichever positions a step samples."""
+        return uniforms([(g.rows, g.generator) for _, g, _ in self.slices()], self.gen.shape[-1], self.gen.device)
 
     def drop(self, cancelled: set[int], extra: list[Tensor]) -> list[Tensor]:
         keep = torch.cat([torch.full((g.rows,), gi not in cancelled) for gi, g in self.groups])
@@ -163,24 +186,156 @@ class _Batch:
         return [t.index_select(0, idx) for t in extra]
 
 
-Rescorer = Callable[[Tensor, int], Tensor]
-"""(codes [B, K, T] with the step's samples in place, stage) -> probability [B, T] that an external
-model assigns to each token of codebook `stage` (the paper's rescoring, Eq. 5)."""
+# ---- the step forms ------------------------------------------------------------------------------------
+class DecodeStep:
+    """One decoding step of codebook `stage` on `batch`: re-mask, one CFG forward, sample, score.
+    Returns the scores the next step ranks units by. What a request fixes is computed here, once."""
+
+    def __init__(self, lm: MagnetLM, params: DecodeParams, choice: PathChoice):
+        self.lm, self.params, self.choice = lm, params, choice
+        self.chunked = chunked(params, lm.cfg.span_len)
+        self.unit = lm.cfg.span_len if self.chunked else 1  # stride1 scores single tokens
+        self.kind = sampler(params.use_sampling, params.top_p, params.top_k)
+
+    def bind(self, batch: _Batch) -> None:
+        """Once per batch, before the first step."""
+
+    def __call__(self, batch: _Batch, stage: int, s: StepScalars, scores: Tensor, n_units: Tensor) -> Tensor:
+        raise NotImplementedError
 
 
-def decode(lm, cond: Tensor, frames: int, params: DecodeParams, groups: list[RowGroup], *,
+class EagerStep(DecodeStep):
+    """Data-dependent shapes. The dynamic form samples only where units were re-masked (precomputed text
+    k/v, null rows skip cross-attention, stage head only, the null half skipped when coef == 1); the
+    reference form samples every position from the release's computation (all heads, null rows attended)."""
+
+    def __init__(self, lm: MagnetLM, params: DecodeParams, choice: PathChoice, rescorer: Rescorer | None):
+        super().__init__(lm, params, choice)
+        self.rescorer = rescorer if rescorer is not None and params.rescore_weight > 0 else None
+        self.everywhere = choice.path is DecodePath.REFERENCE
+
+    def bind(self, batch: _Batch) -> None:
+        if not self.everywhere:
+            batch.cross = self.lm.cross_inputs(batch.cond, batch.cross_len)
+
+    def __call__(self, batch: _Batch, stage: int, s: StepScalars, scores: Tensor, n_units: Tensor) -> Tensor:
+        if not bool((n_units > 0).any()):
+            return scores
+        seq, unit_mask, in_units = self._remask(batch, stage, s.mask_p, scores, n_units)
+        masked = seq == self.lm.card  # what this step samples into
+        sel = in_units if self.chunked else masked  # only these can change or be scored
+        at = torch.ones_like(sel) if self.everywhere else sel
+        logits = self.logits(batch, stage, s.coef, at)  # [n, C] at the positions `at`
+        tok, cf = choose_tokens(logits, probs_at(logits, s.temperature), self.kind, top_p=self.params.top_p,
+                                top_k=self.params.top_k, u=None if s.u is None else s.u[at])
+        tokens, conf = seq.clone(), torch.ones(seq.shape, device=seq.device)
+        tokens[at], conf[at] = tok, cf
+        batch.gen[:, stage] = torch.where(masked, tokens, seq)
+        if self.rescorer is not None:
+            conf = self._rescored(batch, stage, conf, sel)
+        # single tokens (stride1, unit 1) are scored -log p and frozen where not masked this step
+        return rescore_units(conf, unit_mask if self.chunked else masked, self.unit, self.params.span_scoring)
+
+    def _remask(self, batch: _Batch, stage: int, mask_p: Tensor, scores: Tensor,
+                n_units: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Write the mask id into this step's units -> (stage codes with pins re-written, unit mask or
+        None, every position of the masked units, pinned ones included)."""
+        C, T = self.lm.card, batch.gen.shape[-1]
+        seq = batch.gen[:, stage].clone()
+        num = units_to_mask(mask_p, n_units.cpu())
+        unit_mask = None
+        if self.chunked:
+            unit_mask = top_units(scores, num)
+            seq[unit_positions(unit_mask, self.unit, T)] = C
+        else:
+            for b in range(seq.shape[0]):
+                if num[b] > 0:
+                    seq[b, least_probable_spans(scores[b], int(num[b]), self.lm.cfg.span_len)] = C
+        in_units = seq == C
+        seq = torch.where(batch.fixed[:, stage], batch.init[:, stage], seq)
+        batch.gen[:, stage] = seq
+        return seq, unit_mask, in_units
+
+    def logits(self, batch: _Batch, stage: int, coef: float, at: Tensor) -> Tensor:
+        """CFG logits [n, C] of codebook `stage` at the n positions where `at` [B, T] is True, from one
+        forward of [cond rows; null rows]."""
+        lm, gen, B = self.lm, batch.gen, batch.gen.shape[0]
+        if self.everywhere:
+            both = torch.cat([batch.cond, torch.zeros_like(batch.cond)])
+            both_len = None if batch.cross_len is None else torch.cat([batch.cross_len, batch.cross_len])
+            cond_l, uncond_l = lm(torch.cat([gen, gen]), lm.cross_inputs(both, both_len), stage).split(B)
+            return (uncond_l + (cond_l - uncond_l) * coef)[:, stage][at]
+        head, form = lm.linears[stage], self.choice.attention
+        if coef == 1.0:  # the null half cannot change the result
+            return head(lm.hidden(gen, batch.cross, stage, form)[at])
+        h = lm.hidden(torch.cat([gen, gen]), batch.cross, stage, form)  # [2B, T, D]
+        cond_l, uncond_l = head(h[:B][at]), head(h[B:][at])
+        return uncond_l + (cond_l - uncond_l) * coef
+
+    def _rescored(self, batch: _Batch, stage: int, conf: Tensor, sel: Tensor) -> Tensor:
+        """Eq. 5: w * p_rescorer + (1 - w) * p_magnet at the positions this step could change."""
+        w, r = self.params.rescore_weight, self.rescorer
+        p_r = r(batch.gen, stage, rows=batch.rows) if isinstance(r, BindableRescorer) else r(batch.gen, stage)
+        return torch.where(sel, w * p_r.to(conf) + (1 - w) * conf, conf)
+
+
+class StaticStep(DecodeStep):
+    """`graphs.static_step` on the batch's bucket (bound on first use and after rows leave: from then on
+    `batch.gen` is the bucket's buffer). Scalars go in with `fill_`: no host sync."""
+
+    def __init__(self, lm: MagnetLM, params: DecodeParams, choice: PathChoice, graphs: StepGraphs):
+        super().__init__(lm, params, choice)
+        self.graphs = graphs
+        self.mode = Mode.of(params, self.kind, self.unit, self.chunked, choice.attention, lm.cfg.span_len)
+
+    def __call__(self, batch: _Batch, stage: int, s: StepScalars, scores: Tensor, n_units: Tensor) -> Tensor:
+        if batch.bucket is None:
+            rows, frames = batch.gen.shape[0], batch.gen.shape[-1]
+            batch.bucket = self.graphs.bucket(rows, frames, batch.cond.shape[1], self.mode.unit)
+            batch.bucket.load(batch.gen, batch.fixed, batch.init, batch.cond, batch.cross_len)
+            batch.gen = batch.bucket.buf.gen
+        b = batch.bucket.buf
+        if scores is not b.scores:
+            b.scores.copy_(scores)
+        b.n_units.copy_(n_units)
+        b.mask_p.fill_(float(s.mask_p))
+        b.coef.fill_(s.coef)
+        b.temp.fill_(max(s.temperature, TEMPERATURE_FLOOR))
+        b.top_p.fill_(self.params.top_p)
+        if s.u is not None:
+            b.u.copy_(s.u)
+        batch.bucket.step(stage, s.coef != 1.0, self.mode)
+        return b.scores
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+@dataclass
+class _Progress:
+    total: int
+    on_step: Callable[[StepEvent], None] | None
+    done: int = 0
+
+    def step(self, batch: _Batch, stage: int, i: int, steps: int) -> None:
+        self.done += 1
+        if self.on_step is not None:
+            last = i == steps - 1
+            codes = {gi: batch.gen[sl].clone() for gi, _, sl in batch.slices()} if last else None
+            self.on_step(StepEvent(self.done, self.total, stage, i + 1, steps, codes))
+
+
+def decode(lm: MagnetLM, cond: Tensor, frames: int, params: DecodeParams, groups: list[RowGroup], *,
            fixed: Tensor | None = None, init_codes: Tensor | None = None, cross_len: Tensor | None = None,
            on_step: Callable[[StepEvent], None] | None = None,
-           is_cancelled: Callable[[int], bool] | None = None, fast: bool = True,
-           rescorer: Rescorer | None = None, graphs: StepGraphs | None = None) -> list[Tensor | None]:
+           is_cancelled: Callable[[int], bool] | None = None, rescorer: Rescorer | None = None,
+           path: DecodePath | None = None, graphs: StepGraphs | None = None) -> list[Tensor | None]:
     """Decode a batch of request groups. cond [B, S, D] is the projected text (`lm.project_text`);
     rows are ordered group by group. Returns codes [rows, K, frames] per group, None if cancelled.
 
     With a `rescorer` and `params.rescore_weight` w > 0, the confidence of each sampled token becomes
     w * p_rescorer + (1 - w) * p_magnet before spans are scored (Ziv et al., Eq. 5).
 
-    `graphs` (fast path, `nonoverlap`, no rescorer): run each step as `graphs.static_step`, replayed as a
-    CUDA graph on a GPU. Same codes as the fast path; the choice of path never changes a result."""
+    `path` (None: `choose_path`'s choice for the device) and `graphs` (the static steps' buckets) pick the
+    step form; the choice of form never changes a result."""
     K, C, device = lm.n_q, lm.card, lm.device
     params.check_stages(K)
     B = sum(g.rows for g in groups)
@@ -190,27 +345,19 @@ def decode(lm, cond: Tensor, frames: int, params: DecodeParams, groups: list[Row
         raise InvalidParams(f"frames must be in 1..{lm.cfg.segment_frames} (the checkpoint's "
                             f"{lm.cfg.segment_duration:g} s segment), got {frames}")
     fixed, init = _pinned(fixed, init_codes, B, K, frames, C, device)
-    gen = torch.where(fixed, init, torch.full_like(init, C))
-    cond = cond.to(device)
-    chunked = _chunked(params, lm.cfg.span_len)
     rescoring = rescorer is not None and params.rescore_weight > 0
-    static = graphs if fast and chunked and not rescoring else None
-    cross = lm.cross_inputs(cond, cross_len) if fast and static is None else None  # a bucket holds its own
-    batch = _Batch(gen, fixed, init, cond, cross_len, list(enumerate(groups)), cross)
-    total, done = params.total_steps, 0
+    choice = choose_path(device, params, rescoring=rescoring, graphs=graphs is not None, requested=path)
+    step = make_step(lm, params, choice, rescorer, graphs)
+    batch = _Batch(torch.where(fixed, init, torch.full_like(init, C)), fixed, init, cond.to(device), cross_len,
+                   groups)
+    step.bind(batch)
+    progress = _Progress(params.total_steps, on_step)
     for stage, steps in enumerate(params.decoding_steps):
-        done = _decode_stage(lm, batch, stage, steps, params, fast, done, total, on_step, is_cancelled,
-                             rescorer if rescoring else None, static)
+        _decode_stage(step, batch, stage, steps, progress, is_cancelled)
         if not batch.groups:
             break
-    for gi, _, sl in batch.slices():
-        batch.finished[gi] = batch.gen[sl].clone()  # not a view of a bucket's buffer
-    return [batch.finished.get(i) for i in range(len(groups))]
-
-
-def _chunked(params: DecodeParams, span_len: int) -> bool:
-    """Whether units are `nonoverlap` chunks (a span of 1 frame is a chunk too) rather than stride-1 spans."""
-    return params.span_arrangement == "nonoverlap" or span_len == 1
+    finished = {gi: batch.gen[sl].clone() for gi, _, sl in batch.slices()}  # not views of a bucket's buffer
+    return [finished.get(i) for i in range(len(groups))]
 
 
 def _pinned(fixed, init_codes, B, K, T, C, device) -> tuple[Tensor, Tensor]:
@@ -229,15 +376,10 @@ def _pinned(fixed, init_codes, B, K, T, C, device) -> tuple[Tensor, Tensor]:
     return fixed, init
 
 
-def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on_step, is_cancelled,
-                  rescorer=None, graphs: StepGraphs | None = None) -> int:
-    T, span = batch.gen.shape[-1], lm.cfg.span_len
-    chunked = _chunked(params, span)
-    unit = span if chunked else 1
-    kind = sampler(params.use_sampling, params.top_p, params.top_k)
-    mode = Mode.of(params, kind, unit)
-    pad = (-T) % unit
-    pinned = F.pad(batch.fixed[:, stage], (0, pad), value=True).view(batch.gen.shape[0], -1, unit).all(-1)
+def _decode_stage(step: DecodeStep, batch: _Batch, stage: int, steps: int, progress: _Progress,
+                  is_cancelled: Callable[[int], bool] | None) -> None:
+    params, unit, kind, T = step.params, step.unit, step.kind, batch.gen.shape[-1]
+    pinned = F.pad(batch.fixed[:, stage], (0, (-T) % unit), value=True).view(batch.gen.shape[0], -1, unit).all(-1)
     scores = torch.zeros(pinned.shape, device=batch.gen.device).masked_fill(pinned, DONT_REMASK)
     n_units = (~pinned).sum(-1)
     for i, mask_p in enumerate(mask_fractions(steps)):
@@ -246,102 +388,29 @@ def _decode_stage(lm, batch: _Batch, stage, steps, params, fast, done, total, on
             if gone:
                 scores, n_units = batch.drop(gone, [scores, n_units])
                 if not batch.groups:
-                    return done
-        coef = cfg_coef(mask_p, params)
-        temp = step_temperature(params.temperature, params.anneal_temperature, steps - 1 - i, steps)
-        u = None  # one draw per position, group by group, whichever positions a path samples
-        if kind != "greedy":
-            u = uniforms([(g.rows, g.generator) for _, g, _ in batch.slices()], T, batch.gen.device)
-        if graphs is not None:
-            scores = _static_step(lm, graphs, batch, stage, params, mode, mask_p, coef, temp, u, scores, n_units)
-        elif bool((n_units > 0).any()):
-            scores = _step(lm, batch, stage, params, kind, unit, chunked, fast, mask_p, coef, temp, u, scores,
-                           n_units, rescorer)
-        done += 1
-        if on_step is not None:
-            last = i == steps - 1
-            codes = {gi: batch.gen[sl].clone() for gi, _, sl in batch.slices()} if last else None
-            on_step(StepEvent(done, total, stage, i + 1, steps, codes))
-    return done
+                    return
+        u = batch.uniforms() if kind != "greedy" else None
+        scores = step(batch, stage, StepScalars.at(params, kind, mask_p, i, steps, u), scores, n_units)
+        progress.step(batch, stage, i, steps)
 
 
-def _step(lm, batch: _Batch, stage, params, kind, unit, chunked, fast, mask_p, coef, temp, u, scores, n_units,
-          rescorer) -> Tensor:
-    """One step with data-dependent shapes: the fast path samples only where units were re-masked, the
-    reference path everywhere (as the release does). Returns the next scores."""
-    C, T, span = lm.card, batch.gen.shape[-1], lm.cfg.span_len
-    stage_seq = batch.gen[:, stage].clone()
-    num = units_to_mask(mask_p, n_units.cpu())
-    if chunked:
-        unit_mask = top_units(scores, num)
-        stage_seq[unit_positions(unit_mask, unit, T)] = C
-    else:
-        for b in range(stage_seq.shape[0]):
-            if num[b] > 0:
-                stage_seq[b, least_probable_spans(scores[b], int(num[b]), span)] = C
-    in_units = stage_seq == C  # every position of the masked units, pinned ones included
-    stage_seq = torch.where(batch.fixed[:, stage], batch.init[:, stage], stage_seq)
-    batch.gen[:, stage] = stage_seq
-    masked = stage_seq == C  # what this step samples into
-    # Only positions of units masked this step can change or be scored. The fast path samples
-    # there alone; the reference path samples every position, as the release does.
-    sel = in_units if chunked else masked
-    at = sel if fast else torch.ones_like(sel)
-    logits = cfg_logits_at(lm, batch.gen, batch.cond, batch.cross_len, stage, coef, sel, fast, batch.cross)
-    logits = logits.reshape(-1, logits.shape[-1])  # [n, C]
-    probs = probs_at(logits, temp)
-    tok, cf = choose_tokens(logits, probs, kind, top_p=params.top_p, top_k=params.top_k,
-                            u=None if u is None else u[at])
-    tokens = stage_seq.clone()
-    tokens[at] = tok
-    conf = torch.ones(stage_seq.shape, device=stage_seq.device)
-    conf[at] = cf
-    batch.gen[:, stage] = torch.where(masked, tokens, stage_seq)
-    if rescorer is not None:
-        w = params.rescore_weight
-        p_r = (rescorer(batch.gen, stage, rows=batch.rows) if getattr(rescorer, "takes_rows", False)
-               else rescorer(batch.gen, stage))
-        conf = torch.where(sel, w * p_r.to(conf) + (1 - w) * conf, conf)
-    # single tokens (stride1, unit 1) are scored -log p and frozen where not masked this step
-    return rescore_units(conf, unit_mask if chunked else masked, unit, params.span_scoring)
-
-
-def _static_step(lm, graphs: StepGraphs, batch: _Batch, stage, params, mode: Mode, mask_p, coef, temp, u,
-                 scores, n_units) -> Tensor:
-    """One step as `graphs.static_step` on the batch's bucket (bound on first use and after rows leave:
-    from then on `batch.gen` is the bucket's buffer). Scalars go in with `fill_`: no host sync."""
-    if batch.bucket is None:
-        batch.bucket = graphs.bucket(batch.gen.shape[0], batch.gen.shape[-1], batch.cond.shape[1])
-        batch.bucket.load(batch.gen, batch.fixed, batch.init, batch.cond, batch.cross_len)
-        batch.gen = batch.bucket.buf.gen
-    b = batch.bucket.buf
-    if scores is not b.scores:
-        b.scores.copy_(scores)
-    b.n_units.copy_(n_units)
-    b.mask_p.fill_(float(mask_p))
-    b.coef.fill_(coef)
-    b.temp.fill_(max(temp, TEMPERATURE_FLOOR))
-    b.top_p.fill_(params.top_p)
-    if u is not None:
-        b.u.copy_(u)
-    batch.bucket.step(stage, coef != 1.0, mode)
-    return b.scores
-
-
-def decode_single(lm, text_hidden: Tensor, text_mask: Tensor, frames: int, params: DecodeParams, *,
-                  seed: int | None = None, fixed=None, init_codes=None, progress=None,
-                  generator: torch.Generator | None = None, fast: bool = True, cancelled=None) -> Tensor:
-    """`MagnetLM.generate`: one request of B text rows, padded as released (all rows attend to every
-    padded text position). `cancelled()` -> True stops between steps and raises Cancelled."""
+def decode_single(lm: MagnetLM, text_hidden: Tensor, text_mask: Tensor, frames: int, params: DecodeParams, *,
+                  seed: int | None = None, fixed: Tensor | None = None, init_codes: Tensor | None = None,
+                  progress: Callable[[StepEvent], None] | None = None, generator: torch.Generator | None = None,
+                  path: DecodePath | None = None, graphs: StepGraphs | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> Tensor:
+    """One request of B text rows, padded as released (all rows attend to every padded text position).
+    `cancelled()` -> True stops between steps and raises Cancelled."""
     if generator is None:
         generator = torch.Generator(device=lm.device)
-        generator.manual_seed(secrets.randbits(63) if seed is None else int(seed))
-    cond = lm.project_text(text_hidden.to(lm.device), text_mask.to(lm.device))
-    B = cond.shape[0]
-    if fixed is not None and fixed.dim() == 2:
-        fixed, init_codes = fixed.unsqueeze(0), init_codes.unsqueeze(0)
-    out = decode(lm, cond, frames, params, [RowGroup(B, generator)], fixed=fixed, init_codes=init_codes,
-                 on_step=progress, is_cancelled=(lambda _: cancelled()) if cancelled else None, fast=fast)[0]
+        generator.manual_seed(pick_seed(None if seed is None else int(seed)))
+    with torch.inference_mode():
+        cond = lm.project_text(text_hidden.to(lm.device), text_mask.to(lm.device))
+        if fixed is not None and fixed.dim() == 2:
+            fixed, init_codes = fixed.unsqueeze(0), init_codes.unsqueeze(0)
+        out = decode(lm, cond, frames, params, [RowGroup(cond.shape[0], generator)], fixed=fixed,
+                     init_codes=init_codes, on_step=progress, path=path, graphs=graphs,
+                     is_cancelled=(lambda _: cancelled()) if cancelled else None)[0]
     if out is None:
         raise Cancelled("generation cancelled")
     return out

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 
 from .errors import InvalidParams
+from .lm import Attention
 
 
 def pick_device(requested: str | torch.device | None = "auto") -> torch.device:
@@ -52,6 +54,28 @@ def cpu_threads(device: str | torch.device = "auto", requested: int | None = Non
     cpus = cpus or len(os.sched_getaffinity(0))
     load = os.getloadavg()[0] if load is None else load
     return max(1, min(torch.get_num_threads(), cpus - round(load)))
+
+
+@dataclass(frozen=True)
+class FastestForms:
+    """The faster of each pair of equivalent computations on one kind of device, by measurement."""
+
+    static_steps: bool  # static decode steps (CUDA graphs) over dynamic ones
+    attention: Attention  # banded or dense window attention for stages >= 1
+
+
+# Measured side by side, same weights, same run (benchmarks/RESULTS.md: "Decode forms per device" and
+# "Attention form per device"; `python -m benchmarks.attention_forms`). A device type not measured keeps
+# the forms it had before the measurement (dynamic steps, banded attention).
+MEASURED_FORMS: dict[str, FastestForms] = {
+    "cpu": FastestForms(static_steps=False, attention=Attention.DENSE),
+    "cuda": FastestForms(static_steps=True, attention=Attention.BANDED),
+}
+UNMEASURED = FastestForms(static_steps=False, attention=Attention.BANDED)
+
+
+def fastest_forms(device: str | torch.device) -> FastestForms:
+    return MEASURED_FORMS.get(torch.device(device).type, UNMEASURED)
 
 
 def lm_dtype(device: torch.device) -> torch.dtype:

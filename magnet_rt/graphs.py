@@ -1,21 +1,23 @@
 """The decode step with static shapes and no host synchronisation, replayed as a CUDA graph.
 
-`decoding`'s fast path selects the re-masked positions with boolean indexing, which sizes tensors by
+`decoding`'s dynamic step selects the re-masked positions with boolean indexing, which sizes tensors by
 data and reads counts back to the host at every step; on a GPU each step also launches ~20 kernels per
-layer. Here one step of `nonoverlap` decoding (the release's default) is written so that every shape
-depends only on the bucket and nothing is read back:
+layer. Here one step (either span arrangement) is written so that every shape depends only on the bucket and
+nothing is read back:
 
 - the stage head and the sampler run at every position; only the positions of units masked this step
-  are written, so the result equals the fast path's (which computes those positions alone);
+  are written, so the result equals the dynamic step's (which computes those positions alone);
+- `stride1`'s least-probable-span search (a binary search over a count of windows) runs a fixed number
+  of rounds on device tensors (`selection.least_probable_spans_static`), giving the same mask;
 - the number of units to mask, the CFG coefficient, the temperature and top-p are device scalars;
 - the uniforms are drawn per request group from the group's own generator, outside the graph, into a
   static buffer (`sampling.uniforms`: the same draws every path uses);
 - the text k/v are zero-padded to a power of two with a -inf bias beyond each row's length, which is
-  exactly the per-row text length the fast path attends to.
+  exactly the per-row text length the dynamic step attends to.
 
-A bucket is (rows, frames, padded text length); within it a graph per (stage, CFG on/off, sampling mode).
+A bucket is (rows, frames, padded text length, unit); within it a graph per (stage, CFG on/off, mode).
 On CUDA each is captured once (on first use, or at warm-up) and replayed: one launch per step. On the CPU
-the same function runs eagerly; the tests check it against the fast path there, `tests_gpu/` the graphs.
+the same function runs eagerly; the tests check it against the dynamic step there, `tests_gpu/` the graphs.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .devices import fastest_forms
 from .errors import InvalidParams
-from .lm import CrossInputs, MagnetLM
+from .lm import Attention, CrossInputs, MagnetLM
 from .params import DecodeParams
-from .sampling import choose_tokens, probs_at, span_scores
+from .sampling import choose_tokens, probs_at
+from .selection import least_probable_spans_static, rescore_units, top_units, unit_positions, units_to_mask
 
-DONT_REMASK = -1e4  # the release's DONT_REMASK_ME_SCORE
 MIN_TEXT_BUCKET = 16
 
 
@@ -47,8 +50,8 @@ def check_step_graphs(mode: str) -> str:
 
 def use_static(device: torch.device | str) -> bool:
     """Where the static step serves by default: CUDA, where a captured graph replaces ~20 launches per
-    layer. On the CPU the dynamic fast path samples fewer positions and wins (benchmarks/RESULTS.md)."""
-    return torch.device(device).type == "cuda"
+    layer. On the CPU the dynamic step samples fewer positions and wins (`devices.MEASURED_FORMS`)."""
+    return fastest_forms(device).static_steps
 
 
 def text_bucket(length: int) -> int:
@@ -63,46 +66,25 @@ class Mode:
     kind: str  # `sampling.sampler`: greedy, top_p, top_k or full
     top_k: int  # the k of top_k (a shape); top-p's p is a device scalar
     scoring: str
-    unit: int  # span length of the `nonoverlap` units
+    unit: int  # span length of the `nonoverlap` units; 1 for `stride1`'s single tokens
+    chunked: bool  # `nonoverlap` units (else `stride1` least-probable spans of span_len)
+    span_len: int
+    attention: Attention
 
     @classmethod
-    def of(cls, params: DecodeParams, kind: str, unit: int) -> Mode:
-        return cls(kind, params.top_k if kind == "top_k" else 0, params.span_scoring, unit)
+    def of(cls, params: DecodeParams, kind: str, unit: int, chunked: bool, attention: Attention,
+           span_len: int) -> Mode:
+        return cls(kind, params.top_k if kind == "top_k" else 0, params.span_scoring, unit, chunked, span_len,
+                   attention)
 
 
 # ---- the step: a pure function of the bucket's buffers ------------------------------------------------
-def units_to_mask(mask_p: Tensor, n_units: Tensor) -> Tensor:
-    """[B] count of units to (re-)mask: max(int(mask_p * N), 1), or 0 for rows with nothing to generate."""
-    num = (mask_p * n_units).to(torch.int64)  # float32 product, truncated like int()
-    return torch.where(n_units > 0, num.clamp(min=1), torch.zeros_like(num))
-
-
-def top_units(scores: Tensor, num: Tensor) -> Tensor:
-    """[B, U] bool: the `num[b]` highest-scoring units of each row (the release's `topk`)."""
-    order = torch.argsort(scores, dim=-1, descending=True, stable=True)
-    positions = torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(-1, order, positions)
-    return rank < num.to(scores.device)[:, None]
-
-
-def unit_positions(unit_mask: Tensor, unit: int, T: int) -> Tensor:
-    """[B, U] unit mask -> [B, T] position mask (the last unit may be shorter)."""
-    B, U = unit_mask.shape
-    return unit_mask.unsqueeze(-1).expand(B, U, unit).reshape(B, U * unit)[:, :T]
-
-
-def rescore_units(conf: Tensor, unit_mask: Tensor, unit: int, scoring: str) -> Tensor:
-    """Re-mask scores [B, U] from the confidences [B, T]; units not masked this step are frozen."""
-    scores = span_scores(conf, unit, scoring) if unit > 1 else -torch.log(conf)
-    return scores.masked_fill(~unit_mask, DONT_REMASK)
-
-
 class Buffers:
     """Static inputs and state of one bucket; a step reads and writes only these."""
 
-    def __init__(self, lm: MagnetLM, rows: int, frames: int, text: int):
+    def __init__(self, lm: MagnetLM, rows: int, frames: int, text: int, unit: int):
         K, D, H, dev = lm.n_q, lm.cfg.dim, lm.cfg.num_heads, lm.device
-        units = -(-frames // lm.cfg.span_len)
+        units = -(-frames // unit)
         self.gen = torch.zeros(rows, K, frames, dtype=torch.long, device=dev)
         self.fixed = torch.zeros(rows, K, frames, dtype=torch.bool, device=dev)
         self.init = torch.zeros(rows, K, frames, dtype=torch.long, device=dev)
@@ -120,33 +102,39 @@ def static_step(lm: MagnetLM, b: Buffers, stage: int, cfg: bool, mode: Mode) -> 
     """One decoding step of codebook `stage`, in place on `b` (gen, scores)."""
     C = lm.card
     B, _, T = b.gen.shape
-    unit_mask = top_units(b.scores, units_to_mask(b.mask_p, b.n_units))
-    seq = torch.where(unit_positions(unit_mask, mode.unit, T), C, b.gen[:, stage])
+    num = units_to_mask(b.mask_p, b.n_units)
+    if mode.chunked:
+        unit_mask = top_units(b.scores, num)
+        remask = unit_positions(unit_mask, mode.unit, T)
+    else:
+        remask = least_probable_spans_static(b.scores, num, mode.span_len)
+    seq = torch.where(remask, C, b.gen[:, stage])
     in_units = seq == C  # every position of the masked units, pinned ones included
     seq = torch.where(b.fixed[:, stage], b.init[:, stage], seq)
     masked = seq == C  # what this step samples into
     b.gen[:, stage] = seq
     head = lm.linears[stage]
     if cfg:
-        h = lm(torch.cat([b.gen, b.gen]), b.cross, stage, heads="none", local="banded")
+        h = lm.hidden(torch.cat([b.gen, b.gen]), b.cross, stage, mode.attention)
         cond_l, uncond_l = head(h[:B]), head(h[B:])
         logits = uncond_l + (cond_l - uncond_l) * b.coef
     else:
-        logits = head(lm(b.gen, b.cross, stage, heads="none", local="banded"))
+        logits = head(lm.hidden(b.gen, b.cross, stage, mode.attention))
     logits = logits.reshape(B * T, C)
     probs = probs_at(logits, b.temp)
     tok, cf = choose_tokens(logits, probs, mode.kind, top_p=b.top_p, top_k=mode.top_k, u=b.u.reshape(-1))
     b.gen[:, stage] = torch.where(masked, tok.view(B, T), seq)
-    conf = torch.where(in_units, cf.view(B, T), torch.ones_like(cf.view(B, T)))
-    b.scores.copy_(rescore_units(conf, unit_mask, mode.unit, mode.scoring))
+    sel = in_units if mode.chunked else masked  # the positions whose confidences are scored
+    conf = torch.where(sel, cf.view(B, T), torch.ones_like(cf.view(B, T)))
+    b.scores.copy_(rescore_units(conf, unit_mask if mode.chunked else masked, mode.unit, mode.scoring))
 
 
 # ---- buckets and graphs -------------------------------------------------------------------------------
 class Bucket:
     """The buffers of one (rows, frames, text) shape and their captured steps."""
 
-    def __init__(self, lm: MagnetLM, rows: int, frames: int, text: int, pool, stream):
-        self.lm, self.buf, self.pool, self.stream = lm, Buffers(lm, rows, frames, text), pool, stream
+    def __init__(self, lm: MagnetLM, rows: int, frames: int, text: int, unit: int, pool, stream):
+        self.lm, self.buf, self.pool, self.stream = lm, Buffers(lm, rows, frames, text, unit), pool, stream
         self.graphs: dict[tuple[int, bool, Mode], torch.cuda.CUDAGraph] = {}
 
     def load(self, gen: Tensor, fixed: Tensor, init: Tensor, cond: Tensor, cross_len: Tensor | None) -> None:
@@ -199,10 +187,10 @@ class StepGraphs:
         cuda = lm.device.type == "cuda"
         self.pool = torch.cuda.graph_pool_handle() if cuda else None
         self.stream = torch.cuda.Stream(lm.device) if cuda else None
-        self.buckets: OrderedDict[tuple[int, int, int], Bucket] = OrderedDict()
+        self.buckets: OrderedDict[tuple[int, int, int, int], Bucket] = OrderedDict()
 
-    def bucket(self, rows: int, frames: int, text_len: int) -> Bucket:
-        key = (rows, frames, text_bucket(text_len))
+    def bucket(self, rows: int, frames: int, text_len: int, unit: int) -> Bucket:
+        key = (rows, frames, text_bucket(text_len), unit)
         if key in self.buckets:
             self.buckets.move_to_end(key)
         else:

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from . import audio as audio_ops
 from .errors import Cancelled, InvalidParams
-from .params import DecodeParams
-from .pipeline import Job, JobResult, MagnetPipeline, Prepared, _seed
+from .params import DecodeParams, pick_seed
+from .pipeline import Job, JobResult, MagnetPipeline, Prepared
 from .rescoring import MusicgenRescorer
 
 __all__ = ["HybridPrepared", "generate_hybrid", "musicgen_generate", "prepare_hybrid"]
@@ -129,7 +129,7 @@ def prepare_hybrid(pipe: MagnetPipeline, musicgen: MusicgenRescorer, prompt: str
                             f"({frames / pipe.frame_rate:g} s), got {hybrid_s}")
     if isinstance(variations, bool) or not isinstance(variations, int) or variations < 1:
         raise InvalidParams(f"variations must be an integer >= 1, got {variations!r}")
-    params, seed = params or DecodeParams(), _seed(seed)
+    params, seed = params or DecodeParams(), pick_seed(seed)
     jobs = [Job([prompt], frames, params, seed + v) for v in range(variations)]
     t0 = time.perf_counter()
     gens = []

@@ -10,11 +10,14 @@ arXiv 2401.04577; reference: audiocraft `lm.py`, `lm_magnet.py`, `transformer.py
     logits[:, k] = linears[k](out_norm(x))                          # [B, K, T, card]
 
 Shapes use one alphabet: B batch (x2 under CFG), K codebooks, T frames, D width, H heads, E head
-dim, S text tokens, C card. Decoding lives in `decoding.py`; loading in `checkpoints.py`.
+dim, S text tokens, C card. Decoding lives in `decoding.py`.
 
-Two attention paths compute the same function:
-- ``local="dense"``: SDPA over all T keys with a boolean window mask (the reference's computation);
-- ``local="banded"``: only the 2*ctx+1 keys of each query's window are gathered and scored.
+Two attention forms (`Attention`) compute the same function:
+- `Attention.DENSE`: SDPA over all T keys with a boolean window mask (the reference's computation);
+- `Attention.BANDED`: only the 2*ctx+1 keys of each query's window are gathered and scored.
+Which is faster depends on the device (`devices.attention_form`, measured in benchmarks/RESULTS.md).
+Three entry points differ only in what they return: `forward` (every head), `stage_logits` (one head),
+`hidden` (the final normed states). Loading lives in `checkpoints.py`, int8 in `int8.py`.
 And an optional per-row ``cross_len`` excludes batch padding of the text beyond a row's own length, so
 a request decoded in a shared batch computes exactly as it does alone (the release attends to every
 padded position, so its result depends on the longest prompt in the batch: magnet-reference gotcha 6).
@@ -22,16 +25,20 @@ padded position, so its result depends on the longest prompt in the batch: magne
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .params import DecodeParams
+
+class Attention(enum.Enum):
+    """How the +-ctx window of stages >= 1 is computed; both give the same function."""
+
+    DENSE = "dense"  # SDPA over all keys with a boolean window mask (the release's computation)
+    BANDED = "banded"  # only the 2*ctx+1 keys of each query's window
 
 
 @dataclass(frozen=True)
@@ -114,14 +121,16 @@ class SelfAttention(nn.Module):
         self.num_heads = cfg.num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * cfg.dim, cfg.dim))
         self.out_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self.in_proj_int8: nn.Module | None = None  # set by MagnetLM.quantize_int8 (CPU fast path)
 
-    def forward(self, x: Tensor, mask: Tensor | None, context: int | None, local: str) -> Tensor:
+    def qkv(self, x: Tensor) -> Tensor:
+        """The packed q|k|v projection (`int8.quantize_int8` swaps the module for one that overrides this)."""
+        return F.linear(x, self.in_proj_weight)
+
+    def forward(self, x: Tensor, mask: Tensor | None, context: int | None, form: Attention) -> Tensor:
         B, T, D = x.shape
-        qkv = self.in_proj_int8(x) if self.in_proj_int8 is not None else F.linear(x, self.in_proj_weight)
-        qkv = qkv.view(B, T, 3, self.num_heads, D // self.num_heads)
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, E]
-        if context is not None and local == "banded":
+        if context is not None and form is Attention.BANDED:
             y = banded_attention(q, k, v, context)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -136,7 +145,10 @@ class CrossAttention(nn.Module):
         self.num_heads = cfg.num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * cfg.dim, cfg.dim))
         self.out_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self.q_proj_int8: nn.Module | None = None  # set by MagnetLM.quantize_int8 (CPU fast path)
+
+    def q(self, x: Tensor) -> Tensor:
+        """The query projection (`int8.quantize_int8` swaps the module for one that overrides this)."""
+        return F.linear(x, self.in_proj_weight[: x.shape[-1]])
 
     def kv(self, cond: Tensor) -> tuple[Tensor, Tensor]:
         """cond [B, S, D] -> k, v [B, H, S, E]; computed once per request by the fast path."""
@@ -147,8 +159,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
         B, T, D = x.shape
-        q = self.q_proj_int8(x) if self.q_proj_int8 is not None else F.linear(x, self.in_proj_weight[:D])
-        q = q.view(B, T, self.num_heads, D // self.num_heads)
+        q = self.q(x).view(B, T, self.num_heads, D // self.num_heads)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.to(q.dtype), v.to(q.dtype), attn_mask=bias)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
 
@@ -166,8 +177,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
 
     def forward(self, x: Tensor, cross: CrossInputs, i: int, mask: Tensor | None, context: int | None,
-                local: str) -> Tensor:
-        x = x + self.self_attn(self.norm1(x), mask, context, local)
+                form: Attention) -> Tensor:
+        x = x + self.self_attn(self.norm1(x), mask, context, form)
         x = x + cross.attend(self.cross_attention, i, self.norm_cross(x))
         return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
 
@@ -211,6 +222,7 @@ class MagnetLM(nn.Module):
         self.linears = nn.ModuleList([nn.Linear(cfg.dim, cfg.card, bias=False) for _ in range(cfg.n_q)])
         self.compute_dtype = torch.float32  # the transformer blocks' dtype; see `set_precision`
         self._masks: dict[tuple[int, str], Tensor] = {}
+        self.text_encoder_name = ""  # the checkpoint's T5 name (xp.cfg), set by the loaders
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> MagnetLM:
@@ -248,28 +260,6 @@ class MagnetLM(nn.Module):
                 p.data = p.data.to(dtype)
         return self
 
-    def quantize_int8(self) -> MagnetLM:
-        """CPU fast path: every projection inside the blocks as a dynamically quantized int8 linear
-        (int8 weights, activations quantized per call: VNNI GEMMs). Embeddings,
-        norms, heads, the text projection and the cross-attention k/v (computed once per request) stay fp32.
-        Changes the numerics: benchmarks/RESULTS.md reports the measured logit error. Not for parity."""
-        from torch.ao.quantization import quantize_dynamic
-
-        def int8(weight: Tensor) -> nn.Module:
-            lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-            lin.weight.data.copy_(weight.detach().float())
-            return quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)[0]
-
-        for blk in self.layers:
-            D = blk.self_attn.in_proj_weight.shape[1]
-            blk.self_attn.in_proj_int8 = int8(blk.self_attn.in_proj_weight)
-            blk.cross_attention.q_proj_int8 = int8(blk.cross_attention.in_proj_weight[:D])
-            for name in ("linear1", "linear2"):
-                setattr(blk, name, int8(getattr(blk, name).weight))
-            blk.self_attn.out_proj = int8(blk.self_attn.out_proj.weight)
-            blk.cross_attention.out_proj = int8(blk.cross_attention.out_proj.weight)
-        return self
-
     @property
     def device(self) -> torch.device:
         return self.out_norm.weight.device
@@ -294,40 +284,45 @@ class MagnetLM(nn.Module):
         return CrossInputs(kv=kv, rows=cond.shape[0], bias=bias)
 
     # ---- forward --------------------------------------------------------------------------------
-    def self_attn_mask(self, T: int, stage: int, local: str) -> tuple[Tensor | None, int | None]:
+    def self_attn_mask(self, T: int, stage: int, form: Attention) -> tuple[Tensor | None, int | None]:
         """(dense mask or None, window context or None) for `stage`: full for 0, +-ctx for >= 1."""
         ctx = self.cfg.subcodes_context
         if stage == 0 or ctx < 0:
             return None, None
-        if local == "banded":
+        if form is Attention.BANDED:
             return None, ctx
         key = (T, str(self.device))
         if key not in self._masks:
             self._masks[key] = window_mask(T, ctx, self.device)
         return self._masks[key], ctx
 
-    def forward(self, codes: Tensor, cross: CrossInputs, stage: int, *, heads: str = "all",
-                local: str = "dense", attn_mask: Tensor | None = None) -> Tensor:
-        """codes [B, K, T] (mask id = card) -> logits [B, K, T, C] (heads="all"), [B, T, C] of
-        codebook `stage` only (heads="stage"), or the final normed states [B, T, D] (heads="none").
+    def hidden(self, codes: Tensor, cross: CrossInputs, stage: int, form: Attention = Attention.DENSE, *,
+               attn_mask: Tensor | None = None) -> Tensor:
+        """codes [B, K, T] (mask id = card) -> the final normed states [B, T, D] (callers apply a head).
 
         `attn_mask` (bool, True = attend, broadcastable to [B, H, T, T]) replaces the stage's window:
         the hybrid training objective uses it for causal attention before a split point."""
         B, K, T = codes.shape
         x = sum(self.emb[k](codes[:, k]) for k in range(K))  # [B, T, D]
         x = x + sinusoidal_positions(T, self.cfg.dim, self.cfg.max_period, codes.device)
-        mask, ctx = (attn_mask, None) if attn_mask is not None else self.self_attn_mask(T, stage, local)
+        mask, ctx = (attn_mask, None) if attn_mask is not None else self.self_attn_mask(T, stage, form)
         low = self.compute_dtype != torch.float32
         # no cast cache: the block matrices are already in compute_dtype, and a cache must not outlive a
         # CUDA graph capture (torch.cuda.graphs' rule for autocast)
         with torch.autocast(codes.device.type, dtype=self.compute_dtype, enabled=low, cache_enabled=False):
             for i, block in enumerate(self.layers):
-                x = block(x, cross, i, mask, ctx, local)
-        x = self.out_norm(x.float())
-        if heads == "none":
-            return x  # [B, T, D]: the caller applies `linears[stage]` where it needs logits
-        if heads == "stage":
-            return self.linears[stage](x)  # [B, T, C]
+                x = block(x, cross, i, mask, ctx, form)
+        return self.out_norm(x.float())
+
+    def stage_logits(self, codes: Tensor, cross: CrossInputs, stage: int, form: Attention = Attention.DENSE, *,
+                     attn_mask: Tensor | None = None) -> Tensor:
+        """-> logits [B, T, C] of codebook `stage` only."""
+        return self.linears[stage](self.hidden(codes, cross, stage, form, attn_mask=attn_mask))
+
+    def forward(self, codes: Tensor, cross: CrossInputs, stage: int, form: Attention = Attention.DENSE, *,
+                attn_mask: Tensor | None = None) -> Tensor:
+        """-> logits [B, K, T, C] of every codebook (what the release computes)."""
+        x = self.hidden(codes, cross, stage, form, attn_mask=attn_mask)
         return torch.stack([lin(x) for lin in self.linears], dim=1)  # [B, K, T, C]
 
     @torch.inference_mode()
@@ -335,31 +330,3 @@ class MagnetLM(nn.Module):
         """One forward without CFG, as the reference computes it -> [B, K, T, C]."""
         cond = self.project_text(text_hidden.to(self.device), text_mask.to(self.device))
         return self(codes.to(self.device), self.cross_inputs(cond), stage)
-
-    @torch.inference_mode()
-    def generate(self, text_hidden: Tensor, text_mask: Tensor, frames: int, params: DecodeParams,
-                 seed: int | None = None, fixed: Tensor | None = None, init_codes: Tensor | None = None,
-                 progress=None, *, generator: torch.Generator | None = None, fast: bool = True,
-                 cancelled=None) -> Tensor:
-        """Decode `frames` frames for each text row with CFG -> codes [B, K, frames]. See decoding.py."""
-        from .decoding import decode_single
-
-        return decode_single(self, text_hidden, text_mask, frames, params, seed=seed, fixed=fixed,
-                             init_codes=init_codes, progress=progress, generator=generator, fast=fast,
-                             cancelled=cancelled)
-
-    # ---- loading ------------------------------------------------------------------------------
-    @classmethod
-    def from_audiocraft(cls, path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MagnetLM:
-        """Load a released `state_dict.bin` (or a directory holding it)."""
-        from .checkpoints import load_audiocraft_lm
-
-        return load_audiocraft_lm(path, device=device, dtype=dtype)
-
-    @classmethod
-    def from_pretrained(cls, repo_id: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                        **hub_kwargs) -> MagnetLM:
-        """Resolve `repo_id` (hub id, hub cache, or local directory) and load its `state_dict.bin`."""
-        from .checkpoints import resolve_file
-
-        return cls.from_audiocraft(resolve_file(repo_id, "state_dict.bin", **hub_kwargs), device, dtype)

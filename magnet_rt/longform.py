@@ -41,8 +41,8 @@ from torch import Tensor
 
 from . import audio as audio_ops
 from .errors import Cancelled, InvalidParams
-from .params import DecodeParams
-from .pipeline import Job, MagnetPipeline, _seed
+from .params import PICKED_SEEDS, DecodeParams, pick_seed
+from .pipeline import Job, MagnetPipeline
 
 __all__ = ["Chunk", "LongResult", "PromptHolder", "endless", "generate_long", "plan_windows", "stream_long",
            "window_seed"]
@@ -53,7 +53,7 @@ SEED_STRIDE = 0x9E3779B1  # odd, far from the +v of variations
 
 
 def window_seed(seed: int, i: int) -> int:
-    return (seed + i * SEED_STRIDE) % (2**62)
+    return (seed + i * SEED_STRIDE) % PICKED_SEEDS
 
 
 class PromptHolder:
@@ -129,7 +129,7 @@ def _stream(pipe: MagnetPipeline, prompt, total_frames: int | None, params: Deco
             window_s: float | None, overlap_s: float, fade_s: float, is_cancelled, on_step,
             max_windows: int | None) -> Iterator[Chunk]:
     t_start = time.perf_counter()
-    params, seed, get_prompt = params or DecodeParams(), _seed(seed), _prompt_fn(prompt)
+    params, seed, get_prompt = params or DecodeParams(), pick_seed(seed), _prompt_fn(prompt)
     fr, sr, K, C = pipe.frame_rate, pipe.sample_rate, pipe.lm.n_q, pipe.lm.card
     hop = sr // fr
     if hop * fr != sr:

@@ -7,6 +7,7 @@ and `span_scoring='max'` from `_generate_magnet`'s signature: one set for all si
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -15,6 +16,21 @@ from .errors import InvalidParams
 SPAN_ARRANGEMENTS = ("nonoverlap", "stride1")
 SPAN_SCORINGS = ("max", "prod")
 MAX_STEPS_PER_STAGE = 200
+
+# Seeds, in one place. A request's seed s gives its variation v the seed s + v (and a long-form window
+# more): a seed is accepted below MAX_SEED, picked at random below PICKED_SEEDS, and derived seeds are
+# folded back below PICKED_SEEDS, which leaves room for the variations under torch's 2^64.
+MAX_SEED = 2**63 - 1024  # exclusive
+PICKED_SEEDS = 2**62  # exclusive
+
+
+def pick_seed(seed: int | None = None) -> int:
+    """`seed` checked, or a random one when None."""
+    if seed is None:
+        return secrets.randbits(62)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise InvalidParams(f"seed must be an integer in [0, 2^63 - 1024), got {seed!r}")
+    return seed
 
 
 @dataclass(frozen=True)

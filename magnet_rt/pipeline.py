@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,15 @@ from . import audio as audio_ops
 from .checkpoints import load_audiocraft_lm, resolve_file
 from .codec import Codec
 from .conditioning import T5TextEncoder, TextEncoder
-from .decoding import RowGroup, StepEvent, decode
+from .decoding import DecodePath, RowGroup, StepEvent, decode
 from .devices import Stopwatch, codec_device, codec_half, lm_dtype, pick_device
+from .encodec_checkpoints import load_audiocraft_codec
 from .errors import Cancelled, InvalidParams
 from .graphs import StepGraphs, check_step_graphs, use_static
+from .interfaces import BindableRescorer, Rescorer
 from .lm import MagnetLM
-from .params import DecodeParams
+from .params import DecodeParams, pick_seed
+from .spectral_codec import SpectralCodec
 
 log = logging.getLogger(__name__)
 
@@ -79,41 +81,69 @@ class JobResult:
     batch_size: int = 1  # how many jobs shared the batch
 
 
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How a pipeline decodes, fixed when it is built (every choice gives the same codes).
+
+    `step_graphs`: static decode steps (CUDA graphs): auto (where measured faster: CUDA), on, off.
+    `reference`: decode with the release's own computation (all heads, dense attention, every position
+    sampled) instead of the fastest equivalent form: the parity baseline, for tests and benchmarks."""
+
+    step_graphs: str = "auto"
+    reference: bool = False
+
+    def __post_init__(self) -> None:
+        check_step_graphs(self.step_graphs)
+
+
 class MagnetPipeline:
-    def __init__(self, lm: MagnetLM, text_encoder: TextEncoder, codec: Codec, name: str = "", fast: bool = True):
+    """Implements `interfaces.Pipeline`. `rescorer` (an `interfaces.Rescorer`, used when a job's
+    params.rescore_weight > 0) is the one thing attached after construction: the daemon loads the
+    rescorer once and hands it to every compatible model."""
+
+    def __init__(self, lm: MagnetLM, text_encoder: TextEncoder, codec: Codec | SpectralCodec, name: str = "",
+                 options: PipelineOptions = PipelineOptions()):
         if codec.card != lm.card or codec.n_q != lm.n_q:
             raise InvalidParams(f"codec ({codec.n_q} x {codec.card}) does not match the LM ({lm.n_q} x {lm.card})")
-        self.lm, self.text_encoder, self.codec, self.name, self.fast = lm, text_encoder, codec, name, fast
-        self.rescorer = None  # decoding.Rescorer: used when a job's params.rescore_weight > 0
-        self.step_graphs = "auto"  # static decode steps (CUDA graphs): auto (on CUDA), on, off
-        self._graphs: StepGraphs | None = None
+        self.lm, self.text_encoder, self.codec, self.name = lm, text_encoder, codec, name
+        self.options = options
+        self.rescorer: Rescorer | None = None
+        static = options.step_graphs == "on" or (options.step_graphs == "auto" and use_static(lm.device))
+        self._graphs = StepGraphs(lm) if static and not options.reference else None
+
+    def with_options(self, options: PipelineOptions) -> MagnetPipeline:
+        """The same model (shared weights) decoding with other options."""
+        other = MagnetPipeline(self.lm, self.text_encoder, self.codec, self.name, options)
+        other.rescorer = self.rescorer
+        return other
 
     @property
     def graphs(self) -> StepGraphs | None:
-        """The static-step buckets the fast path decodes with (`magnet_rt.graphs`), or None."""
-        mode = check_step_graphs(self.step_graphs)
-        if not self.fast or mode == "off" or (mode == "auto" and not use_static(self.device)):
-            return None
-        if self._graphs is None:
-            self._graphs = StepGraphs(self.lm)
+        """The static-step buckets this pipeline decodes with (`magnet_rt.graphs`), or None."""
         return self._graphs
+
+    @property
+    def path(self) -> DecodePath | None:
+        """The decode path asked of `decoding.decode` (None: its measured choice per request)."""
+        return DecodePath.REFERENCE if self.options.reference else None
 
     # ---- loading ----------------------------------------------------------------------------------
     @classmethod
     def from_audiocraft(cls, name_or_dir: str | Path, device: str | torch.device = "auto",
-                        text_encoder: str | Path | None = None, **hub_kwargs) -> MagnetPipeline:
+                        text_encoder: str | Path | None = None, options: PipelineOptions = PipelineOptions(),
+                        **hub_kwargs) -> MagnetPipeline:
         """A released model (hub id, hub cache, or a directory with `state_dict.bin` and
         `compression_state_dict.bin`; a `text_encoder/` folder beside them overrides the T5 named
         in xp.cfg)."""
         device = pick_device(device)
-        codec = Codec.from_audiocraft(resolve_file(name_or_dir, "compression_state_dict.bin", **hub_kwargs),
+        codec = load_audiocraft_codec(resolve_file(name_or_dir, "compression_state_dict.bin", **hub_kwargs),
                                       device=codec_device(device), half=codec_half(codec_device(device)))
         lm = load_audiocraft_lm(resolve_file(name_or_dir, "state_dict.bin", **hub_kwargs), device=device,
                                 dtype=lm_dtype(device), frame_rate=codec.frame_rate)
         local_te = Path(name_or_dir) / "text_encoder"
         te_name = text_encoder or (local_te if local_te.is_dir() else lm.text_encoder_name)
         te = T5TextEncoder.from_pretrained(te_name, device=device)
-        return cls(lm, te, codec, name=str(name_or_dir))
+        return cls(lm, te, codec, name=str(name_or_dir), options=options)
 
     # ---- facts --------------------------------------------------------------------------------------
     @property
@@ -188,11 +218,10 @@ class MagnetPipeline:
 
         cancelled = (lambda gi: is_cancelled(row_job[gi])) if is_cancelled is not None else None
         rescorer = self.rescorer
-        if rescorer is not None and params.rescore_weight > 0 and hasattr(rescorer, "bind"):
+        if params.rescore_weight > 0 and isinstance(rescorer, BindableRescorer):
             rescorer = rescorer.bind(text.hidden, text.mask)  # condition the rescorer on each row's text
         out = decode(self.lm, cond, frames, params, groups, fixed=fixed, init_codes=init, cross_len=cross_len,
-                     on_step=step, is_cancelled=cancelled, fast=self.fast, rescorer=rescorer,
-                     graphs=self.graphs)
+                     on_step=step, is_cancelled=cancelled, rescorer=rescorer, path=self.path, graphs=self.graphs)
         clock.mark("decode_tail")
         alive = [ji for ji, rows in enumerate(job_rows) if all(out[r] is not None for r in rows)]
         codes_by_job = {ji: torch.cat([out[r] for r in job_rows[ji]]) for ji in alive}
@@ -232,7 +261,7 @@ class MagnetPipeline:
         daemon finishes it (`audio.finish_take`: DC removed, 5 ms fades, `loudness` LUFS; None: the model's
         level); `codes` are the model's."""
         prompts = [prompts] if prompts is None or isinstance(prompts, str) else list(prompts)
-        job = Job(prompts, self.frames_for(duration_s), params or DecodeParams(), _seed(seed), variations)
+        job = Job(prompts, self.frames_for(duration_s), params or DecodeParams(), pick_seed(seed), variations)
         res = self._run_one(job, progress, cancelled)
         res.audio = audio_ops.finish_takes(res.audio, res.sample_rate, loudness)
         return res
@@ -287,14 +316,6 @@ class Prepared:
     finish: Callable[[JobResult], JobResult]
     step: Callable[[JobResult], Job | None] | None = None  # several windows: record one, get the next (or None)
     windows: int = 1
-
-
-def _seed(seed: int | None) -> int:
-    if seed is None:
-        return secrets.randbits(62)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63 - 1024:
-        raise InvalidParams(f"seed must be an integer in [0, 2^63 - 1024), got {seed!r}")
-    return seed
 
 
 def _fit(x: np.ndarray, n: int) -> np.ndarray:

@@ -48,8 +48,8 @@ from torch import Tensor
 from . import audio as audio_ops
 from .errors import InvalidAudio, InvalidRegion
 from .longform import DEFAULT_OVERLAP_S, plan_windows, window_seed
-from .params import DecodeParams
-from .pipeline import Job, JobResult, MagnetPipeline, Prepared, _channels, _fit, _seed
+from .params import DecodeParams, pick_seed
+from .pipeline import Job, JobResult, MagnetPipeline, Prepared, _channels, _fit
 
 __all__ = ["MAX_SOURCE_S", "MIN_CONTEXT_S", "Timeline", "continue_timeline", "inpaint_timeline",
            "join_windows", "prepare_continue", "prepare_inpaint"]
@@ -237,7 +237,7 @@ def prepare_inpaint(pipe: MagnetPipeline, audio, sample_rate: int, start_s: floa
             outs.append(audio_ops.splice(x, region, a, b, fade))
         return np.stack(outs), sr
 
-    task = RegionTask(pipe, tl, prompt, params or DecodeParams(), _seed(seed), variations,
+    task = RegionTask(pipe, tl, prompt, params or DecodeParams(), pick_seed(seed), variations,
                       known.expand(variations, -1, -1).clone(), render, {"codec_encode": t_enc})
     return task.prepared()
 
@@ -275,6 +275,6 @@ def prepare_continue(pipe: MagnetPipeline, audio, sample_rate: int, prompt: str 
             outs.append(np.concatenate([x, cont], axis=-1))
         return np.stack(outs).astype(np.float32), sr
 
-    task = RegionTask(pipe, tl, prompt, params or DecodeParams(), _seed(seed), variations,
+    task = RegionTask(pipe, tl, prompt, params or DecodeParams(), pick_seed(seed), variations,
                       known.expand(variations, -1, -1).clone(), render, {"codec_encode": t_enc})
     return task.prepared()

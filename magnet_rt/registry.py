@@ -40,13 +40,13 @@ def known_models() -> list[str]:
 
 def build_tiny_random(directory: str | Path, seed: int = 0) -> Path:
     """Write the tiny-random model into `directory` (deterministic in `seed`)."""
-    from .codec import (
+    from .conditioning import build_random_t5
+    from .encodec_checkpoints import (
         audiocraft_xp_cfg,
         random_encodec_config,
         random_encodec_model,
         write_audiocraft_compression_checkpoint,
     )
-    from .conditioning import build_random_t5
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,35 +88,35 @@ def resolve_model(name: str) -> str | Path:
 PRECISIONS = ("auto", "int8")
 
 
-def load_pipeline(name: str, device: str = "auto", fast: bool = True, text_encoder: str | None = None,
-                  precision: str = "auto", step_graphs: str = "auto"):
+def load_pipeline(name: str, device: str = "auto", text_encoder: str | None = None, precision: str = "auto",
+                  step_graphs: str = "auto", reference: bool = False):
     """`precision`: "auto" computes as released (fp16 blocks on CUDA, fp32 elsewhere); "int8" quantizes the
-    block projections for a faster CPU (measured ~1.8x per forward, ~2 % logit error: RESULTS.md).
-    `step_graphs`: decode with static steps replayed as CUDA graphs (auto: on CUDA; same codes either way)."""
+    block projections for a faster CPU (`int8.quantize_int8`; error after guidance: RESULTS.md).
+    `step_graphs`, `reference`: the pipeline's decoding options (`pipeline.PipelineOptions`: same codes
+    either way)."""
     from .bundle import is_bundle, load_bundle
     from .errors import InvalidParams
-    from .graphs import check_step_graphs
-    from .pipeline import MagnetPipeline
+    from .int8 import quantize_int8
+    from .pipeline import MagnetPipeline, PipelineOptions
 
     if precision not in PRECISIONS:
         raise InvalidParams(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    check_step_graphs(step_graphs)  # before a model is loaded for nothing
+    options = PipelineOptions(step_graphs=step_graphs, reference=reference)  # checked before a model loads
     if name == DEMO:
-        pipe = load_demo(device=device, fast=fast)
+        pipe = load_demo(device=device, options=options)
     elif is_bundle(name):  # a magnet-rt bundle folder (the demo's format, e.g. a training run's OUT/bundle)
-        pipe = load_bundle(name, device=device)
-        pipe.fast = fast
+        pipe = load_bundle(name, device=device, options=options)
     else:
-        pipe = MagnetPipeline.from_audiocraft(resolve_model(name), device=device, text_encoder=text_encoder)
-        pipe.name, pipe.fast = name, fast
+        pipe = MagnetPipeline.from_audiocraft(resolve_model(name), device=device, text_encoder=text_encoder,
+                                              options=options)
+        pipe.name = name
     if name == TINY_RANDOM:
         log.warning("model tiny-random: RANDOM WEIGHTS, it makes noise, not music (offline test model)")
     if precision == "int8":
         if pipe.device.type != "cpu":
             raise InvalidParams("precision int8 is a CPU path; on a GPU the release's fp16 is used")
-        pipe.lm.quantize_int8()
-        log.info("model %s: int8 block projections (CPU fast path; not bit-compatible with fp32)", name)
-    pipe.step_graphs = step_graphs
+        quantize_int8(pipe.lm)
+        log.info("model %s: int8 block projections (CPU; not bit-compatible with fp32)", name)
     return pipe
 
 
@@ -141,13 +141,12 @@ def default_model() -> str:
     return DEMO if is_bundle(demo_dir()) else TINY_RANDOM
 
 
-def load_demo(device: str = "auto", fast: bool = True):
+def load_demo(device: str = "auto", options=None):
+    """The shipped demo bundle as a pipeline named "demo" (`options`: `pipeline.PipelineOptions`)."""
     from .bundle import is_bundle, load_bundle
     from .errors import CheckpointError
 
     d = demo_dir()
     if not is_bundle(d):
         raise CheckpointError(f"model 'demo' is not built yet (no trained bundle at {d}); {DEMO_BUILD_HINT}")
-    pipe = load_bundle(d, device=device)
-    pipe.name, pipe.fast = DEMO, fast
-    return pipe
+    return load_bundle(d, device=device, options=options, name=DEMO)

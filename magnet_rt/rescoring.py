@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, InvalidParams
+from .interfaces import Rescorer
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,6 @@ __all__ = [
 TINY_RANDOM_MUSICGEN = "tiny-random"
 TINY_RANDOM_MUSICGEN_VERSION = 1
 PROJ_FILE = "enc_to_dec_proj.pt"  # our addition to a decoder folder: the text projection, when there is one
-
-
-class Rescorer:
-    """The interface `decoding.decode` calls: (codes [B, K, T] with this step's samples in place, stage)
-    -> probabilities [B, T] the external model gives codes[:, stage, t]. Subclasses set `name`."""
-
-    name: str = "rescorer"
-
-    def __call__(self, codes: Tensor, stage: int) -> Tensor:
-        raise NotImplementedError
 
 
 # ---- the delay pattern (pure) ------------------------------------------------------------------------------
@@ -89,10 +80,9 @@ def musicgen_input(codes: Tensor, pad_id: int, card: int) -> Tensor:
 
 
 # ---- MusicGen ----------------------------------------------------------------------------------------------
-class MusicgenRescorer(Rescorer):
-    """p(codes[:, stage, t]) under MusicGen, teacher-forced, for every t (see the module docstring)."""
-
-    takes_rows = True  # __call__ accepts rows= (the batch rows still decoding, after cancellations)
+class MusicgenRescorer:
+    """p(codes[:, stage, t]) under MusicGen, teacher-forced, for every t (see the module docstring).
+    An `interfaces.BindableRescorer`: `__call__` takes rows= (the batch rows still decoding)."""
 
     def __init__(self, model, enc_to_dec_proj: nn.Module | None = None, name: str = "musicgen",
                  temperature: float = 1.0):

@@ -17,8 +17,9 @@ PARAMS = DecodeParams(decoding_steps=(3, 2, 1, 1))
 
 @pytest.fixture(scope="module")
 def tiny_pipe(tmp_path_factory):
-    from magnet_rt.codec import Codec, random_encodec_config, random_encodec_model
+    from magnet_rt.codec import Codec
     from magnet_rt.conditioning import T5TextEncoder, build_random_t5
+    from magnet_rt.encodec_checkpoints import random_encodec_config, random_encodec_model
     from magnet_rt.pipeline import MagnetPipeline
 
     te_dir = build_random_t5(tmp_path_factory.mktemp("t5"), d_model=16, seed=0)

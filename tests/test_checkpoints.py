@@ -9,8 +9,7 @@ import torch
 import yaml
 from conftest import random_text, small_lm
 
-from magnet_rt import MagnetLM
-from magnet_rt.checkpoints import resolve_file, save_audiocraft_lm
+from magnet_rt.checkpoints import load_audiocraft_lm, load_pretrained_lm, resolve_file, save_audiocraft_lm
 from magnet_rt.errors import CheckpointError, UnsupportedConfig
 
 
@@ -27,7 +26,7 @@ def test_fp16_export_of_another_shape_round_trips(tmp_path):
     assert all(v.dtype == torch.float16 for v in pkg["best_state"].values())
     assert "transformer.layers.2.cross_attention.in_proj_weight" in pkg["best_state"]
     assert "condition_provider.conditioners.description.output_proj.bias" in pkg["best_state"]
-    loaded = MagnetLM.from_audiocraft(path.parent)
+    loaded = load_audiocraft_lm(path.parent)
     assert loaded.cfg == lm.cfg
     assert all(p.dtype == torch.float32 for p in loaded.parameters())  # cast to the compute dtype
     rounded = small_lm(seed=9, dim=48, num_heads=3, num_layers=3, card=128, text_dim=24, subcodes_context=3,
@@ -40,7 +39,7 @@ def test_fp16_export_of_another_shape_round_trips(tmp_path):
 
 
 def test_fixture_state_dict_layout(fixture_dir):
-    lm = MagnetLM.from_audiocraft(fixture_dir / "state_dict.bin")
+    lm = load_audiocraft_lm(fixture_dir / "state_dict.bin")
     assert (lm.cfg.dim, lm.cfg.num_layers, lm.cfg.num_heads, lm.cfg.text_dim) == (64, 2, 4, 768)
     assert len(lm.state_dict()) == 36
     assert lm.text_encoder_name == "t5-base"
@@ -48,9 +47,9 @@ def test_fixture_state_dict_layout(fixture_dir):
 
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
-        MagnetLM.from_audiocraft(tmp_path / "nope" / "state_dict.bin")
+        load_audiocraft_lm(tmp_path / "nope" / "state_dict.bin")
     with pytest.raises(CheckpointError, match="state_dict.bin"):
-        MagnetLM.from_audiocraft(tmp_path)
+        load_audiocraft_lm(tmp_path)
 
 
 def test_truncated_file(tmp_path):
@@ -58,7 +57,7 @@ def test_truncated_file(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
-        MagnetLM.from_audiocraft(path)
+        load_audiocraft_lm(path)
 
 
 class Payload:
@@ -70,13 +69,13 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "state_dict.bin"
     torch.save({"best_state": {}, "xp.cfg": "", "evil": Payload()}, path)
     with pytest.raises(CheckpointError, match="pickled code"):
-        MagnetLM.from_audiocraft(path)
+        load_audiocraft_lm(path)
     raw = tmp_path / "raw.bin"
     buf = io.BytesIO()
     pickle.dump(Payload(), buf)
     raw.write_bytes(buf.getvalue())
     with pytest.raises(CheckpointError):
-        MagnetLM.from_audiocraft(raw)
+        load_audiocraft_lm(raw)
 
 
 def _rewrite(path, edit):
@@ -90,22 +89,22 @@ def test_wrong_shape_and_missing_and_extra_keys_are_named(tmp_path):
     key = "transformer.layers.1.linear1.weight"
     _rewrite(path, lambda p: p["best_state"].__setitem__(key, torch.zeros(7, 32)))
     with pytest.raises(CheckpointError, match=r"layers\.1\.linear1\.weight: checkpoint \[7, 32\]"):
-        MagnetLM.from_audiocraft(path)
+        load_audiocraft_lm(path)
     path = _export(tmp_path, small_lm(), name="b")
     _rewrite(path, lambda p: p["best_state"].pop("linears.3.weight"))
     with pytest.raises(CheckpointError, match=r"missing 1 key.*linears\.3\.weight"):
-        MagnetLM.from_audiocraft(path)
+        load_audiocraft_lm(path)
     path = _export(tmp_path, small_lm(), name="c")
     _rewrite(path, lambda p: p["best_state"].__setitem__("transformer.layers.0.extra.weight", torch.zeros(1)))
     with pytest.raises(CheckpointError, match=r"unexpected 1 key.*extra"):
-        MagnetLM.from_audiocraft(path)
+        load_audiocraft_lm(path)
 
 
 def test_not_an_export_and_unsupported_options(tmp_path):
     path = tmp_path / "x.bin"
     torch.save({"weights": {}}, path)
     with pytest.raises(CheckpointError, match="best_state"):
-        MagnetLM.from_audiocraft(path)
+        load_audiocraft_lm(path)
     path = _export(tmp_path, small_lm(), name="d")
 
     def causal(p):
@@ -114,12 +113,12 @@ def test_not_an_export_and_unsupported_options(tmp_path):
         p["xp.cfg"] = yaml.safe_dump(xp)
     _rewrite(path, causal)
     with pytest.raises(UnsupportedConfig, match="causal"):
-        MagnetLM.from_audiocraft(path)
+        load_audiocraft_lm(path)
 
 
 def test_from_pretrained_local_dir_and_offline_hub_cache(tmp_path, monkeypatch):
     src = _export(tmp_path, small_lm(seed=4), name="local")
-    assert MagnetLM.from_pretrained(str(src.parent)).cfg.dim == 32
+    assert load_pretrained_lm(str(src.parent)).cfg.dim == 32
     # A hub cache laid out as huggingface_hub writes it, read with no network.
     cache = tmp_path / "hub"
     snap = cache / "models--facebook--magnet-small-10secs" / "snapshots" / ("a" * 40)
@@ -127,7 +126,7 @@ def test_from_pretrained_local_dir_and_offline_hub_cache(tmp_path, monkeypatch):
     shutil.copy(src, snap / "state_dict.bin")
     (cache / "models--facebook--magnet-small-10secs" / "refs").mkdir()
     (cache / "models--facebook--magnet-small-10secs" / "refs" / "main").write_text("a" * 40)
-    lm = MagnetLM.from_pretrained("facebook/magnet-small-10secs", cache_dir=str(cache), local_files_only=True)
+    lm = load_pretrained_lm("facebook/magnet-small-10secs", cache_dir=str(cache), local_files_only=True)
     assert lm.cfg.dim == 32
     with pytest.raises(CheckpointError, match="offline|local hub cache"):
         resolve_file("facebook/magnet-medium-10secs", "state_dict.bin", cache_dir=str(cache), local_files_only=True)

@@ -11,18 +11,19 @@ import torch
 import yaml
 
 from magnet_rt.audio import resample
-from magnet_rt.codec import (
+from magnet_rt.codec import Codec
+from magnet_rt.devices import codec_device, codec_half
+from magnet_rt.encodec_checkpoints import (
     CHECKPOINT_NAME,
-    Codec,
     audiocraft_to_transformers_key,
     audiocraft_xp_cfg,
     encodec_config_from_xp_cfg,
+    load_audiocraft_codec,
     random_encodec_config,
     random_encodec_model,
     write_audiocraft_compression_checkpoint,
     write_pointer_checkpoint,
 )
-from magnet_rt.devices import codec_device, codec_half
 from magnet_rt.errors import CheckpointError, InvalidAudio, InvalidParams, UnsupportedConfig
 
 SR, HOP = 32000, 640
@@ -145,7 +146,7 @@ def test_audiocraft_export_layout(exported, model):
 
 
 def test_from_audiocraft_is_bit_identical(exported, model, codec, wave):
-    loaded = Codec.from_audiocraft(exported.parent)  # a folder holding the file works too
+    loaded = load_audiocraft_codec(exported.parent)  # a folder holding the file works too
     assert loaded.model.config.pad_mode == "constant" and not loaded.model.config.use_causal_conv
     ref_codes, codes = codec.encode(wave, SR), loaded.encode(wave, SR)
     assert torch.equal(ref_codes, codes)
@@ -166,7 +167,7 @@ def test_pad_mode_comes_from_the_file(model, tmp_path, wave):
     reflect_xp = audiocraft_xp_cfg(model.config, {"seanet.pad_mode": "reflect"})
     path = write_audiocraft_compression_checkpoint(tmp_path / "r.bin", model, reflect_xp)
     constant = Codec(model)
-    reflect = Codec.from_audiocraft(path)
+    reflect = load_audiocraft_codec(path)
     assert reflect.model.config.pad_mode == "reflect"
     assert all(m.pad_mode == "reflect" for m in reflect.model.modules() if hasattr(m, "pad_mode"))
     c_codes, r_codes = constant.encode(wave, SR), reflect.encode(wave, SR)
@@ -181,7 +182,7 @@ def test_pointer_form_loads_save_pretrained_dir(model, codec, wave, tmp_path):
     relative = write_pointer_checkpoint(tmp_path, "encodec_local")  # a folder beside the file is tried first
     assert torch.load(relative, weights_only=True)["pretrained"] == "encodec_local"
     for path in (absolute, relative):
-        loaded = Codec.from_audiocraft(path)
+        loaded = load_audiocraft_codec(path)
         assert torch.equal(loaded.encode(wave, SR), codec.encode(wave, SR))
     via_pretrained = Codec.from_pretrained(tmp_path / "encodec_local")
     codes = codec.encode(wave, SR)
@@ -191,7 +192,7 @@ def test_pointer_form_loads_save_pretrained_dir(model, codec, wave, tmp_path):
 def test_pointer_to_unknown_model_is_a_checkpoint_error(tmp_path):
     path = write_pointer_checkpoint(tmp_path, str(tmp_path / "no" / "such" / "encodec"))
     with pytest.raises(CheckpointError):
-        Codec.from_audiocraft(path)
+        load_audiocraft_codec(path)
 
 
 class _Payload:
@@ -207,7 +208,7 @@ def test_refuses_pickled_code(tmp_path):
     path = tmp_path / CHECKPOINT_NAME
     torch.save({"best_state": {}, "xp.cfg": _Payload(str(marker))}, path)
     with pytest.raises(CheckpointError, match="code") as err:
-        Codec.from_audiocraft(path)
+        load_audiocraft_codec(path)
     assert "refused" in str(err.value) and "mkdir" in str(err.value)
     assert not marker.exists()
 
@@ -218,9 +219,9 @@ def test_truncated_empty_and_missing_files(exported, tmp_path):
         path = tmp_path / name
         path.write_bytes(blob)
         with pytest.raises(CheckpointError, match=name):
-            Codec.from_audiocraft(path)
+            load_audiocraft_codec(path)
     with pytest.raises(CheckpointError, match="no such"):
-        Codec.from_audiocraft(tmp_path / "absent.bin")
+        load_audiocraft_codec(tmp_path / "absent.bin")
 
 
 def _rewrite(src, dst, edit):
@@ -237,20 +238,20 @@ def test_wrong_shape_missing_and_unexpected_keys_are_named(exported, tmp_path):
         pkg["best_state"][key] = torch.zeros(1, 8, 7)
 
     with pytest.raises(CheckpointError, match=key.replace(".", r"\.")) as err:
-        Codec.from_audiocraft(_rewrite(exported, tmp_path / "shape.bin", reshape))
+        load_audiocraft_codec(_rewrite(exported, tmp_path / "shape.bin", reshape))
     assert "[1, 8, 7]" in str(err.value) and "[1, 4, 7]" in str(err.value)
 
     def drop(pkg):
         del pkg["best_state"]["quantizer.vq.layers.1._codebook.embed"]
 
     with pytest.raises(CheckpointError, match=r"missing \['quantizer\.vq\.layers\.1\._codebook\.embed'\]"):
-        Codec.from_audiocraft(_rewrite(exported, tmp_path / "drop.bin", drop))
+        load_audiocraft_codec(_rewrite(exported, tmp_path / "drop.bin", drop))
 
     def extra(pkg):
         pkg["best_state"]["encoder.model.1.shortcut.conv.conv.weight_v"] = torch.zeros(4, 4, 1)
 
     with pytest.raises(CheckpointError, match="unexpected.*shortcut"):
-        Codec.from_audiocraft(_rewrite(exported, tmp_path / "extra.bin", extra))
+        load_audiocraft_codec(_rewrite(exported, tmp_path / "extra.bin", extra))
 
 
 @pytest.mark.parametrize("option,value", [
@@ -263,7 +264,7 @@ def test_unsupported_options_are_named(model, tmp_path, option, value):
     path = write_audiocraft_compression_checkpoint(tmp_path / "u.bin", model,
                                                    audiocraft_xp_cfg(model.config, {option: value}))
     with pytest.raises(UnsupportedConfig, match=option.replace(".", r"\.")):
-        Codec.from_audiocraft(path)
+        load_audiocraft_codec(path)
     assert issubclass(UnsupportedConfig, CheckpointError)
 
 

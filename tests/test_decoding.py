@@ -10,8 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from magnet_rt import DecodeParams, decoding
-from magnet_rt.decoding import RowGroup, decode, decode_single, mask_fractions, units_to_mask
+from magnet_rt.decoding import DecodePath, RowGroup, decode, decode_single, mask_fractions
+from magnet_rt.lm import Attention
 from magnet_rt.sampling import span_scores, step_temperature
+from magnet_rt.selection import units_to_mask
+
+PATHS = [DecodePath.REFERENCE, DecodePath.DYNAMIC]
 
 LM = small_lm()
 TEXT = random_text(2, 5, 16, lengths=[5, 3])
@@ -70,14 +74,14 @@ def test_short_last_chunk_is_scored_on_its_own_tokens():
 # ---- pinned tokens ---------------------------------------------------------------------------------
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frames=st.integers(4, 40), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**31),
-       arrangement=st.sampled_from(["nonoverlap", "stride1"]), fast=st.booleans(),
+       arrangement=st.sampled_from(["nonoverlap", "stride1"]), path=st.sampled_from(PATHS),
        sampling=st.booleans())
-def test_pinned_tokens_never_change(frames, density, seed, arrangement, fast, sampling):
+def test_pinned_tokens_never_change(frames, density, seed, arrangement, path, sampling):
     g = torch.Generator().manual_seed(seed)
     fixed = torch.rand(2, 4, frames, generator=g) < density
     init = torch.randint(0, LM.card, (2, 4, frames), generator=g)
     p = params(span_arrangement=arrangement, use_sampling=sampling)
-    out = decode_single(LM, *TEXT, frames, p, seed=seed, fixed=fixed, init_codes=init, fast=fast)
+    out = decode_single(LM, *TEXT, frames, p, seed=seed, fixed=fixed, init_codes=init, path=path)
     assert torch.equal(out[fixed], init[fixed])
     assert int((out == LM.card).sum()) == 0  # everything else was generated
 
@@ -96,8 +100,8 @@ def test_inpainting_a_middle_region_and_a_prefix_continuation_use_one_mechanism(
 
 
 # ---- the forward ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("local", ["dense", "banded"])
-def test_stage_ge_1_is_local(local):
+@pytest.mark.parametrize("form", list(Attention))
+def test_stage_ge_1_is_local(form):
     """With L layers and context c, a change farther than L*c frames away changes nothing for stages
     >= 1, and does change stage 0."""
     lm = small_lm(num_layers=2, subcodes_context=5, segment_duration=2.0)
@@ -109,11 +113,11 @@ def test_stage_ge_1_is_local(local):
     near[0, 0, 10] = (near[0, 0, 10] + 1) % lm.card  # exactly at the receptive field's edge
     with torch.inference_mode():
         for stage in (1, 2, 3):
-            base = lm(codes, cross, stage, local=local)[..., 0, :]
-            assert torch.equal(lm(far, cross, stage, local=local)[..., 0, :], base)
-            assert not torch.allclose(lm(near, cross, stage, local=local)[..., 0, :], base)
-        stage0 = lm(codes, cross, 0, local=local)[..., 0, :]
-        assert not torch.allclose(lm(far, cross, 0, local=local)[..., 0, :], stage0)
+            base = lm(codes, cross, stage, form)[..., 0, :]
+            assert torch.equal(lm(far, cross, stage, form)[..., 0, :], base)
+            assert not torch.allclose(lm(near, cross, stage, form)[..., 0, :], base)
+        stage0 = lm(codes, cross, 0, form)[..., 0, :]
+        assert not torch.allclose(lm(far, cross, 0, form)[..., 0, :], stage0)
 
 
 def test_fast_and_reference_paths_agree():
@@ -124,12 +128,13 @@ def test_fast_and_reference_paths_agree():
         cond = lm.project_text(h, m)
         for stage in range(4):
             ref = lm(torch.cat([codes, codes]), lm.cross_inputs(torch.cat([cond, torch.zeros_like(cond)])), stage)
-            fast = lm(torch.cat([codes, codes]), lm.cross_inputs(cond), stage, heads="stage", local="banded")
-            assert (ref[:, stage] - fast).abs().max().item() < 1e-5
+            for form in Attention:
+                fast = lm.stage_logits(torch.cat([codes, codes]), lm.cross_inputs(cond), stage, form)
+                assert (ref[:, stage] - fast).abs().max().item() < 1e-5
     for arrangement in ("nonoverlap", "stride1"):
         p = params(span_arrangement=arrangement, use_sampling=False)
-        a = decode_single(lm, h, m, 33, p, seed=0, fast=False)
-        b = decode_single(lm, h, m, 33, p, seed=0, fast=True)
+        a = decode_single(lm, h, m, 33, p, seed=0, path=DecodePath.REFERENCE)
+        b = decode_single(lm, h, m, 33, p, seed=0, path=DecodePath.DYNAMIC)
         assert torch.equal(a, b)
 
 
@@ -226,9 +231,9 @@ def test_each_path_is_deterministic_for_a_seed():
     h, m = random_text(1, 5, 16)
     for arrangement in ("nonoverlap", "stride1"):
         p = params(span_arrangement=arrangement, decoding_steps=(5, 2, 2, 2))
-        for fast in (False, True):
-            a = decode_single(lm, h, m, 36, p, seed=42, fast=fast)
-            assert torch.equal(a, decode_single(lm, h, m, 36, p, seed=42, fast=fast))
+        for path in PATHS:
+            a = decode_single(lm, h, m, 36, p, seed=42, path=path)
+            assert torch.equal(a, decode_single(lm, h, m, 36, p, seed=42, path=path))
             assert int((a == lm.card).sum()) == 0
 
 
@@ -245,19 +250,33 @@ def test_inverse_cdf_draws_follow_the_distribution():
     assert top_k.tolist() == [40000, 0, 0, 0]
 
 
-def test_int8_cpu_fast_path_stays_close_to_fp32():
-    """MagnetLM.quantize_int8 (CPU fast path): logits within a few percent of fp32, decoding works."""
+def test_int8_error_after_guidance_is_within_3_percent_of_the_logit_range():
+    """int8 (one module swap, per-channel scales, KEEP_FLOAT in float) against the same fp32 weights: the
+    CFG-combined logits at guidance 10 differ by at most 3 % of their range, for every stage; decoding works.
+    Measured on a small random model and on the shipped demo LM (benchmarks/RESULTS.md has magnet-small)."""
+    import copy
     import warnings
 
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    lm = small_lm(seed=2, dim=64, num_heads=4)
-    q = small_lm(seed=2, dim=64, num_heads=4).quantize_int8()
-    h, m = random_text(1, 4, 16)
-    codes = torch.randint(0, lm.card, (1, 4, 30), generator=torch.Generator().manual_seed(2))
-    for stage in (0, 2):
-        ref, got = lm.logits(codes, h, m, stage), q.logits(codes, h, m, stage)
-        err = ((got - ref).abs().max() / ref.abs().max()).item()
-        assert 0 < err < 0.05, err
+    from magnet_rt.bundle import load_lm
+    from magnet_rt.int8 import KEEP_FLOAT, guided_logit_error, quantize_int8
+    from magnet_rt.registry import demo_dir
+
+    warnings.filterwarnings("ignore", category=UserWarning)  # torch's note on quantized tensor creation
+    for lm in (small_lm(seed=2, dim=64, num_heads=4, num_layers=4), load_lm(demo_dir()).eval()):
+        q = quantize_int8(copy.deepcopy(lm))
+        for float_block, block in zip(lm.layers, q.layers, strict=True):  # swapped modules, nothing added
+            for name, child in block.named_children():
+                same = type(child) is type(getattr(float_block, name))
+                assert same == (name in KEEP_FLOAT or name.startswith("norm")), name
+        g = torch.Generator().manual_seed(2)
+        cond = lm.project_text(torch.randn(2, 6, lm.cfg.text_dim, generator=g), torch.ones(2, 6))
+        for stage in range(lm.n_q):
+            codes = torch.randint(0, lm.card, (2, 4, 90), generator=g)
+            codes[:, stage + 1:] = lm.card
+            codes[:, stage][torch.rand(2, 90, generator=g) < 0.5] = lm.card
+            err = guided_logit_error(lm, q, codes, cond, stage, coef=10.0)
+            assert 0 < err <= 0.03, (lm.cfg.dim, stage, err)
+    h, m = random_text(1, 4, q.cfg.text_dim)
     out = decode_single(q, h, m, 24, params(), seed=1)
     assert out.shape == (1, 4, 24) and int((out == q.card).sum()) == 0
 

@@ -65,7 +65,8 @@ def test_bundle_records_and_rebuilds_minilm(enc, tmp_path):
     from conftest import small_lm
 
     from magnet_rt.bundle import load_bundle, read_bundle_config, save_bundle
-    from magnet_rt.codec import Codec, random_encodec_config, random_encodec_model
+    from magnet_rt.codec import Codec
+    from magnet_rt.encodec_checkpoints import random_encodec_config, random_encodec_model
     from magnet_rt.pipeline import MagnetPipeline
 
     codec = Codec(random_encodec_model(random_encodec_config(n_filters=4, dimension=16, card=64), seed=0))

@@ -1,11 +1,13 @@
 """The pipeline on the tiny-random model, loaded through the released formats: generate, inpaint,
 continue, batching."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from magnet_rt.errors import InvalidAudio, InvalidParams, InvalidRegion
-from magnet_rt.pipeline import Job
+from magnet_rt.pipeline import Job, PipelineOptions
 from magnet_rt.presets import resolve_params
 
 FAST = resolve_params("live", {"decoding_steps": [3, 1, 1, 1]})
@@ -84,22 +86,19 @@ def test_step_graphs_change_nothing_but_the_path(pipe):
     batch of two prompts of different lengths, and inpainting."""
     jobs = [Job(["a slow cello"], 50, FAST, 1), Job(["a much longer prompt about glitchy techno drums"], 50, FAST, 2)]
     src = _noise(32000, 2.0, channels=1)
-    try:
-        out = {}
-        for mode in ("off", "on"):
-            pipe.step_graphs = mode
-            out[mode] = ([r.codes for r in pipe.run_batch(jobs)],
-                         pipe.inpaint(src, 32000, 0.5, 1.2, "a bell", params=FAST, seed=3).codes)
-        assert pipe.graphs is not None and pipe.graphs.buckets  # the static path really ran
-    finally:
-        pipe.step_graphs = "auto"
+    out = {}
+    for mode in ("off", "on"):
+        p = pipe.with_options(PipelineOptions(step_graphs=mode))
+        out[mode] = ([r.codes for r in p.run_batch(jobs)],
+                     p.inpaint(src, 32000, 0.5, 1.2, "a bell", params=FAST, seed=3).codes)
+        assert (p.graphs is not None and bool(p.graphs.buckets)) == (mode == "on")  # the static path really ran
     for a, b in zip(out["off"][0], out["on"][0], strict=True):
         assert np.array_equal(a, b)
     assert np.array_equal(out["off"][1], out["on"][1])
     with pytest.raises(InvalidParams, match="step_graphs"):
-        pipe.step_graphs = "sometimes"
-        pipe.graphs  # noqa: B018
-    pipe.step_graphs = "auto"
+        PipelineOptions(step_graphs="sometimes")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pipe.options.step_graphs = "on"  # options are fixed when the pipeline is built
 
 
 def test_timings_add_up(pipe):

@@ -12,10 +12,10 @@ from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 
 from magnet_rt import decoding
 from magnet_rt.decoding import RowGroup, decode
+from magnet_rt.interfaces import Rescorer
 from magnet_rt.params import DecodeParams
 from magnet_rt.rescoring import (
     MusicgenRescorer,
-    Rescorer,
     build_tiny_random_musicgen,
     delay,
     load_rescorer,

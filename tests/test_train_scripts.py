@@ -41,7 +41,7 @@ def codec_dir(data_dir, tmp_path_factory):
 
 def test_codec_script_outputs_a_loadable_codec_with_metrics(codec_dir, data_dir):
     from magnet_rt.bundle import load_codec, read_bundle_config
-    from magnet_rt.codec import Codec
+    from magnet_rt.encodec_checkpoints import load_audiocraft_codec
 
     cfg = read_bundle_config(codec_dir / "codec")
     m = cfg["metrics"]
@@ -52,7 +52,7 @@ def test_codec_script_outputs_a_loadable_codec_with_metrics(codec_dir, data_dir)
     x, _ = sf.read(str(data_dir / "clip0.wav"), dtype="float32")
     codes = codec.encode(x, 32000)
     assert codes.shape == (1, 4, 60)
-    released = Codec.from_audiocraft(codec_dir / "codec" / "compression_state_dict.bin")
+    released = load_audiocraft_codec(codec_dir / "codec" / "compression_state_dict.bin")
     assert torch.equal(released.encode(x, 32000), codes)
     state = torch.load(codec_dir / "trainer.pt", weights_only=True)
     assert state["step"] == 3

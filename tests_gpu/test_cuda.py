@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from magnet_rt.codec import Codec, random_encodec_config, random_encodec_model
+from magnet_rt.codec import Codec
+from magnet_rt.encodec_checkpoints import random_encodec_config, random_encodec_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="run with `make test-gpu` on a CUDA machine")
 SR = 32000
@@ -33,12 +34,12 @@ def test_lm_fp16_blocks_within_tolerance_of_fp32(fixture_dir=None):
 
     import numpy as np
 
-    from magnet_rt import MagnetLM
+    from magnet_rt.checkpoints import load_audiocraft_lm
 
     fx = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "audiocraft-tiny"
     z = np.load(fx / "vectors.npz")
-    ref = MagnetLM.from_audiocraft(fx, device="cuda")
-    half = MagnetLM.from_audiocraft(fx, device="cuda", dtype=torch.float16)
+    ref = load_audiocraft_lm(fx, device="cuda")
+    half = load_audiocraft_lm(fx, device="cuda", dtype=torch.float16)
     h, m = torch.from_numpy(z["t5_hidden"]), torch.from_numpy(z["t5_mask"])
     for s in range(4):
         codes = torch.from_numpy(z[f"codes_stage{s}"])

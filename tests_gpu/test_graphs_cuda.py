@@ -1,6 +1,6 @@
 """The static decode step captured as CUDA graphs (`magnet_rt.graphs`): `make test-gpu` on a CUDA machine.
 
-On the CPU (tests/test_graphs.py) the static step runs eagerly and gives exactly the fast path's codes.
+On the CPU (tests/test_graphs.py) the static step runs eagerly and gives exactly the dynamic step's codes.
 Here cuBLAS may pick different kernels for the head over all positions (static) and over the re-masked
 ones (dynamic), so the two can round differently: codes are compared as a fraction that agrees."""
 
@@ -47,9 +47,11 @@ def test_graphs_agree_with_the_dynamic_fast_path(dtype, sampling):
     assert (static == dynamic).float().mean().item() > 0.99
 
 
-def test_replays_never_synchronise_with_the_host():
+@pytest.mark.parametrize("arrangement", ["nonoverlap", "stride1"])
+def test_replays_never_synchronise_with_the_host(arrangement):
+    """stride1's least-probable-span search runs inside the graph too (a fixed number of rounds)."""
     lm = lm_on_cuda(torch.float16)
-    p = DecodeParams(decoding_steps=(20, 10, 10, 10))
+    p = DecodeParams(decoding_steps=(20, 10, 10, 10), span_arrangement=arrangement)
     graphs = StepGraphs(lm)
     decode_on(lm, p, graphs, rows=1)  # captures (capture itself synchronises)
     torch.cuda.synchronize()

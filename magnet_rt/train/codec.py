@@ -154,7 +154,7 @@ def read_crop(path: Path, n: int, generator: torch.Generator | None) -> np.ndarr
 
 # ---- model -----------------------------------------------------------------------------------------
 def demo_codec_config(n_filters: int = 16, dimension: int = 64, lstm_layers: int = 1):
-    from ..codec import random_encodec_config
+    from ..encodec_checkpoints import random_encodec_config
 
     return random_encodec_config(sample_rate=SR, ratios=(8, 5, 4, 4), n_filters=n_filters, dimension=dimension,
                                  lstm_layers=lstm_layers, card=2048, n_q=4)
@@ -317,7 +317,7 @@ def save_codec_folder(model: nn.Module, out: Path, metrics: dict, provenance: di
     from safetensors.torch import save_file
 
     from ..bundle import BUNDLE_FORMAT, BUNDLE_VERSION, CODEC_FILE, CONFIG
-    from ..codec import audiocraft_xp_cfg, write_audiocraft_compression_checkpoint
+    from ..encodec_checkpoints import audiocraft_xp_cfg, write_audiocraft_compression_checkpoint
     from ..spectral_codec import SpectralCodecModel
 
     out.mkdir(parents=True, exist_ok=True)

@@ -83,10 +83,10 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
 def load_codec_any(path: str | Path, device="cpu"):
     """A codec from a bundle, a codec folder (codec.safetensors) or a released compression checkpoint."""
     from ..bundle import is_bundle, load_codec
-    from ..codec import Codec
+    from ..encodec_checkpoints import load_audiocraft_codec
 
     return load_codec(path, device=device) if is_bundle(path) or (Path(path) / "codec.safetensors").is_file() \
-        else Codec.from_audiocraft(path, device=device)
+        else load_audiocraft_codec(path, device=device)
 
 
 TOKEN_PARTS = ("encoder.", "quantizer.")  # what maps audio to tokens; the decoder does not

@@ -46,8 +46,9 @@ def export_run(trainer: LMTrainer, codec, out: Path, provenance: dict, metrics: 
     """Write OUT/bundle (EMA weights) and OUT/export (released format); copy the bundle to `publish`."""
     from ..bundle import save_bundle
     from ..checkpoints import save_audiocraft_lm
-    from ..codec import Codec, audiocraft_xp_cfg, write_audiocraft_compression_checkpoint
+    from ..codec import Codec
     from ..conditioning import T5TextEncoder
+    from ..encodec_checkpoints import audiocraft_xp_cfg, write_audiocraft_compression_checkpoint
     from ..pipeline import MagnetPipeline
 
     ema = trainer.ema_model()

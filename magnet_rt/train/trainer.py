@@ -186,7 +186,7 @@ class LMTrainer:
         amp = self.amp_dtype is not None
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
             cond, cross_len = self.condition(captions, drop)
-            logits = self.lm(batch.inputs, self.lm.cross_inputs(cond, cross_len), batch.stage, heads="stage")
+            logits = self.lm.stage_logits(batch.inputs, self.lm.cross_inputs(cond, cross_len), batch.stage)
         loss = masked_stage_loss(logits, batch.targets, batch.mask, batch.stage)
         info = {"stage": batch.stage, "dropped": drop, "masked": int(batch.mask.sum()),
                 "accuracy": masked_stage_accuracy(logits, batch.targets, batch.mask, batch.stage)}
