@@ -31,7 +31,7 @@ serve: install
 # ccache for rebuilds): installed with apt-get when missing (sudo when not root); where that cannot be done,
 # one sentence names the command.
 TEST_DEBS := fluidsynth fluid-soundfont-gm liblo-tools puredata-core libportaudio2 \
-	juce-modules-source juce-tools cppzmq-dev libmsgpack-cxx-dev cmake g++ pkg-config ccache
+	juce-modules-source juce-tools cppzmq-dev libmsgpack-cxx-dev libsoxr-dev cmake g++ pkg-config ccache
 
 test-deps:
 	@missing=$$(for p in $(TEST_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

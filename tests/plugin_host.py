@@ -23,9 +23,20 @@ import dawdreamer as daw
 import numpy as np
 
 
+def parameter_index(synth, name: str) -> int:
+    """The index of the plugin parameter called `name` (as the host lists them)."""
+    for d in synth.get_parameters_description():
+        if d["name"] == name:
+            return int(d["index"])
+    raise SystemExit(f"no parameter {name!r} in {[d['name'] for d in synth.get_parameters_description()]}")
+
+
 def interactive(a) -> None:
     """`--interactive`: commands on stdin, one per line, each answered on stdout ('ok ...' or 'timeout'):
-    `note N` (render one bar with note N at beat 0), `render BARS`, `takes K SECONDS` (wait for K WAVs)."""
+    `note N` (render one bar with note N at beat 0), `render BARS`, `takes K SECONDS` (wait for K WAVs),
+    `press NAME` (a button parameter on for a quarter beat, then off for a quarter beat, as an automation
+    pulse or a momentary pad would do), `play BARS OUT.npy [NOTE@BEAT@VELOCITY ...]` (render with those notes,
+    the audio saved to OUT.npy)."""
     engine = daw.RenderEngine(a.sr, a.block)
     engine.set_bpm(a.bpm)
     synth = engine.make_plugin_processor("magnet", a.plugin)
@@ -49,6 +60,22 @@ def interactive(a) -> None:
                 time.sleep(0.05)
             n = len(list(Path(a.takes).glob("*.wav")))
             print("ok" if n >= int(args[0]) else "timeout", n, flush=True)
+        elif cmd == "press":
+            index = parameter_index(synth, " ".join(args))
+            synth.clear_midi()
+            for value in (1.0, 0.0):
+                synth.set_parameter(index, value)
+                engine.render(0.25, beats=True)
+            print("ok", flush=True)
+        elif cmd == "play":
+            synth.clear_midi()
+            for spec in args[2:]:
+                note, beat, velocity = spec.split("@")
+                synth.add_midi_note(int(note), int(velocity), float(beat), 0.25, beats=True)
+            engine.render(4 * float(args[0]), beats=True)
+            audio = synth.get_audio()
+            np.save(args[1], audio)
+            print("ok", int(np.count_nonzero(audio)), flush=True)
 
 
 def main() -> None:

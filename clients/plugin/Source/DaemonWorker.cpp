@@ -4,6 +4,7 @@
 #include <juce_audio_formats/juce_audio_formats.h>
 
 #include <cmath>
+#include <soxr.h>
 #include <zmq.hpp>
 
 namespace
@@ -15,21 +16,23 @@ constexpr double kPingEveryS = 1.0;
 constexpr double kLoopWindowS = 0.75; // magnet_rt/loop.py's DEFAULT_WINDOW_S
 constexpr int kFrameRate = 50;
 
-// Linear interpolation to the host's rate (sample-exact copy when the rates agree).
-std::vector<float> toRate (const std::vector<float>& x, int from, double to)
+// The whole take to the host's rate, once, off the audio thread: libsoxr's windowed-sinc resampler at its
+// "high quality" recipe (what python-soxr's resample() runs by default; tests/test_plugin.py checks the two agree).
+// A copy when the rates agree; an empty take if soxr fails (the error is reported).
+std::vector<float> toRate (const std::vector<float>& x, int from, double to, std::string& error)
 {
     if (from <= 0 || to <= 0 || std::abs (to - from) < 1e-9 || x.empty())
         return x;
-    const double step = from / to;
-    const size_t n = (size_t) std::floor ((double) (x.size() - 1) / step) + 1;
-    std::vector<float> y (n);
-    for (size_t i = 0; i < n; ++i)
+    std::vector<float> y ((size_t) std::ceil ((double) x.size() * to / from) + 1);
+    const soxr_io_spec_t io = soxr_io_spec (SOXR_FLOAT32_I, SOXR_FLOAT32_I);
+    const soxr_quality_spec_t q = soxr_quality_spec (SOXR_HQ, 0);
+    size_t done = 0;
+    if (soxr_error_t e = soxr_oneshot ((double) from, to, 1, x.data(), x.size(), nullptr, y.data(), y.size(), &done, &io, &q, nullptr))
     {
-        const double p = (double) i * step;
-        const size_t k = (size_t) p;
-        const double f = p - (double) k;
-        y[i] = k + 1 < x.size() ? (float) ((1.0 - f) * x[k] + f * x[k + 1]) : x[k];
+        error = e;
+        return {};
     }
+    y.resize (done);
     return y;
 }
 
@@ -51,8 +54,8 @@ struct DaemonWorker::Impl
 };
 
 DaemonWorker::DaemonWorker (Settings& s, Report& r, TakeSlots& t, HostTime& h, std::atomic<int>& play,
-                            std::atomic<uint32_t>& notes)
-    : settings (s), report (r), slots (t), host (h), playRequest (play), noteGenerate (notes),
+                            std::atomic<uint32_t>& notes, std::atomic<uint32_t>& pressed)
+    : settings (s), report (r), slots (t), host (h), playRequest (play), noteGenerate (notes), buttons (pressed),
       impl (std::make_unique<Impl>())
 {
     thread = std::thread ([this] { run(); });
@@ -155,28 +158,18 @@ void DaemonWorker::run()
             for (int k = 0; k < kSlots; ++k)
                 if (notes & (1u << k))
                     start (Action::Generate, k, true);
+        // Buttons pressed from the host (trigger parameters; bit k is Action k), then the editor's actions.
+        if (uint32_t pressed = buttons.exchange (0))
+            for (auto a : { Action::Generate, Action::Variations, Action::Loop, Action::Inpaint, Action::Cancel })
+                if (pressed & (1u << (int) a))
+                    act ({ a, {} });
         std::deque<Cmd> cmds;
         {
             std::lock_guard<std::mutex> g (qlock);
             cmds.swap (queue);
         }
         for (auto& c : cmds)
-        {
-            if (c.a == Action::Reconnect) { connected = false; report.light = Report::Unknown; failAll ("The daemon address changed before the take was finished."); openSocket(); }
-            else if (c.a == Action::LoadTakes) loadTakes (c.paths);
-            else if (c.a == Action::Cancel)
-            {
-                for (auto& [id, job] : jobs)
-                    send (wire::pack ("cancel", "c-" + std::to_string (++counter), { { "target", wire::Value::ofStr (id) } }));
-            }
-            else if (c.a == Action::Rebuild) rateBuilt = 0;
-            else
-            {
-                int slot;
-                { std::lock_guard<std::mutex> g (settings.lock); slot = settings.selectedSlot; }
-                start (c.a, slot, true);
-            }
-        }
+            act (c);
 
         // The host changed its rate: rebuild every take's playable copy.
         const double hr = host.sampleRate.load();
@@ -196,6 +189,24 @@ void DaemonWorker::run()
         report.busy = ! jobs.empty();
     }
     impl->sock.reset();
+}
+
+void DaemonWorker::act (const Cmd& c)
+{
+    if (c.a == Action::Reconnect) { connected = false; report.light = Report::Unknown; failAll ("The daemon address changed before the take was finished."); openSocket(); }
+    else if (c.a == Action::LoadTakes) loadTakes (c.paths);
+    else if (c.a == Action::Cancel)
+    {
+        for (auto& [id, job] : jobs)
+            send (wire::pack ("cancel", "c-" + std::to_string (++counter), { { "target", wire::Value::ofStr (id) } }));
+    }
+    else if (c.a == Action::Rebuild) rateBuilt = 0;
+    else
+    {
+        int slot;
+        { std::lock_guard<std::mutex> g (settings.lock); slot = settings.selectedSlot; }
+        start (c.a, slot, true);
+    }
 }
 
 void DaemonWorker::start (Action a, int slot, bool play)
@@ -460,8 +471,11 @@ Take* DaemonWorker::makeTake (std::vector<float> pcm, int rate, int channels) co
     }
     const double hr = host.sampleRate.load();
     t->hostRate = hr > 0 ? hr : rate;
-    t->left = toRate (l, rate, t->hostRate);
-    t->right = t->channels == 1 ? t->left : toRate (r, rate, t->hostRate);
+    std::string error;
+    t->left = toRate (l, rate, t->hostRate, error);
+    t->right = t->channels == 1 ? t->left : toRate (r, rate, t->hostRate, error);
+    if (! error.empty())
+        report.setError (sentence ("The take could not be resampled to " + juce::String (t->hostRate) + " Hz: " + error));
     t->pcm = std::move (pcm);
     return t;
 }

@@ -13,10 +13,11 @@
 class DaemonWorker
 {
 public:
+    // The first five are the musician's buttons (and bits 0-4 of `buttons`, set by the audio thread).
     enum class Action { Generate, Variations, Loop, Inpaint, Cancel, Reconnect, LoadTakes, Rebuild };
 
     DaemonWorker (Settings&, Report&, TakeSlots&, HostTime&, std::atomic<int>& playRequest,
-                  std::atomic<uint32_t>& noteGenerate);
+                  std::atomic<uint32_t>& noteGenerate, std::atomic<uint32_t>& buttons);
     ~DaemonWorker();
 
     void post (Action a, std::vector<std::string> paths = {});  // message thread: queue an action
@@ -39,6 +40,7 @@ private:
     struct Cmd { Action a; std::vector<std::string> paths; };
 
     void run();
+    void act (const Cmd&);
     void openSocket();
     void send (const std::string& frame);
     void handle (const std::string& frame);
@@ -57,6 +59,7 @@ private:
     HostTime& host;
     std::atomic<int>& playRequest;
     std::atomic<uint32_t>& noteGenerate;
+    std::atomic<uint32_t>& buttons;
 
     std::mutex qlock;
     std::deque<Cmd> queue;

@@ -24,7 +24,29 @@ MagnetProcessor::MagnetProcessor()
 {
     if (auto env = juce::SystemStats::getEnvironmentVariable ("MAGNET_RT_ENDPOINT", {}); env.isNotEmpty())
         settings.address = env;
-    worker = std::make_unique<DaemonWorker> (settings, report, takes, host, playRequest, noteGenerate);
+    const char* ids[] = { "generate", "variations", "loop", "inpaint", "cancel" };
+    const char* names[] = { "Generate", "Variations", "Make loop", "Inpaint bars", "Cancel" };
+    for (size_t k = 0; k < buttons.size(); ++k)
+    {
+        buttons[k] = new juce::AudioParameterBool (juce::ParameterID { ids[k], 1 }, names[k], false);
+        addParameter (buttons[k]);
+    }
+    worker = std::make_unique<DaemonWorker> (settings, report, takes, host, playRequest, noteGenerate, buttonPresses);
+}
+
+// A host's press of a button parameter (automation, a MIDI-learned pad): the value rose since the last block.
+void MagnetProcessor::pollButtons() noexcept
+{
+    uint32_t pressed = 0;
+    for (size_t k = 0; k < buttons.size(); ++k)
+    {
+        const bool down = buttons[k]->get();
+        if (down && ! buttonDown[k])
+            pressed |= 1u << k;
+        buttonDown[k] = down;
+    }
+    if (pressed != 0)
+        buttonPresses.fetch_or (pressed);
 }
 
 MagnetProcessor::~MagnetProcessor()
@@ -53,7 +75,8 @@ void MagnetProcessor::prepareToPlay (double sampleRate, int)
 }
 
 // Schedule `s` to start at the first bar line at or after sample `offset` of this block when the transport runs
-// (at `offset` itself when it does not, or the host gives no musical position).
+// (at `offset` itself when it does not, or the host gives no musical position). A trigger at most
+// kLateGraceBeats after a bar line counts as on it: the take starts at once, at the position it has from the line.
 void MagnetProcessor::trigger (int s, int offset, const juce::Optional<juce::AudioPlayHead::PositionInfo>& p)
 {
     const double bpm = host.bpm.load();
@@ -63,11 +86,20 @@ void MagnetProcessor::trigger (int s, int offset, const juce::Optional<juce::Aud
     pendingSlot = s;
     pendingLoopLen = (int64_t) std::llround (settings.bars.load() * barQ * samplesPerQuarter);
     pendingIn = offset;
+    pendingPos = 0;
     if (p.hasValue() && p->getIsPlaying())
         if (auto ppq = p->getPpqPosition(); ppq.hasValue())
         {
             const double at = *ppq + offset / samplesPerQuarter;
             const double origin = p->getPpqPositionOfLastBarStart().orFallback (0.0);
+            const double lastBar = origin + std::floor ((at - origin) / barQ + 1e-9) * barQ;
+            if (const double late = at - lastBar; late * samplesPerQuarter >= 0.5 && late <= kLateGraceBeats)
+            {
+                // A note meant for the bar line that the host delivered a little late (hosts quantise events
+                // to ticks): the take starts at the note, where it would be had it started on the line.
+                pendingPos = std::llround (late * samplesPerQuarter);
+                return;
+            }
             const double bars = std::ceil ((at - origin) / barQ - 1e-6);
             const double nextBar = origin + bars * barQ;
             pendingIn = std::max<int64_t> (offset, (int64_t) std::llround ((nextBar - *ppq) * samplesPerQuarter));
@@ -95,6 +127,7 @@ void MagnetProcessor::processBlock (juce::AudioBuffer<float>& buffer, juce::Midi
         }
     }
 
+    pollButtons();
     if (stopRequest.exchange (false))
     {
         slot = -1;
@@ -151,7 +184,7 @@ void MagnetProcessor::processBlock (juce::AudioBuffer<float>& buffer, juce::Midi
         {
             slot = pendingSlot;
             loopLen = pendingLoopLen;
-            pos = 0;
+            pos = pendingPos;
             pendingSlot = -1;
             playingSlot.store (slot);
         }
