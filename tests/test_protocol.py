@@ -394,7 +394,7 @@ def own_fields(cls: type) -> dict[str, bool]:
             for f in dataclasses.fields(cls) if f.name not in inherited}
 
 
-STRUCTS = (p.Stream, p.DecodeParams, p.Source, p.AudioData, p.Limits, p.QueueEntry, p.ModelInfo)
+STRUCTS = (p.Stream, p.DecodeParams, p.Source, p.AudioData, p.Limits, p.QueueEntry, p.ModelInfo, p.ReplicaInfo)
 
 
 def test_doc_tables_list_exactly_the_dataclass_fields() -> None:
