@@ -255,3 +255,15 @@ def bars_to_samples(bars: float, bpm: float, sr: int, beats_per_bar: int = 4) ->
 
 def _decimal(value: float) -> Fraction:
     return Fraction(str(float(value)))  # shortest repr: 120.1 -> 1201/10
+
+
+def fit_length(x: np.ndarray, n: int) -> np.ndarray:
+    """Trim or zero-pad the last axis to exactly n samples (resampling can be off by one)."""
+    if x.shape[-1] >= n:
+        return x[..., :n]
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
+
+
+def match_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """[c, n] -> [channels, n]: a mono take is copied to every channel of the source."""
+    return np.repeat(x[:1], channels, axis=0) if x.shape[0] != channels else x

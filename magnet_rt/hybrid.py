@@ -23,8 +23,8 @@ from torch import Tensor
 
 from . import audio as audio_ops
 from .errors import Cancelled, InvalidParams
+from .jobs import Job, JobResult, Pipeline, Prepared
 from .params import DecodeParams, pick_seed
-from .pipeline import Job, JobResult, MagnetPipeline, Prepared
 from .rescoring import MusicgenRescorer
 
 __all__ = ["HybridPrepared", "generate_hybrid", "musicgen_generate", "prepare_hybrid"]
@@ -114,7 +114,7 @@ class HybridPrepared(Prepared):
         return self.finish(merged)
 
 
-def prepare_hybrid(pipe: MagnetPipeline, musicgen: MusicgenRescorer, prompt: str | None, duration_s: float | None,
+def prepare_hybrid(pipe: Pipeline, musicgen: MusicgenRescorer, prompt: str | None, duration_s: float | None,
                    hybrid_s: float, params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
                    *, greedy: bool = False, temperature: float = 1.0, top_k: int = 250, guidance_scale: float = 3.0,
                    condition: bool = True, cancelled=None) -> HybridPrepared:
@@ -160,7 +160,7 @@ def prepare_hybrid(pipe: MagnetPipeline, musicgen: MusicgenRescorer, prompt: str
     return HybridPrepared(jobs[0], finish, jobs=jobs, ar_frames=n, ar_seconds=t_ar)
 
 
-def generate_hybrid(pipe: MagnetPipeline, musicgen: MusicgenRescorer, prompt: str | None, duration_s: float | None,
+def generate_hybrid(pipe: Pipeline, musicgen: MusicgenRescorer, prompt: str | None, duration_s: float | None,
                     hybrid_s: float, params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
                     progress=None, cancelled=None, loudness: float | None = audio_ops.DEFAULT_LOUDNESS_LUFS,
                     **kwargs) -> JobResult:

@@ -41,8 +41,8 @@ from torch import Tensor
 
 from . import audio as audio_ops
 from .errors import Cancelled, InvalidParams
+from .jobs import Job, Pipeline
 from .params import PICKED_SEEDS, DecodeParams, pick_seed
-from .pipeline import Job, MagnetPipeline
 
 __all__ = ["Chunk", "LongResult", "PromptHolder", "endless", "generate_long", "plan_windows", "stream_long",
            "window_seed"]
@@ -125,7 +125,7 @@ def _prompt_fn(prompt) -> Callable[[], str | None]:
     raise InvalidParams("prompt must be a string, None, a callable or a PromptHolder")
 
 
-def _stream(pipe: MagnetPipeline, prompt, total_frames: int | None, params: DecodeParams | None, seed: int | None,
+def _stream(pipe: Pipeline, prompt, total_frames: int | None, params: DecodeParams | None, seed: int | None,
             window_s: float | None, overlap_s: float, fade_s: float, is_cancelled, on_step,
             max_windows: int | None) -> Iterator[Chunk]:
     t_start = time.perf_counter()
@@ -209,7 +209,7 @@ def _stream(pipe: MagnetPipeline, prompt, total_frames: int | None, params: Deco
                         None, 0, 0, {"since_start": time.perf_counter() - t_start}, final=True)
 
 
-def stream_long(pipe: MagnetPipeline, prompt: str | None, duration_s: float, params: DecodeParams | None = None,
+def stream_long(pipe: Pipeline, prompt: str | None, duration_s: float, params: DecodeParams | None = None,
                 seed: int | None = None, *, overlap_s: float = DEFAULT_OVERLAP_S, fade_s: float = DEFAULT_FADE_S,
                 window_s: float | None = None, is_cancelled: Callable[[], bool] | None = None,
                 on_step=None) -> Iterator[Chunk]:
@@ -224,7 +224,7 @@ def stream_long(pipe: MagnetPipeline, prompt: str | None, duration_s: float, par
     return _stream(pipe, prompt, total, params, seed, window_s, overlap_s, fade_s, is_cancelled, on_step, None)
 
 
-def generate_long(pipe: MagnetPipeline, prompt: str | None, duration_s: float, params: DecodeParams | None = None,
+def generate_long(pipe: Pipeline, prompt: str | None, duration_s: float, params: DecodeParams | None = None,
                   seed: int | None = None, **kwargs) -> LongResult:
     """`stream_long` collected: audio [C, N] with N = round(duration_s * frame_rate) * hop samples."""
     chunks = list(stream_long(pipe, prompt, duration_s, params, seed, **kwargs))
@@ -234,7 +234,7 @@ def generate_long(pipe: MagnetPipeline, prompt: str | None, duration_s: float, p
     return LongResult(np.concatenate([c.audio for c in chunks], -1), pipe.sample_rate, codes, chunks)
 
 
-def endless(pipe: MagnetPipeline, prompt, params: DecodeParams | None = None, seed: int | None = None, *,
+def endless(pipe: Pipeline, prompt, params: DecodeParams | None = None, seed: int | None = None, *,
             overlap_s: float = DEFAULT_OVERLAP_S, fade_s: float = DEFAULT_FADE_S, window_s: float | None = None,
             is_cancelled: Callable[[], bool] | None = None, max_windows: int | None = None,
             on_step=None) -> Iterator[Chunk]:

@@ -25,7 +25,7 @@ from .audio import bars_to_samples
 from .errors import InvalidParams
 
 if TYPE_CHECKING:
-    from .pipeline import JobResult
+    from .jobs import JobResult
 
 DEFAULT_WINDOW_S = 0.75  # seconds regenerated around the wrap: long enough to bridge, short enough to keep the clip
 MIN_WINDOW_S = 0.06  # one MAGNeT span

@@ -15,12 +15,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from torch import Tensor
 
 from . import audio as audio_ops
 from .checkpoints import load_audiocraft_lm, resolve_file
@@ -32,53 +31,17 @@ from .encodec_checkpoints import load_audiocraft_codec
 from .errors import Cancelled, InvalidParams
 from .graphs import StepGraphs, check_step_graphs, use_static
 from .interfaces import BindableRescorer, Rescorer
+from .jobs import Job, JobResult, Prepared
 from .lm import MagnetLM
 from .params import DecodeParams, pick_seed
-from .spectral_codec import SpectralCodec
+from .regions import prepare_continue, prepare_inpaint
+
+if TYPE_CHECKING:
+    from .spectral_codec import SpectralCodec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FADE_S = 0.010  # crossfade length at splice points
-
-
-@dataclass
-class Job:
-    """One request: prompts x variations rows decoded together."""
-
-    prompts: list[str | None]
-    frames: int
-    params: DecodeParams
-    seed: int
-    variations: int = 1
-    fixed: Tensor | None = None  # [K, frames] bool: pinned positions
-    init_codes: Tensor | None = None  # [K, frames] (or [variations, K, frames]) codes at the pinned positions
-
-    @property
-    def rows(self) -> int:
-        return len(self.prompts) * self.variations
-
-    def pinned(self, row: int) -> tuple[Tensor, Tensor]:
-        """(fixed, init_codes) [K, frames] of row `row`: `init_codes` may be [variations, K, frames]."""
-        init = self.init_codes if self.init_codes.dim() == 2 else self.init_codes[row % self.variations]
-        return self.fixed, init
-
-    def batch_key(self) -> tuple:
-        """Jobs with equal keys can share a batch."""
-        return (self.frames, self.params)
-
-    def row_seeds(self) -> list[int]:
-        """Variation v of every prompt draws from seed + v: each take can be re-made on its own."""
-        return [self.seed + v for _ in self.prompts for v in range(self.variations)]
-
-
-@dataclass
-class JobResult:
-    codes: Tensor  # [rows, K, frames]
-    audio: np.ndarray  # [rows, C, samples] float32 at the codec's sample rate
-    sample_rate: int
-    seeds: list[int]
-    timings: dict[str, float] = field(default_factory=dict)
-    batch_size: int = 1  # how many jobs shared the batch
 
 
 @dataclass(frozen=True)
@@ -97,7 +60,7 @@ class PipelineOptions:
 
 
 class MagnetPipeline:
-    """Implements `interfaces.Pipeline`. `rescorer` (an `interfaces.Rescorer`, used when a job's
+    """Implements `jobs.Pipeline`. `rescorer` (an `interfaces.Rescorer`, used when a job's
     params.rescore_weight > 0) is the one thing attached after construction: the daemon loads the
     rescorer once and hands it to every compatible model."""
 
@@ -288,16 +251,12 @@ class MagnetPipeline:
                         fade_s: float = DEFAULT_FADE_S) -> Prepared:
         """Validate and encode the source around the region; the jobs pin everything outside it
         (`magnet_rt.regions`: window placement for sources of any length)."""
-        from .regions import prepare_inpaint
-
         return prepare_inpaint(self, audio, sample_rate, start_s, end_s, prompt, params, seed, variations, fade_s)
 
     def prepare_continue(self, audio, sample_rate: int, prompt: str | None, duration_s: float,
                          params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
                          fade_s: float = DEFAULT_FADE_S) -> Prepared:
         """Validate and encode the source's end; the jobs append `duration_s` seconds (`magnet_rt.regions`)."""
-        from .regions import prepare_continue
-
         return prepare_continue(self, audio, sample_rate, prompt, duration_s, params, seed, variations, fade_s)
 
     def run_prepared(self, prepared: Prepared, progress=None, cancelled=None) -> JobResult:
@@ -306,25 +265,3 @@ class MagnetPipeline:
         while prepared.step is not None and (job := prepared.step(res)) is not None:
             res = self._run_one(job, progress, cancelled)
         return prepared.finish(res)
-
-
-@dataclass
-class Prepared:
-    """A job plus what turns its result into the user's audio (splicing into the source)."""
-
-    job: Job
-    finish: Callable[[JobResult], JobResult]
-    step: Callable[[JobResult], Job | None] | None = None  # several windows: record one, get the next (or None)
-    windows: int = 1
-
-
-def _fit(x: np.ndarray, n: int) -> np.ndarray:
-    """Trim or zero-pad the last axis to exactly n samples (resampling can be off by one)."""
-    if x.shape[-1] >= n:
-        return x[..., :n]
-    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
-
-
-def _channels(x: np.ndarray, channels: int) -> np.ndarray:
-    """[c, n] -> [channels, n]: a mono take is copied to every channel of the source."""
-    return np.repeat(x[:1], channels, axis=0) if x.shape[0] != channels else x

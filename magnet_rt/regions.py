@@ -47,9 +47,9 @@ from torch import Tensor
 
 from . import audio as audio_ops
 from .errors import InvalidAudio, InvalidRegion
+from .jobs import Job, JobResult, Pipeline, Prepared
 from .longform import DEFAULT_OVERLAP_S, plan_windows, window_seed
 from .params import DecodeParams, pick_seed
-from .pipeline import Job, JobResult, MagnetPipeline, Prepared, _channels, _fit
 
 __all__ = ["MAX_SOURCE_S", "MIN_CONTEXT_S", "Timeline", "continue_timeline", "inpaint_timeline",
            "join_windows", "prepare_continue", "prepare_inpaint"]
@@ -130,7 +130,7 @@ class RegionTask:
     """The windows of one request. `job` is the next window; `step(result)` records it and returns the next
     window's job (None after the last); `finish(result)` returns the user's audio (`Prepared`)."""
 
-    pipe: MagnetPipeline
+    pipe: Pipeline
     tl: Timeline
     prompt: str | None
     params: DecodeParams
@@ -190,13 +190,13 @@ def _check_source(audio, sample_rate: int) -> tuple[np.ndarray, int]:
     return x, sr
 
 
-def _frames(pipe: MagnetPipeline) -> tuple[int, int, int]:
+def _frames(pipe: Pipeline) -> tuple[int, int, int]:
     """(W, overlap, minimum context) in frames for this model."""
     fr, W = pipe.frame_rate, pipe.lm.cfg.segment_frames
     return W, overlap_frames(W, pipe.lm.cfg.span_len, fr), round(MIN_CONTEXT_S * fr)
 
 
-def _encode(pipe: MagnetPipeline, x: np.ndarray, sr: int, a: int, frames: int) -> tuple[Tensor, float]:
+def _encode(pipe: Pipeline, x: np.ndarray, sr: int, a: int, frames: int) -> tuple[Tensor, float]:
     """The codes [K, frames] of the source from frame a (its slice only); short ends repeat the last frame."""
     s0, s1 = round(a * sr / pipe.frame_rate), min(x.shape[-1], round((a + frames) * sr / pipe.frame_rate))
     t0 = time.perf_counter()
@@ -206,7 +206,7 @@ def _encode(pipe: MagnetPipeline, x: np.ndarray, sr: int, a: int, frames: int) -
     return codes, time.perf_counter() - t0
 
 
-def prepare_inpaint(pipe: MagnetPipeline, audio, sample_rate: int, start_s: float, end_s: float,
+def prepare_inpaint(pipe: Pipeline, audio, sample_rate: int, start_s: float, end_s: float,
                     prompt: str | None, params: DecodeParams | None, seed: int | None, variations: int,
                     fade_s: float) -> Prepared:
     """Regenerate [start_s, end_s) of a source of any length up to MAX_SOURCE_S (module docstring)."""
@@ -231,8 +231,8 @@ def prepare_inpaint(pipe: MagnetPipeline, audio, sample_rate: int, start_s: floa
         new = audio_ops.resample(joined, pipe.sample_rate, sr)  # [V, 1, n] from sample s0
         outs = []
         for r in new:
-            r = _channels(r, x.shape[0])
-            region = _fit(r[:, a - s0:b - s0], b - a)
+            r = audio_ops.match_channels(r, x.shape[0])
+            region = audio_ops.fit_length(r[:, a - s0:b - s0], b - a)
             region = region * _neighbour_gain(x, region, a, b, sr)
             outs.append(audio_ops.splice(x, region, a, b, fade))
         return np.stack(outs), sr
@@ -242,7 +242,7 @@ def prepare_inpaint(pipe: MagnetPipeline, audio, sample_rate: int, start_s: floa
     return task.prepared()
 
 
-def prepare_continue(pipe: MagnetPipeline, audio, sample_rate: int, prompt: str | None, duration_s: float,
+def prepare_continue(pipe: Pipeline, audio, sample_rate: int, prompt: str | None, duration_s: float,
                      params: DecodeParams | None, seed: int | None, variations: int, fade_s: float) -> Prepared:
     """Append `duration_s` new seconds (any length up to MAX_SOURCE_S) to a source; the source is kept whole."""
     x, sr = _check_source(audio, sample_rate)
@@ -264,8 +264,8 @@ def prepare_continue(pipe: MagnetPipeline, audio, sample_rate: int, prompt: str 
         new_audio = audio_ops.resample(joined, pipe.sample_rate, sr)  # [V, 1, n] from sample c0
         outs = []
         for r in new_audio:
-            r = _channels(r, x.shape[0])
-            cont = _fit(r[:, N - c0:], added)
+            r = audio_ops.match_channels(r, x.shape[0])
+            cont = audio_ops.fit_length(r[:, N - c0:], added)
             gain = _neighbour_gain(x, cont, N, N, sr)
             r, cont = r * gain, cont * gain
             if ramp and N - c0 >= 1:  # start where the source ends: no step at the join
