@@ -334,7 +334,10 @@ class OscBridge:
         self.by_osc: dict[tuple[tuple[str, int], str], Job] = {}  # (reply to, OSC id) -> open job
         self.port = 0
         self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        job: Callable[[Build], OscHandler] = lambda build: functools.partial(self._job, build)  # noqa: E731
+
+        def job(build: Build) -> OscHandler:
+            return functools.partial(self._job, build)
+
         self.handlers: dict[str, OscHandler] = {  # every address of REQUESTS (tests/test_osc_spec.py)
             "/magnet/generate": job(self._generate), "/magnet/variations": job(self._generate),
             "/magnet/loop": job(self._generate), "/magnet/hybrid": job(self._generate),

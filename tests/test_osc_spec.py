@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from clients.osc import (
     DEFAULT_REPLY_PORT,
     REPLIES,
     REQUESTS,
+    Job,
     OscBridge,
     OscError,
     forms,
@@ -56,6 +58,20 @@ def test_every_request_address_has_one_handler(tmp_path):
         assert set(bridge.handlers) == set(REQUESTS)
     finally:
         bridge.close()
+
+
+def test_lengths_are_whole_frames_of_the_daemons_welcome(tmp_path):
+    """A request's length is rounded up to whole frames at the frame rate the daemon's welcome names, and its take
+    is trimmed back to the exact musical length."""
+    bridge = OscBridge("tcp://127.0.0.1:1", "127.0.0.1:0", output=OutputDir(tmp_path))
+    try:
+        values = parse("/magnet/generate", ("g", "p", "live", 1, 1, 123.4))
+        job = Job(("127.0.0.1", 1), "g", "/magnet/generate", values, seed=1)
+        rounded = {rate: bridge._frames(job, SimpleNamespace(frame_rate=rate)) for rate in (50, 75)}
+    finally:
+        bridge.close()
+    assert rounded == {50: 98 / 50, 75: 146 / 75}  # 1 bar at 123.4 bpm is 1.9449 s
+    assert job.samples(32000) == bars_to_samples(1, 123.4, 32000)
 
 
 def test_reply_table_matches_the_bridge():
