@@ -54,7 +54,7 @@ plugin: test-deps
 
 # The daemon on its default model (the shipped demo bundle): three takes, one inpaint, a PNG.
 demo: install
-	$(BIN)/python -m clients.demo --out out/demo
+	$(BIN)/python -m cli.demo --out out/demo
 
 bench: install
 	$(BIN)/python -m benchmarks.latency --shape tiny --device cpu --preset live --repeats 5

@@ -1,6 +1,6 @@
 """`make demo`: start the daemon, make three takes and one inpaint through the CLI, plot them, stop.
 
-    python -m clients.demo [--model demo|tiny-random|FOLDER] [--out out/demo] [--preset live]
+    python -m cli.demo [--model demo|tiny-random|FOLDER] [--out out/demo] [--preset live]
 
 The model defaults to the daemon's (`registry.default_model`: the shipped demo bundle; `tiny-random`, random
 weights, said plainly, only in a checkout without the bundle). Everything goes through the real command line
@@ -32,7 +32,7 @@ INPAINT = ("funk with alto sax, slap bass and drums", 3.0, 5.0)  # prompt, start
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "clients.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def say(text: str, since: float | None = None) -> None:

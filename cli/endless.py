@@ -1,4 +1,4 @@
-"""The modes of `magnet-rt generate` beyond a plain take (PROTOCOL.md §6): the flags, and the endless run.
+"""The options of `magnet-rt generate` beyond a plain take (PROTOCOL.md §6): the flags, and the endless run.
 
 - `--rescore W` (any render command): spans re-ranked by the daemon's MusicGen with weight W.
 - `--hybrid SECONDS`: the first seconds autoregressively (MusicGen), the rest by MAGNeT.
@@ -19,18 +19,17 @@ from typing import Any
 import numpy as np
 
 import protocol as P
+from clients import errors as E
 
-from . import errors as E
-
-MODE_FLAGS = {"rescore": "--rescore", "hybrid_s": "--hybrid", "overlap_s": "--overlap", "endless": "--endless"}
+OPTION_FLAGS = {"rescore": "--rescore", "hybrid_s": "--hybrid", "overlap_s": "--overlap", "endless": "--endless"}
 
 
-def add_render_mode_flags(render: argparse.ArgumentParser) -> None:
+def add_render_options(render: argparse.ArgumentParser) -> None:
     render.add_argument("--rescore", type=float, metavar="W",
                         help="rescore spans with the daemon's MusicGen at weight W in [0, 1] (daemon needs --rescorer)")
 
 
-def add_generate_mode_flags(p: argparse.ArgumentParser) -> None:
+def add_generate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hybrid", type=float, metavar="SECONDS",
                    help="generate the first SECONDS autoregressively with MusicGen (daemon needs --rescorer)")
     p.add_argument("--overlap", type=float, metavar="SECONDS",

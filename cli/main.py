@@ -16,10 +16,10 @@ from dataclasses import fields
 from typing import Any
 
 import protocol as P
+from clients import errors as E
+from clients.client import AudioAssembler, MagnetClient, RequestStream, build_result, source_from_file
 
-from . import errors as E
-from .client import ENV_ENDPOINT, AudioAssembler, MagnetClient, RequestStream, build_result, source_from_file
-from .modes import MODE_FLAGS, add_generate_mode_flags, add_render_mode_flags, generate_fields, run_endless
+from .endless import OPTION_FLAGS, add_generate_options, add_render_options, generate_fields, run_endless
 from .output import SUBTYPES, output_paths, summary, write_takes
 from .progress import make_reporter
 
@@ -71,7 +71,7 @@ FIELD_FLAGS = {"duration_s": "--duration", "start_s": "--start", "end_s": "--end
                "start_bar": "--start-bar", "end_bar": "--end-bar", "bpm": "--bpm", "beats_per_bar": "--beats-per-bar",
                "downbeat_s": "--downbeat",
                "variations": "--variations", "preset": "--preset", "model": "--model", "prompt": "PROMPT",
-               "prompts": "--prompt", "params": "--param", "source": "INPUT", "chunk_s": "--chunk", **MODE_FLAGS}
+               "prompts": "--prompt", "params": "--param", "source": "INPUT", "chunk_s": "--chunk", **OPTION_FLAGS}
 PARAM_KEYS = tuple(f.name for f in fields(P.DecodeParams))
 RENDER_COMMANDS = ("generate", "inpaint", "continue")  # their errors name FIELD_FLAGS' options
 
@@ -87,7 +87,7 @@ class _ListDevices(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="print the audio output devices and exit")
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
-        from .audition import list_devices
+        from clients.audition import list_devices
 
         try:
             list_devices()
@@ -101,18 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="magnet-rt", description=ROOT_EXAMPLES, formatter_class=fmt,
                                    epilog="Exit codes: 0 ok, 1 request failed, 2 usage error, 3 daemon "
                                           "unreachable, 130 interrupted. MAGNET_RT_DEBUG=1 shows tracebacks.")
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        ver = version("magnet-rt")
-    except PackageNotFoundError:
-        ver = "unknown"
-    root.add_argument("--version", action="version", version=f"magnet-rt {ver} (protocol {P.PROTOCOL_VERSION})")
+    root.add_argument("--version", action="version",
+                      version=f"magnet-rt {P.package_version()} (protocol {P.PROTOCOL_VERSION})")
     sub = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     conn = argparse.ArgumentParser(add_help=False)
     conn.add_argument("--connect", metavar="ENDPOINT",
-                      default=os.environ.get(ENV_ENDPOINT) or P.DEFAULT_ENDPOINT,
-                      help=f"daemon endpoint (env {ENV_ENDPOINT}; default %(default)s)")
+                      default=os.environ.get(P.ENV_ENDPOINT) or P.DEFAULT_ENDPOINT,
+                      help=f"daemon endpoint (env {P.ENV_ENDPOINT}; default %(default)s)")
     conn.add_argument("--server-key", metavar="FILE", help="daemon's CurveZMQ public key file (or Z85 key)")
     conn.add_argument("--timeout", metavar="SECONDS", type=float, default=2.5,
                       help="wait this long for a reply before retrying or giving up (default %(default)s)")
@@ -138,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="play take 1 as it streams in; then n/p/r/q steps through the takes")
     render.add_argument("--output-device", metavar="DEVICE", help="audio output device (index or name)")
     render.add_argument("--list-devices", action=_ListDevices)
-    add_render_mode_flags(render)
+    add_render_options(render)
 
     def add(name: str, help_: str, parents: list, description: str | None = None) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, parents=parents, description=description or help_,
@@ -154,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="another prompt rendered in the same batch (repeatable)")
     p.add_argument("--duration", type=float, metavar="SECONDS",
                    help="output length (default: the model's segment; longer: long-form, up to 600)")
-    add_generate_mode_flags(p)
+    add_generate_options(p)
     for name, text, examples in (("inpaint", "regenerate a region of a clip", INPAINT_EXAMPLES),
                                  ("continue", "extend a clip", CONTINUE_EXAMPLES)):
         p = add(name, text, [conn, render], examples)
@@ -249,7 +245,7 @@ def _refuse_overwrite(args: argparse.Namespace) -> None:
 def cmd_render(args: argparse.Namespace, client: MagnetClient) -> int:
     audition = None
     if args.play:
-        from .audition import Audition, Player
+        from clients.audition import Audition, Player
 
         device = int(args.output_device) if (args.output_device or "").isdigit() else args.output_device
         audition = Audition(Player(device))
@@ -285,7 +281,7 @@ def cmd_render(args: argparse.Namespace, client: MagnetClient) -> int:
     paths = write_takes(result, args.output, args.subtype, args.loudness)
     print(summary(result, paths) if args.json else "\n".join(map(str, paths)), flush=True)
     if audition is not None:
-        from .audition import tty_keys
+        from clients.audition import tty_keys
 
         audition.finish(result.audio, result.sample_rate, tty_keys())
     return E.EXIT_OK

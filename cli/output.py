@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .client import Result
+from clients.client import Result
 
 SUBTYPES = ("FLOAT", "PCM_16", "PCM_24")
 

@@ -8,7 +8,7 @@
 Same methods, retry and timeout policy as the blocking client (see `clients/client.py`); the calls are
 coroutines and streams are async iterators. One reader task routes each incoming message to the mailbox of its
 request id, so any number of requests can run at once on one connection. Cancelling the task that iterates a
-stream sends `cancel` to the daemon, like Ctrl-C does for the blocking client. Import it from either module.
+stream sends `cancel` to the daemon, like Ctrl-C does for the blocking client.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Python clients of the magnet-rt daemon: `MagnetClient` (blocking) and `AsyncMagnetClient` (asyncio).
+"""The blocking Python client of the magnet-rt daemon, `MagnetClient`, and what the asyncio twin shares.
 
     from clients.client import MagnetClient
     with MagnetClient("tcp://127.0.0.1:5555") as c:
@@ -17,8 +17,8 @@ client ping the daemon on the same connection: a pong means "alive, still queued
 anything else, so a long-form or endless request that streams for minutes is not taken for a silent,
 vanished client (the daemon's `--client-timeout`). Closing an unfinished stream (or Ctrl-C while iterating
 it) sends `cancel` and waits, bounded, for the terminal message. Sockets are not thread-safe: use one client
-per thread. `AsyncMagnetClient` (in `clients/aio.py`, re-exported here) is the asyncio twin with the same
-surface.
+per thread. `clients.aio.AsyncMagnetClient` is the asyncio twin with the same surface (it builds on this
+module; this module does not import it).
 """
 
 from __future__ import annotations
@@ -43,14 +43,13 @@ import protocol as P
 
 from .errors import BadReply, ClientError, DaemonTimeout, DaemonUnavailable, RequestCancelled, RequestFailed
 
-__all__ = ["AsyncMagnetClient", "AsyncRequestStream", "AudioAssembler", "BadReply", "ClientError",
+__all__ = ["AudioAssembler", "BadReply", "ClientError",
            "DaemonTimeout", "DaemonUnavailable", "MagnetClient", "RequestCancelled", "RequestFailed",
            "RequestStream", "Result", "build_result", "load_server_key", "make_source", "new_request_id",
            "source_from_file"]
 
 log = logging.getLogger("magnet_rt.client")
 
-ENV_ENDPOINT = "MAGNET_RT_ENDPOINT"
 DEFAULT_TIMEOUT_S = 2.5  # PROTOCOL.md §2's suggested wait for any reply
 DEFAULT_RETRIES = 3
 HEARTBEAT_S = 5.0  # ping at least this often during a stream (the daemon drops clients silent for 30 s)
@@ -183,7 +182,7 @@ class _Base:
                  retries: int = DEFAULT_RETRIES, server_public_key: str | bytes | os.PathLike | None = None,
                  client_name: str = "magnet-rt-python", stream_timeout_s: float | None = None,
                  cancel_timeout_s: float = 10.0) -> None:
-        self.endpoint = endpoint or os.environ.get(ENV_ENDPOINT) or P.DEFAULT_ENDPOINT
+        self.endpoint = endpoint or os.environ.get(P.ENV_ENDPOINT) or P.DEFAULT_ENDPOINT
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self.client_name = client_name
@@ -604,5 +603,3 @@ class MagnetClient(_Base):
     def continue_audio(self, *args: Any, on_event: Callable | None = None, **kw: Any) -> Result:
         return self.collect(self.continue_(*args, **kw), on_event)
 
-
-from .aio import AsyncMagnetClient, AsyncRequestStream  # noqa: E402 - the asyncio twin builds on the above

@@ -4,6 +4,7 @@ from .errors import ERROR_HELP, ErrorCode, ErrorHelp, ProtocolError, explain
 from .framing import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_MESSAGE_BYTES,
+    ENV_ENDPOINT,
     pack,
     pcm_decode,
     pcm_encode,
@@ -17,10 +18,13 @@ from .messages import (
     MAX_LONG_DURATION_S,
     MAX_OUTPUTS,
     MAX_PROMPTS,
+    MAX_REQUEST_SEED,
+    MAX_SEED,
     MAX_SOURCE_S,
     MAX_VARIATIONS,
     MESSAGE_TYPES,
     MIN_REGION_S,
+    PICKED_SEED_BITS,
     PROTOCOL_VERSION,
     REPLY_TYPES,
     SUPPORTED_VERSIONS,
@@ -67,17 +71,18 @@ from .messages import (
     Window,
     is_terminal,
 )
+from .version import package_version
 
 __all__ = [
-    "AUDIO_FORMATS", "DEFAULT_ENDPOINT", "DEFAULT_MAX_MESSAGE_BYTES", "ERROR_HELP", "MAX_DURATION_S",
-    "MAX_LONG_DURATION_S", "MAX_SOURCE_S",
+    "AUDIO_FORMATS", "DEFAULT_ENDPOINT", "DEFAULT_MAX_MESSAGE_BYTES", "ENV_ENDPOINT", "ERROR_HELP", "MAX_DURATION_S",
+    "MAX_LONG_DURATION_S", "MAX_SOURCE_S", "MAX_REQUEST_SEED", "MAX_SEED",
     "MAX_ID_CHARS", "MAX_OUTPUTS", "MAX_PROMPTS", "MAX_VARIATIONS", "MESSAGE_TYPES", "MIN_REGION_S",
-    "PROTOCOL_VERSION", "REPLY_TYPES", "SUPPORTED_VERSIONS", "TERMINAL_TYPES",
+    "PICKED_SEED_BITS", "PROTOCOL_VERSION", "REPLY_TYPES", "SUPPORTED_VERSIONS", "TERMINAL_TYPES",
     "Accepted", "AudioChunk", "AudioData", "Cancel", "CancelReply", "Cancelled", "Continue", "DecodeParams",
     "Done", "Error", "ErrorCode", "ErrorHelp", "Event", "Generate", "Hello", "Inpaint", "Limits", "Load",
     "LoadReply", "Message", "ModelInfo", "Models", "ModelsReply", "Ping", "Pong", "Preview", "Progress",
     "ProtocolError", "QueueEntry", "Render", "ReplicaInfo", "Request", "SetPrompt", "SetPromptReply", "Source",
     "Status", "StatusReply", "Stream", "Struct", "Unload",
-    "UnloadReply", "Welcome", "Window", "explain", "is_terminal", "pack", "pcm_decode", "pcm_encode", "unpack",
-    "unpack_map",
+    "UnloadReply", "Welcome", "Window", "explain", "is_terminal", "pack", "package_version", "pcm_decode",
+    "pcm_encode", "unpack", "unpack_map",
 ]

@@ -15,6 +15,7 @@ from .errors import ErrorCode, ProtocolError
 from .messages import AUDIO_FORMATS, SAMPLE_BYTES, Message
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"  # loopback only; ipc:// also allowed, CURVE for anything else
+ENV_ENDPOINT = "MAGNET_RT_ENDPOINT"  # where the daemon binds and the clients connect when set: both ends agree
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # also the daemon's ZMQ_MAXMSGSIZE
 MAX_STR_BYTES = 1024 * 1024  # per msgpack str; prompts are far shorter
 MAX_ARRAY_LEN = 4096

@@ -30,7 +30,9 @@ MAX_OUTPUTS = 16  # prompts x variations in one request
 MAX_DURATION_S = 30.0  # one window: inpaint, continue, chunk_s, hybrid_s
 MAX_LONG_DURATION_S = 600.0  # generate: beyond the model's segment it is long-form (window by window)
 MAX_SOURCE_S = 600.0  # inpaint / continue: the longest source, and the longest continuation
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1  # any seed the daemon reports
+MAX_REQUEST_SEED = 2**63 - 1025  # a request's base seed: the engine adds the output's and the window's index
+PICKED_SEED_BITS = 52  # seeds the daemon picks (and seed + k) stay exact in a double, e.g. in JavaScript
 MIN_REGION_S = 0.06  # one MAGNeT span: 3 frames at 50 frames/s
 AUDIO_FORMATS = ("f32", "s16")
 SAMPLE_BYTES: Mapping[str, int] = MappingProxyType({"f32": 4, "s16": 2})
@@ -409,7 +411,7 @@ class Render(Request):
 
     preset: str = _f(_NAME, "balanced")
     params: DecodeParams = _f(_struct(DecodeParams), DecodeParams())
-    seed: int | None = _f(_SEED, None)
+    seed: int | None = _f(_int(0, MAX_REQUEST_SEED), None)
     variations: int = _f(_int(1, MAX_VARIATIONS), 1)
     stream: Stream = _f(_struct(Stream), Stream())
     format: str = _f(_FORMAT, "f32")

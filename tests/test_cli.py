@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 from conftest import sigint_default
 
-from clients.cli import main
+from cli.main import main
 from clients.fakedaemon import FakeDaemon
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,7 +270,7 @@ def test_rich_progress_on_a_terminal(daemon):
     import io
 
     from clients.client import MagnetClient
-    from clients.progress import PlainReporter, Reporter, RichReporter, make_reporter
+    from cli.progress import PlainReporter, Reporter, RichReporter, make_reporter
 
     class Tty(io.StringIO):
         def isatty(self):

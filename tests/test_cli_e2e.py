@@ -21,7 +21,8 @@ import pytest
 import soundfile as sf
 from conftest import sigint_default
 
-from clients.client import AsyncMagnetClient, MagnetClient
+from clients.aio import AsyncMagnetClient
+from clients.client import MagnetClient
 
 EXE = Path(sys.executable).parent / "magnet-rt"
 READY = re.compile(r"ready on (\S+)")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clients.cli import main
+from cli.main import main
 from clients.fakedaemon import FakeDaemon
 from daemon.testing import DaemonProcess
 
@@ -47,7 +47,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def cli(*argv: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "MAGNET_RT_DEBUG": "", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "clients.cli", *argv], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *argv], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout_s, env=env)
 
 

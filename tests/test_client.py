@@ -12,8 +12,8 @@ import pytest
 import zmq
 
 import protocol as P
+from clients.aio import AsyncMagnetClient
 from clients.client import (
-    AsyncMagnetClient,
     DaemonTimeout,
     DaemonUnavailable,
     MagnetClient,

@@ -13,7 +13,7 @@ import pytest
 
 from clients import audition
 from clients.audition import Audition, Player, RingBuffer
-from clients.cli import main
+from cli.main import main
 from clients.errors import AudioUnavailable
 from clients.fakedaemon import FakeDaemon
 

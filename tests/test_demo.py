@@ -33,7 +33,7 @@ def _run_timed(args: list[str], env: dict[str, str], timeout_s: float) -> tuple[
 def test_demo_writes_takes_an_inpaint_and_a_png(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    code, stdout, lines = _run_timed([sys.executable, "-m", "clients.demo", "--out", str(out), "--duration", "6"],
+    code, stdout, lines = _run_timed([sys.executable, "-m", "cli.demo", "--out", str(out), "--duration", "6"],
                                      env, timeout_s=240)
     stderr = "".join(line for _, line in lines)
     assert code == 0, stderr[-2000:]
