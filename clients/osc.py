@@ -391,7 +391,7 @@ class OscBridge:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self.client = AsyncMagnetClient(self.endpoint, REPLY_TIMEOUT_S, retries=0, client_name="magnet-rt-osc",
                                         server_public_key=self.server_public_key)
-        self._hello = asyncio.Lock()
+        self._hello: asyncio.Future | None = None
         dispatcher = CheckedDispatcher(self._on_bad_datagram)
         for address, handler in self.handlers.items():
             dispatcher.map(address, functools.partial(self._on_message, handler), needs_reply_address=True)
@@ -423,10 +423,12 @@ class OscBridge:
         task.add_done_callback(self._tasks.discard)
 
     async def _welcome(self) -> P.Welcome:
-        """The daemon's welcome (frame rate, longest segment), asked for once."""
-        async with self._hello:
-            if self.client.welcome is None:
-                await self.client.hello()
+        """The daemon's welcome (frame rate, longest segment): asked for once; requests that come while it is
+        asked wait for the same answer (or the same DaemonUnavailable)."""
+        if self.client.welcome is None:
+            if self._hello is None or self._hello.done():
+                self._hello = asyncio.ensure_future(self.client.hello())
+            await asyncio.shield(self._hello)
         return self.client.welcome
 
     async def _greet(self) -> None:

@@ -380,3 +380,23 @@ def test_cancel_star_cancels_every_job_routed_to_that_port(rig):
         assert rx.expect("/magnet/error", f"*@{port}", timeout=10)[2] == "not_found"
     finally:
         rx.close()
+
+
+def test_no_daemon_is_answered_unreachable_within_the_reply_timeout(tmp_path):
+    """A bridge whose daemon never answers says so (`unreachable`, OSC.md §4) to each request, bounded in time."""
+    reply = free_udp_port()
+    rx = Receiver(reply)
+    with socket.socket() as s:  # a TCP port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    bridge, port = start_bridge(f"tcp://127.0.0.1:{dead}", reply, tmp_path)
+    try:
+        tx = client(port)
+        tx.send_message("/magnet/generate", ["u1", "pad", "live", 1, 1.0])
+        tx.send_message("/magnet/ping", ["p1"])
+        for osc_id, address in (("u1", "/magnet/generate"), ("p1", "/magnet/ping")):
+            msg = rx.expect("/magnet/error", osc_id, timeout=25)
+            assert msg[2] == "unreachable" and msg[4] == address, msg
+    finally:
+        rx.close()
+        bridge.stop()
