@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +31,7 @@ SLOW = DecodeParams(decoding_steps=(200, 1, 1, 1))
 REQUESTS = [(f"r{i}", p, d, FAST, 100 + i) for i, (p, d) in
             enumerate([("dusty breakbeat", 0.5), ("warm pads", 0.6), ("dusty breakbeat", 0.8), ("", 1.0)])]
 KILLED = ("k", "acid bassline", 4.0, MID, 7)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def gen(rid: str, prompt: str, duration_s: float, params: DecodeParams, seed: int, **kw) -> Generate:
@@ -114,9 +117,14 @@ def wait_for(pred, what: str, timeout: float = 120.0, every: float = 0.5):
 
 
 def test_the_single_daemon_imports_no_ray():
-    code = ("import sys, daemon.server, clients.cli; daemon.server.build_parser(); "
+    """The daemon and the `magnet-rt` command (as pyproject.toml names it) with --replicas among the options."""
+    script = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["magnet-rt"]
+    module = script.split(":")[0]
+    code = (f"import sys, importlib, daemon.server; importlib.import_module({module!r}); "
+            "assert '--replicas' in daemon.server.build_parser().format_help(); "
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         check=True)
     assert out.stdout.strip() == "[]", out.stdout
 
 
