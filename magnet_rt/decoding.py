@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .devices import fastest_forms
 from .errors import Cancelled, InvalidParams
-from .graphs import Bucket, Mode, StepGraphs
+from .graphs import Bucket, StepForm, StepGraphs
 from .interfaces import BindableRescorer, Rescorer
 from .lm import Attention, CrossInputs, MagnetLM
 from .params import DecodeParams, pick_seed
@@ -286,12 +286,12 @@ class StaticStep(DecodeStep):
     def __init__(self, lm: MagnetLM, params: DecodeParams, choice: PathChoice, graphs: StepGraphs):
         super().__init__(lm, params, choice)
         self.graphs = graphs
-        self.mode = Mode.of(params, self.kind, self.unit, self.chunked, choice.attention, lm.cfg.span_len)
+        self.form = StepForm.of(params, self.kind, self.unit, self.chunked, choice.attention, lm.cfg.span_len)
 
     def __call__(self, batch: _Batch, stage: int, s: StepScalars, scores: Tensor, n_units: Tensor) -> Tensor:
         if batch.bucket is None:
             rows, frames = batch.gen.shape[0], batch.gen.shape[-1]
-            batch.bucket = self.graphs.bucket(rows, frames, batch.cond.shape[1], self.mode.unit)
+            batch.bucket = self.graphs.bucket(rows, frames, batch.cond.shape[1], self.form.unit)
             batch.bucket.load(batch.gen, batch.fixed, batch.init, batch.cond, batch.cross_len)
             batch.gen = batch.bucket.buf.gen
         b = batch.bucket.buf
@@ -304,7 +304,7 @@ class StaticStep(DecodeStep):
         b.top_p.fill_(self.params.top_p)
         if s.u is not None:
             b.u.copy_(s.u)
-        batch.bucket.step(stage, s.coef != 1.0, self.mode)
+        batch.bucket.step(stage, s.coef != 1.0, self.form)
         return b.scores
 
 

@@ -15,7 +15,7 @@ nothing is read back:
 - the text k/v are zero-padded to a power of two with a -inf bias beyond each row's length, which is
   exactly the per-row text length the dynamic step attends to.
 
-A bucket is (rows, frames, padded text length, unit); within it a graph per (stage, CFG on/off, mode).
+A bucket is (rows, frames, padded text length, unit); within it a graph per (stage, CFG on/off, `StepForm`).
 On CUDA each is captured once (on first use, or at warm-up) and replayed: one launch per step. On the CPU
 the same function runs eagerly; the tests check it against the dynamic step there, `tests_gpu/` the graphs.
 """
@@ -42,10 +42,10 @@ MIN_TEXT_BUCKET = 16
 STEP_GRAPHS = ("auto", "on", "off")
 
 
-def check_step_graphs(mode: str) -> str:
-    if mode not in STEP_GRAPHS:
-        raise InvalidParams(f"step_graphs must be one of {STEP_GRAPHS}, got {mode!r}")
-    return mode
+def check_step_graphs(value: str) -> str:
+    if value not in STEP_GRAPHS:
+        raise InvalidParams(f"step_graphs must be one of {STEP_GRAPHS}, got {value!r}")
+    return value
 
 
 def use_static(device: torch.device | str) -> bool:
@@ -60,8 +60,8 @@ def text_bucket(length: int) -> int:
 
 
 @dataclass(frozen=True)
-class Mode:
-    """The sampling choices that change the computation (not just a scalar) of a step."""
+class StepForm:
+    """What changes the computation of a static step (not just a scalar): sampler, selection, attention."""
 
     kind: str  # `sampling.sampler`: greedy, top_p, top_k or full
     top_k: int  # the k of top_k (a shape); top-p's p is a device scalar
@@ -73,7 +73,7 @@ class Mode:
 
     @classmethod
     def of(cls, params: DecodeParams, kind: str, unit: int, chunked: bool, attention: Attention,
-           span_len: int) -> Mode:
+           span_len: int) -> StepForm:
         return cls(kind, params.top_k if kind == "top_k" else 0, params.span_scoring, unit, chunked, span_len,
                    attention)
 
@@ -98,16 +98,16 @@ class Buffers:
         self.cross = CrossInputs(kv=kv, rows=rows, bias=torch.zeros(rows, 1, 1, text, dtype=dt, device=dev))
 
 
-def static_step(lm: MagnetLM, b: Buffers, stage: int, cfg: bool, mode: Mode) -> None:
+def static_step(lm: MagnetLM, b: Buffers, stage: int, cfg: bool, form: StepForm) -> None:
     """One decoding step of codebook `stage`, in place on `b` (gen, scores)."""
     C = lm.card
     B, _, T = b.gen.shape
     num = units_to_mask(b.mask_p, b.n_units)
-    if mode.chunked:
+    if form.chunked:
         unit_mask = top_units(b.scores, num)
-        remask = unit_positions(unit_mask, mode.unit, T)
+        remask = unit_positions(unit_mask, form.unit, T)
     else:
-        remask = least_probable_spans_static(b.scores, num, mode.span_len)
+        remask = least_probable_spans_static(b.scores, num, form.span_len)
     seq = torch.where(remask, C, b.gen[:, stage])
     in_units = seq == C  # every position of the masked units, pinned ones included
     seq = torch.where(b.fixed[:, stage], b.init[:, stage], seq)
@@ -115,18 +115,18 @@ def static_step(lm: MagnetLM, b: Buffers, stage: int, cfg: bool, mode: Mode) -> 
     b.gen[:, stage] = seq
     head = lm.linears[stage]
     if cfg:
-        h = lm.hidden(torch.cat([b.gen, b.gen]), b.cross, stage, mode.attention)
+        h = lm.hidden(torch.cat([b.gen, b.gen]), b.cross, stage, form.attention)
         cond_l, uncond_l = head(h[:B]), head(h[B:])
         logits = uncond_l + (cond_l - uncond_l) * b.coef
     else:
-        logits = head(lm.hidden(b.gen, b.cross, stage, mode.attention))
+        logits = head(lm.hidden(b.gen, b.cross, stage, form.attention))
     logits = logits.reshape(B * T, C)
     probs = probs_at(logits, b.temp)
-    tok, cf = choose_tokens(logits, probs, mode.kind, top_p=b.top_p, top_k=mode.top_k, u=b.u.reshape(-1))
+    tok, cf = choose_tokens(logits, probs, form.kind, top_p=b.top_p, top_k=form.top_k, u=b.u.reshape(-1))
     b.gen[:, stage] = torch.where(masked, tok.view(B, T), seq)
-    sel = in_units if mode.chunked else masked  # the positions whose confidences are scored
+    sel = in_units if form.chunked else masked  # the positions whose confidences are scored
     conf = torch.where(sel, cf.view(B, T), torch.ones_like(cf.view(B, T)))
-    b.scores.copy_(rescore_units(conf, unit_mask if mode.chunked else masked, mode.unit, mode.scoring))
+    b.scores.copy_(rescore_units(conf, unit_mask if form.chunked else masked, form.unit, form.scoring))
 
 
 # ---- buckets and graphs -------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ class Bucket:
 
     def __init__(self, lm: MagnetLM, rows: int, frames: int, text: int, unit: int, pool, stream):
         self.lm, self.buf, self.pool, self.stream = lm, Buffers(lm, rows, frames, text, unit), pool, stream
-        self.graphs: dict[tuple[int, bool, Mode], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, bool, StepForm], torch.cuda.CUDAGraph] = {}
 
     def load(self, gen: Tensor, fixed: Tensor, init: Tensor, cond: Tensor, cross_len: Tensor | None) -> None:
         """Copy a batch's state and text into the buffers (once per batch, and after rows leave)."""
@@ -151,16 +151,16 @@ class Bucket:
             v.copy_(v2)
         b.cross.bias.copy_(cross.bias)
 
-    def step(self, stage: int, cfg: bool, mode: Mode) -> None:
+    def step(self, stage: int, cfg: bool, form: StepForm) -> None:
         if self.stream is None:  # not CUDA: eager
-            static_step(self.lm, self.buf, stage, cfg, mode)
+            static_step(self.lm, self.buf, stage, cfg, form)
             return
-        key = (stage, cfg, mode)
+        key = (stage, cfg, form)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(stage, cfg, mode)
+            self.graphs[key] = self._capture(stage, cfg, form)
         self.graphs[key].replay()
 
-    def _capture(self, stage: int, cfg: bool, mode: Mode) -> torch.cuda.CUDAGraph:
+    def _capture(self, stage: int, cfg: bool, form: StepForm) -> torch.cuda.CUDAGraph:
         """Warm up on the capture stream (per-stream library handles and workspaces get made outside the
         capture; the state is restored afterwards), then capture one step on that same stream."""
         b = self.buf
@@ -168,13 +168,13 @@ class Bucket:
         self.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.stream):
             for _ in range(2):
-                static_step(self.lm, b, stage, cfg, mode)
+                static_step(self.lm, b, stage, cfg, form)
         torch.cuda.current_stream().wait_stream(self.stream)
         b.gen.copy_(saved[0])
         b.scores.copy_(saved[1])
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
-            static_step(self.lm, b, stage, cfg, mode)
+            static_step(self.lm, b, stage, cfg, form)
         return graph  # capture records, it does not run: the state is as it was
 
 

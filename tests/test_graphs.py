@@ -8,7 +8,7 @@ from conftest import random_text, small_lm
 
 from magnet_rt import DecodeParams
 from magnet_rt.decoding import DecodePath, RowGroup, choose_path, decode
-from magnet_rt.graphs import Buffers, Mode, StepGraphs, static_step, text_bucket
+from magnet_rt.graphs import Buffers, StepForm, StepGraphs, static_step, text_bucket
 from magnet_rt.lm import Attention
 from magnet_rt.selection import least_probable_spans, least_probable_spans_static
 
@@ -144,7 +144,7 @@ def test_static_step_traces_whole_without_host_reads(stage, cfg, kind, chunked):
     buf.temp.fill_(1.0)
     buf.top_p.fill_(0.9)
     buf.u.copy_(torch.rand(2, 50, generator=torch.Generator().manual_seed(0)))
-    mode = Mode(kind, 5 if kind == "top_k" else 0, "max", unit, chunked, 3, Attention.BANDED)
+    form = StepForm(kind, 5 if kind == "top_k" else 0, "max", unit, chunked, 3, Attention.BANDED)
     eager = Buffers(LM, rows=2, frames=50, text=16, unit=unit)
     for a, b in zip(vars(eager).values(), vars(buf).values(), strict=True):
         if isinstance(a, torch.Tensor):
@@ -152,8 +152,8 @@ def test_static_step_traces_whole_without_host_reads(stage, cfg, kind, chunked):
     eager.cross = buf.cross
     step = torch.compile(static_step, backend="eager", fullgraph=True)
     with torch.inference_mode():
-        step(LM, buf, stage, cfg, mode)
-        static_step(LM, eager, stage, cfg, mode)
+        step(LM, buf, stage, cfg, form)
+        static_step(LM, eager, stage, cfg, form)
     assert torch.equal(buf.gen, eager.gen) and torch.equal(buf.scores, eager.scores)
     assert int((buf.gen[:, stage] == LM.card).sum()) < 100  # it sampled into the masked units
 
