@@ -30,7 +30,6 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from importlib import metadata
 from pathlib import PureWindowsPath
 from typing import Any
 
@@ -44,7 +43,6 @@ from pythonosc.parsing import osc_types
 
 import protocol as P
 
-from . import client as _client_first  # noqa: F401 - loaded before .aio while clients.client imports .aio at its end (a cycle)
 from .aio import AsyncMagnetClient, AsyncRequestStream
 from .client import AudioAssembler, load_server_key, make_source, source_from_file
 from .errors import ClientError, DaemonUnavailable, RequestFailed
@@ -365,7 +363,7 @@ class OscBridge:
             raise RuntimeError(f"the OSC bridge did not start within {START_S:g} s")
         if self._failure is not None:
             raise self._failure
-        self.send((self.client_host, self.reply_port), "/magnet/startup", _version(), self.port)
+        self.send((self.client_host, self.reply_port), "/magnet/startup", P.package_version(), self.port)
         return self
 
     def close(self) -> None:
@@ -685,13 +683,6 @@ def _error_of(exc: Exception) -> tuple[str, str]:
     return P.ErrorCode.INTERNAL.value, str(exc)
 
 
-def _version() -> str:
-    try:
-        return metadata.version("magnet-rt")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
-
-
 # ---- wiring ------------------------------------------------------------------------------------------------------
 def add_osc_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     g = parser.add_argument_group("OSC bridge (protocol/OSC.md)")
@@ -704,11 +695,12 @@ def add_osc_arguments(parser: argparse.ArgumentParser, default: str | None = Non
 
 
 def start_osc_bridge(args: argparse.Namespace, endpoint: str, files: OutputDir | None = None) -> OscBridge:
-    """Start the bridge for `magnet-rt serve --osc`: `endpoint` is the daemon's bound endpoint, `files` its
-    output folder (the daemon cleans it)."""
+    """Start the bridge for `magnet-rt serve --osc` (cli.serve): `endpoint` is the daemon's bound endpoint,
+    `files` its output folder, which the bridge cleans (the daemon writes no files)."""
     key = load_server_key(args.curve_secret) if getattr(args, "curve_secret", None) else None  # its public half
     endpoint = re.sub(r"://(0\.0\.0\.0|\*):", "://127.0.0.1:", endpoint)
-    return OscBridge(endpoint, args.osc, args.osc_reply_port, files, args.osc_client, server_public_key=key).start()
+    return OscBridge(endpoint, args.osc, args.osc_reply_port, files, args.osc_client, server_public_key=key,
+                     clean_outputs=files is not None).start()
 
 
 def main(argv: list[str] | None = None) -> int:
