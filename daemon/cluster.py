@@ -58,6 +58,7 @@ class ClusterConfig:
     precision: str = "auto"
     step_graphs: str = "auto"
     threads: int = 1  # torch threads in each replica
+    app: str = "magnet-rt"  # Serve application names: <app>-<model>; one name per front on a shared cluster
     max_attempts: int = 3  # replica deaths one batch survives before it fails
     unhealthy_after: int = 3  # engine failures in a row before a replica reports unhealthy
 
@@ -263,7 +264,7 @@ class Cluster:
         t0 = time.perf_counter()
         cfg = self.cfg if device == "auto" else ClusterConfig(**{**self.cfg.__dict__, "device": device})
         local = load_pipeline(name, device="cpu")
-        app = f"magnet-rt-{name}".replace("/", "_")
+        app = f"{cfg.app}-{name}".replace("/", "_")
         deployment = serve.deployment(
             EngineReplica, name="engine", num_replicas=cfg.replicas, max_ongoing_requests=1,
             ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
@@ -316,6 +317,9 @@ def add_cluster_arguments(p) -> None:
                         "the default)")
     g.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local one")
+    g.add_argument("--ray-app", default="magnet-rt", metavar="NAME",
+                   help="prefix of this daemon's Serve applications (NAME-MODEL); give each daemon sharing a Ray "
+                        "cluster its own (default magnet-rt)")
     g.add_argument("--replica-cpus", type=float, default=1.0, metavar="N", help="CPUs Ray reserves per replica")
     g.add_argument("--replica-gpus", type=float, default=0.0, metavar="N",
                    help="GPUs per replica (1 on a GPU node: one replica per GPU)")
@@ -327,7 +331,7 @@ def cluster_from_args(args) -> Cluster | None:
         return None
     return Cluster(ClusterConfig(replicas=args.replicas, address=args.ray_address, cpus_per_replica=args.replica_cpus,
                                  gpus_per_replica=args.replica_gpus, device=args.device, precision=args.precision,
-                                 step_graphs=args.step_graphs, threads=args.threads or 1))
+                                 step_graphs=args.step_graphs, threads=args.threads or 1, app=args.ray_app))
 
 
 def check_cluster_args(p, args) -> None:

@@ -185,3 +185,28 @@ def test_cancel_stops_the_replicas_work(cluster, zctx):
         check_one_terminal(msgs)
     st = status(zctx, cluster.endpoint)
     assert all(r.running == 0 for r in st.replicas), st.replicas
+
+
+def test_a_batch_that_keeps_killing_replicas_ends_with_internal(cluster, zctx):
+    """The request is rerun after each death, and given up after the third: one terminal `error`."""
+    c = Client(zctx, cluster.endpoint)
+    killed: list[int] = []
+
+    def next_runner():
+        return next((r for r in status(zctx, cluster.endpoint).replicas if r.running and r.pid not in killed), None)
+
+    try:
+        c.send(gen("poison", "noise", 4.0, MID, 11))
+        assert c.next("poison").TYPE == "accepted"
+        for _ in range(3):
+            runner = wait_for(next_runner, "a replica running the request", timeout=120, every=0.1)
+            os.kill(runner.pid, signal.SIGKILL)
+            killed.append(runner.pid)
+        msgs = c.until_terminal("poison", timeout=120)
+    finally:
+        c.close()
+    kinds = [m.TYPE for m in msgs]
+    assert sum(is_terminal(m) for m in msgs) == 1 and kinds[-1] == "error", kinds
+    assert msgs[-1].code == "internal" and "died 3 times" in msgs[-1].message, msgs[-1]
+    deaths = {r.pid: r.deaths for r in status(zctx, cluster.endpoint).replicas}
+    assert all(deaths[pid] == 1 for pid in killed), deaths
