@@ -23,7 +23,7 @@ from magnet_rt.devices import fastest_forms
 from magnet_rt.int8 import quantize_int8
 from magnet_rt.lm import Attention
 
-from .latency import SHAPES, build, time_interleaved
+from .latency import build, model_args, parse_model_args, time_interleaved
 from .report import emit
 
 
@@ -36,18 +36,11 @@ def forward(lm, codes: torch.Tensor, cross, form: Attention):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=SHAPES, default="small")
-    ap.add_argument("--device", default="cpu")
+    model_args(ap, "small", 5)
     ap.add_argument("--frames", default="150,500")
     ap.add_argument("--rows", default="2")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--int8", action="store_true", help="also time both forms with int8 block projections")
-    ap.add_argument("--json", dest="json_out")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = parse_model_args(ap, argv)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     models = {"fp32" if dtype == torch.float32 else "fp16": build(args.shape, device, dtype)}
     if args.int8:

@@ -86,13 +86,28 @@ def logit_error(ref: MagnetLM, other: MagnetLM, batch: int, frames: int, device)
     return float((a - b).abs().max() / a.abs().max())
 
 
+def model_args(ap: argparse.ArgumentParser, shape: str, repeats: int) -> None:
+    """The options every model benchmark takes: the shape, the device, repeats, CPU threads."""
+    ap.add_argument("--shape", choices=SHAPES, default=shape)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--json", dest="json_out")
+
+
+def parse_model_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, torch.device]:
+    """Parse, set torch's CPU threads when asked, and name the device."""
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args, torch.device(args.device)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=SHAPES, default="tiny")
-    ap.add_argument("--device", default="cpu")
+    model_args(ap, "tiny", 3)
     ap.add_argument("--preset", default="live")
     ap.add_argument("--steps", help="override decoding_steps, e.g. 20,10,10,10")
-    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--batch-sweep", help="fast path only: latency, throughput and peak memory for each batch "
                     "size, e.g. 1,2,4,8,16 (the paper's Fig. 2)")
@@ -102,12 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-other", action="store_true", help="time only the fast form served on this device")
     ap.add_argument("--codec", action="store_true", help="include EnCodec 32 kHz decoding (random weights)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--json", dest="json_out")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = parse_model_args(ap, argv)
     steps = {"decoding_steps": [int(s) for s in args.steps.split(",")]} if args.steps else None
     params = resolve_params(args.preset, steps)
     base_dtype = torch.float16 if device.type == "cuda" else torch.float32
