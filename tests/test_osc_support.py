@@ -83,7 +83,7 @@ def start_daemon(tmp: Path, allow: Path) -> tuple[Proc, str]:
     env = {**os.environ, "MAGNET_RT_CACHE": os.environ.get("MAGNET_RT_CACHE") or str(tmp / "cache"),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = Proc([sys.executable, "-m", "daemon", "--model", "tiny-random", "--device", "cpu",
-                 "--bind", f"tcp://{HOST}:*", "--allow-dir", str(allow), "--output-dir", str(tmp / "daemon-out"),
+                 "--bind", f"tcp://{HOST}:*", "--allow-dir", str(allow),
                  "--log-level", "warning"], env)
     endpoint = proc.wait_line(r"ready on (tcp://\S+)", 120).group(1)
     return proc, endpoint
