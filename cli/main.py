@@ -337,7 +337,7 @@ def cmd_query(args: argparse.Namespace, client: MagnetClient) -> int:
 def _delegate(command: str, argv: list[str]) -> int:
     try:
         if command == "serve":
-            from daemon.server import main as entry
+            from .serve import main as entry
         elif command == "train":
             from magnet_rt.train.cli import main as entry
         else:

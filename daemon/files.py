@@ -1,13 +1,11 @@
-"""Files the daemon may touch: the read policy for `source.path`, and the output folder for WAV results.
+"""Files the daemon may read: the policy for `source.path` (the daemon writes none; the OSC bridge's WAV takes
+go to clients/output_dir.py's folder).
 
 Reading (`PathPolicy`): a path must be absolute, have no `..` component, and resolve (realpath, so every
 symlink is followed) to a regular file inside one of the `--allow-dir` folders; with no folder allowed every
 path is refused. The file is opened with O_NOFOLLOW|O_NONBLOCK and checked again on the open descriptor, so a
 symlink or fifo swapped in after the check is not followed or waited on. Refusals raise
 ProtocolError(forbidden_path); unreadable or unsuitable audio raises ProtocolError(invalid_audio).
-
-Writing: the output folder for WAV results belongs to the OSC bridge (`clients/output_dir.py`); it is named
-here for daemon/server.py, which cleans the folder it hands to `serve --osc`.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from clients.output_dir import OutputDir  # noqa: F401 - re-exported for daemon/server.py (see above)
 from protocol import ErrorCode, ProtocolError
 
 MIN_RATE, MAX_RATE = 8000, 192000

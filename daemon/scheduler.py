@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -37,10 +37,10 @@ class Ticket:
 
     client: bytes
     rid: str
-    kind: str
+    kind: str  # the request's wire type (queue_entry.type): generate, inpaint, continue, load, unload
     model: str
     rows: int = 1
-    payload: Any = None  # what the worker needs to build or run the job (daemon.render.RenderPlan, ...)
+    payload: Any = None  # daemon.worker.Work: a plan of daemon.render, LoadModel or UnloadModel (picks the handler)
     key: Hashable | None = None  # batch key once prepared; None: not batchable (or not prepared yet)
     prepared: bool = True
     preparing: bool = False  # handed to a worker by `unprepared`
@@ -51,7 +51,6 @@ class Ticket:
     started_at: float | None = None
     finished_at: float | None = None
     batch_size: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Scheduler:

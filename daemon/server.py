@@ -24,19 +24,19 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from importlib import metadata
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 import zmq
 
-from clients.osc import add_osc_arguments, start_osc_bridge
 from magnet_rt.devices import cpu_threads
 from magnet_rt.graphs import STEP_GRAPHS
 from magnet_rt.registry import PRECISIONS, TINY_RANDOM, default_model, load_pipeline
 from protocol import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_MESSAGE_BYTES,
+    ENV_ENDPOINT,
     MAX_LONG_DURATION_S,
     MAX_OUTPUTS,
     MAX_PROMPTS,
@@ -59,6 +59,7 @@ from protocol import (
     UnloadReply,
     Welcome,
     pack,
+    package_version,
     unpack,
 )
 from protocol.framing import OVERSIZE_FACTOR
@@ -66,29 +67,21 @@ from protocol.framing import OVERSIZE_FACTOR
 from . import render
 from .cluster import add_cluster_arguments, check_cluster_args, cluster_from_args
 from .errors import to_protocol_error
-from .files import OutputDir, PathPolicy
+from .files import PathPolicy
 from .keys import is_local_endpoint, load_server_secret
 from .logs import LOG_FORMATS, ctx, setup_logging
 from .models import ModelManager, describe_device
+from .render import BatchPlan, StreamPlan
 from .scheduler import Scheduler, State, Ticket
-from .worker import Worker
+from .worker import LoadModel, UnloadModel, Worker
 
 log = logging.getLogger("daemon")
 
 OUTBOX = "inproc://magnet-rt-outbox"
 POLL_MS = 100
 HOUSEKEEPING_S = 0.5
-CLEANUP_EVERY_S = 60.0
 MAX_FRAMES_PER_TURN = 256  # bound one loop turn so neither socket starves the other
 SEND_HWM = 100_000  # progress + audio chunks of many requests to a slow reader
-ENV_ENDPOINT = "MAGNET_RT_ENDPOINT"  # the clients' variable (clients.client): set once, both ends agree
-
-
-def daemon_version() -> str:
-    try:
-        return metadata.version("magnet-rt")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 class Daemon:
@@ -104,7 +97,6 @@ class Daemon:
         self.models = ModelManager(args.model, device=args.device, keep_alive_s=args.keep_alive,
                                    rescorer=args.rescorer, loader=loader)
         self.files = PathPolicy(args.allow_dir)
-        self.outputs = OutputDir(args.output_dir, ttl_s=args.output_ttl)
         self.started = time.monotonic()
         self.signals = 0
         self.stopping = False
@@ -147,7 +139,6 @@ class Daemon:
         self.worker = self.workers[0]
         for w in self.workers:
             w.start()
-        self.outputs.cleanup()
         return endpoint
 
     def close(self) -> None:
@@ -167,7 +158,7 @@ class Daemon:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.pull, zmq.POLLIN)
-        next_house, next_cleanup = 0.0, time.monotonic() + CLEANUP_EVERY_S
+        next_house = 0.0
         while True:
             events = dict(poller.poll(POLL_MS))
             if self.pull in events:
@@ -193,9 +184,6 @@ class Daemon:
             if now >= next_house:
                 next_house = now + HOUSEKEEPING_S
                 self.housekeeping()
-            if now >= next_cleanup:
-                next_cleanup = now + CLEANUP_EVERY_S
-                self.outputs.cleanup()
 
     def _forward(self, limit: int | None = MAX_FRAMES_PER_TURN) -> None:
         n = 0
@@ -281,7 +269,7 @@ class Daemon:
     def begin_shutdown(self) -> None:
         self.stopping = True
         drained = self.sched.close()
-        endless = self.sched.cancel_running(lambda t: getattr(t.payload, "mode", None) == "endless")
+        endless = self.sched.cancel_running(lambda t: isinstance(t.payload, StreamPlan) and t.payload.endless)
         log.info("shutting down: %d queued request(s) cancelled, %d endless request(s) stopping, finishing the "
                  "running batch", len(drained), len(endless))
         for t in drained:  # accepted work always gets a terminal answer: done (running) or cancelled (queued)
@@ -296,7 +284,7 @@ class Daemon:
                         max_variations=MAX_VARIATIONS, max_outputs=MAX_OUTPUTS, max_queue=self.sched.max_queue,
                         max_long_duration_s=MAX_LONG_DURATION_S)
         rescorer = self.models.rescorer
-        self.send(client, Welcome(id=msg.id, daemon_version=daemon_version(), protocol_version=PROTOCOL_VERSION,
+        self.send(client, Welcome(id=msg.id, daemon_version=package_version(), protocol_version=PROTOCOL_VERSION,
                                   models=tuple(self.models.known()), default_model=self.args.model,
                                   presets=tuple(render.offered_presets(rescorer)), limits=limits,
                                   sample_rate=facts.sample_rate, frame_rate=facts.frame_rate,
@@ -341,11 +329,10 @@ class Daemon:
         if t is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no queued or running request {msg.target!r}",
                                 details={"target": msg.target})
-        holder = getattr(t.payload, "prompt", None)
-        if holder is None:
+        if not isinstance(t.payload, StreamPlan):
             raise ProtocolError(ErrorCode.INVALID_FIELD, f"target: {msg.target!r} is not a long-form or endless "
                                 "generate", details={"field": "target"})
-        window = holder.set(msg.prompt)
+        window = t.payload.prompt.set(msg.prompt)
         log.info("set_prompt %s from window %d", msg.target, window, extra=ctx(msg.id, client, target=msg.target))
         self.send(client, SetPromptReply(id=msg.id, target=msg.target, window=window))
 
@@ -359,7 +346,7 @@ class Daemon:
         if self.models.refresh(msg.model, msg.keep_alive_s):  # resident: only the keep-alive changes
             self.send(client, LoadReply(id=msg.id, model=msg.model, load_s=0.0))
             return
-        self.sched.submit(Ticket(client, msg.id, "load", msg.model, payload=msg.keep_alive_s))
+        self.sched.submit(Ticket(client, msg.id, "load", msg.model, payload=LoadModel(msg.keep_alive_s)))
 
     def on_unload(self, client: bytes, msg) -> None:
         self._refuse_if_stopping()
@@ -371,7 +358,7 @@ class Daemon:
         if self.models.get(msg.model) is None:
             self.send(client, UnloadReply(id=msg.id, model=msg.model))
             return
-        self.sched.submit(Ticket(client, msg.id, "unload", msg.model))
+        self.sched.submit(Ticket(client, msg.id, "unload", msg.model, payload=UnloadModel()))
 
     def on_render(self, client: bytes, msg) -> None:
         self._refuse_if_stopping()
@@ -383,9 +370,10 @@ class Daemon:
             raise ProtocolError(ErrorCode.MODEL_NOT_LOADED, f"model {name} is not loaded; send load first",
                                 details={"model": name})
         plan = render.admit(msg, pipe, self.files)
+        job = plan.job if isinstance(plan, BatchPlan) else None
         ticket = Ticket(client, msg.id, msg.TYPE, name, rows=plan.outputs, payload=plan,
-                        prepared=plan.job is not None or plan.streaming,
-                        key=(name, plan.job.batch_key()) if plan.job is not None else None)
+                        prepared=job is not None or isinstance(plan, StreamPlan),
+                        key=(name, job.batch_key()) if job is not None else None)
         position = self.sched.submit(ticket)
         self.send(client, Accepted(id=msg.id, queue_position=position, outputs=plan.outputs, seed=plan.seed))
         log.info("accepted %s", msg.TYPE, extra=ctx(msg.id, client, position=position, outputs=plan.outputs,
@@ -399,9 +387,9 @@ class Daemon:
 def _stream_info(t: Ticket) -> dict:
     """QueueEntry's `mode` and `window` for long-form and endless requests."""
     plan = t.payload
-    if not getattr(plan, "streaming", False):
+    if not isinstance(plan, StreamPlan):
         return {}
-    return {"mode": plan.mode, "window": t.extra.get("window", 0)}
+    return {"mode": plan.wire_mode, "window": plan.window}
 
 
 def memory_stats() -> dict[str, int]:
@@ -421,7 +409,21 @@ def memory_stats() -> dict[str, int]:
 
 
 # ---- command line -------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+class FrontEnd(Protocol):
+    """Something `serve` runs beside the daemon, in its process (the `magnet-rt` command passes the OSC
+    bridge, clients.osc): its options join the daemon's, and it starts once the daemon serves."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def start(self, args: argparse.Namespace, endpoint: str) -> Closeable | None:
+        """Start for the daemon bound at `endpoint`; None when `args` do not ask for it."""
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+def build_parser(front_ends: Sequence[FrontEnd] = ()) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="magnet-rt serve", description="Run the magnet-rt daemon: a resident MAGNeT model behind ZeroMQ.",
         epilog="examples:\n  magnet-rt serve\n  magnet-rt serve --bind ipc:///tmp/magnet-rt.sock --allow-dir ~/loops\n"
@@ -458,10 +460,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 300)")
     p.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
                    help="folder whose files requests may name as source.path (repeatable; none: no paths)")
-    p.add_argument("--output-dir", default=None, metavar="DIR",
-                   help="folder for WAV results (default ~/.cache/magnet-rt/outputs)")
-    p.add_argument("--output-ttl", type=float, default=3600.0, metavar="SECONDS",
-                   help="WAV results older than this are deleted (default 3600)")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, metavar="BYTES",
                    help=f"largest frame accepted, ZMQ_MAXMSGSIZE (default {DEFAULT_MAX_MESSAGE_BYTES})")
     p.add_argument("--curve-secret", default=None, metavar="FILE",
@@ -470,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a non-loopback bind without CurveZMQ (anyone who reaches the port can use the GPU)")
     p.add_argument("--log-format", choices=LOG_FORMATS, default="human", help="stderr log lines (default human)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    add_osc_arguments(p)
+    for front in front_ends:
+        front.add_arguments(p)
     add_cluster_arguments(p)
     return p
 
@@ -489,8 +488,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     check_cluster_args(p, args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, front_ends: Sequence[FrontEnd] = ()) -> int:
+    """`magnet-rt serve` (also `python -m daemon`): run the daemon until a signal, with `front_ends` beside it."""
+    parser = build_parser(front_ends)
     args = parser.parse_args(argv)
     check_args(parser, args)
     setup_logging(args.log_format, args.log_level)
@@ -522,16 +522,14 @@ def main(argv: list[str] | None = None) -> int:
         random = " (RANDOM WEIGHTS: noise, not music)" if args.model == TINY_RANDOM else ""
         log.info("serving model %s%s on %s", args.model, random, endpoint,
                  extra={"ctx": {"model": args.model, "endpoint": endpoint}})
-        bridge = start_osc_bridge(args, endpoint, daemon.outputs) if args.osc else None
-        if bridge is not None:
-            print(f"magnet-rt osc on {args.osc} (replies to port {args.osc_reply_port})", flush=True)
+        running = [f for front in front_ends if (f := front.start(args, endpoint)) is not None]
         device = describe_device(daemon.models.get(args.model).device)
         print(f"magnet-rt ready on {endpoint} model={args.model} device={device}", flush=True)
         try:
             daemon.serve()
         finally:
-            if bridge is not None:
-                bridge.close()
+            for front in running:
+                front.close()
         daemon.close()
         log.info("stopped")
         return 1 if daemon.failed else 0

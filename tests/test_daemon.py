@@ -67,8 +67,7 @@ def allowed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, allowed):
-    d = start_daemon(tmp_path_factory, "--allow-dir", str(allowed), "--max-batch", "16",
-                     "--output-dir", str(tmp_path_factory.mktemp("out")))
+    d = start_daemon(tmp_path_factory, "--allow-dir", str(allowed), "--max-batch", "16")
     yield d
     assert d.stop() == 0, d.log()[-3000:]
 

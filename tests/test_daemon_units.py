@@ -13,9 +13,10 @@ import pytest
 import soundfile as sf
 import zmq
 
+from clients.output_dir import OutputDir
 from daemon import keys, render
 from daemon.errors import to_protocol_error
-from daemon.files import OutputDir, PathPolicy
+from daemon.files import PathPolicy
 from daemon.models import ModelManager
 from daemon.scheduler import Scheduler, State, Ticket
 from magnet_rt.errors import CheckpointError, InvalidAudio, InvalidParams, InvalidRegion

@@ -101,7 +101,7 @@ def test_the_daemon_serves_the_demo_by_default_and_says_so(tmp_path):
     from protocol.framing import pcm_decode
     from protocol.messages import Generate, Hello
 
-    d = DaemonProcess("--device", "cpu", "--output-dir", str(tmp_path), env={"OMP_NUM_THREADS": "1"})
+    d = DaemonProcess("--device", "cpu", env={"OMP_NUM_THREADS": "1"})
     d.start()
     ctx = zmq.Context()
     c = Client(ctx, d.endpoint)
