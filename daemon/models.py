@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from magnet_rt.errors import InvalidParams
+from magnet_rt.jobs import Job, Pipeline
 from magnet_rt.params import DecodeParams
-from magnet_rt.pipeline import Job
 from magnet_rt.presets import DEFAULT_PRESET, resolve_params
 from magnet_rt.registry import TINY_RANDOM, known_models, load_pipeline
 from protocol import ModelInfo
@@ -40,7 +40,7 @@ class Facts:
 
 @dataclass
 class Resident:
-    pipe: object
+    pipe: Pipeline
     keep_alive_s: float | None  # None: forever
     last_used: float
     load_s: float
@@ -51,7 +51,7 @@ def guess_facts(name: str) -> Facts:
     return Facts(30.0 if re.search(r"30secs", name) else 10.0, 32000, 50)
 
 
-def warm_up(pipe) -> float:
+def warm_up(pipe: Pipeline) -> float:
     """One short generation (one step per stage): allocations, kernels and caches get made before the
     first real request. With step graphs (CUDA) it runs at the model's full segment, one row, with the
     default preset's sampling, which captures the graphs of the most common request. Returns seconds."""
@@ -76,7 +76,7 @@ def describe_device(device: torch.device) -> str:
 
 class ModelManager:
     def __init__(self, default: str, device: str = "auto", keep_alive_s: float = 300.0,
-                 loader: Callable[..., object] = load_pipeline, clock: Callable[[], float] = time.monotonic,
+                 loader: Callable[..., Pipeline] = load_pipeline, clock: Callable[[], float] = time.monotonic,
                  rescorer: str | None = None):
         self.default, self.device, self.keep_alive_s = default, device, keep_alive_s
         self.loader, self.clock = loader, clock
@@ -93,7 +93,7 @@ class ModelManager:
     def is_known(self, name: str) -> bool:
         return name in self.known()
 
-    def get(self, name: str):
+    def get(self, name: str) -> Pipeline | None:
         """The resident pipeline of `name`, or None."""
         with self._lock:
             r = self._resident.get(name)
@@ -144,7 +144,7 @@ class ModelManager:
             self._facts[name] = Facts(float(pipe.segment_duration), int(pipe.sample_rate), int(pipe.frame_rate))
         return load_s
 
-    def _attach_rescorer(self, name: str, pipe) -> None:
+    def _attach_rescorer(self, name: str, pipe: Pipeline) -> None:
         if self.rescorer_name is None:
             return
         if self.rescorer is None:

@@ -39,7 +39,7 @@ def gen(rid: str, **kw) -> Generate:
 def daemon(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "magnet-rt-cache"  # shared with the other daemon tests
     d = DaemonProcess("--model", "tiny-random", "--device", "cpu", "--rescorer", "tiny-random",
-                      "--endless-ahead", "0", "--output-dir", str(tmp_path_factory.mktemp("out")),
+                      "--endless-ahead", "0",
                       env={"MAGNET_RT_CACHE": str(cache), "OMP_NUM_THREADS": "2"})
     d.start()
     yield d
