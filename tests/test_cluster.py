@@ -99,12 +99,14 @@ def cluster(tmp_path_factory, reference):
     assert d.stop(timeout=120) == 0, d.log()[-5000:]
 
 
-def status(zctx, endpoint: str):
-    c = Client(zctx, endpoint)
+def status(zctx, endpoint: str, via: Client | None = None):
+    """status_reply; `via`: asked by that client (a client waiting on a render keeps the daemon hearing it)."""
+    c = via or Client(zctx, endpoint)
     try:
-        return c.call(Status(id="st"), timeout=30)
+        return c.call(Status(id=f"st-{time.monotonic_ns()}"), timeout=30)
     finally:
-        c.close()
+        if via is None:
+            c.close()
 
 
 def wait_for(pred, what: str, timeout: float = 120.0, every: float = 0.5):
@@ -147,14 +149,14 @@ def test_a_replica_killed_mid_batch_reruns_it_on_another(cluster, reference, zct
         c.send(gen(*KILLED))
         assert c.next("k").TYPE == "accepted"
         assert c.next("k", timeout=60).TYPE == "progress"  # decoding on a replica now
-        running = wait_for(lambda: next((r for r in status(zctx, cluster.endpoint).replicas if r.running), None),
-                           "the replica running the request", timeout=30)
+        running = wait_for(lambda: next((r for r in status(zctx, cluster.endpoint, c).replicas if r.running), None),
+                           "the replica running the request", timeout=30, every=0.1)
         os.kill(running.pid, signal.SIGKILL)
         msgs = c.until_terminal("k", timeout=180)
     finally:
         c.close()
     kinds = [m.TYPE for m in msgs]
-    assert kinds[-1] == "done" and sum(is_terminal(m) for m in msgs) == 1, kinds
+    assert kinds[-1] == "done" and sum(is_terminal(m) for m in msgs) == 1, (kinds[-3:], cluster.log()[-4000:])
     steps = [m.step for m in msgs if m.TYPE == "progress"]
     assert steps == sorted(set(steps)) and steps[-1] == sum(MID.decoding_steps), steps  # none twice
     assert audio_bytes(msgs) == reference["k"]  # the rerun on the other replica made the same take
@@ -193,7 +195,8 @@ def test_a_batch_that_keeps_killing_replicas_ends_with_internal(cluster, zctx):
     killed: list[int] = []
 
     def next_runner():
-        return next((r for r in status(zctx, cluster.endpoint).replicas if r.running and r.pid not in killed), None)
+        return next((r for r in status(zctx, cluster.endpoint, c).replicas if r.running and r.pid not in killed),
+                    None)
 
     try:
         c.send(gen("poison", "noise", 4.0, MID, 11))
