@@ -64,9 +64,11 @@ class FastestForms:
     attention: Attention  # banded or dense window attention for stages >= 1
 
 
-# Measured side by side, same weights, same run (benchmarks/RESULTS.md: "Decode forms per device" and
-# "Attention form per device"; `python -m benchmarks.attention_forms`). A device type not measured keeps
-# the forms it had before the measurement (dynamic steps, banded attention).
+# Measured side by side, same weights, same run (benchmarks/RESULTS.md). Static vs dynamic steps: "Static
+# steps and CUDA graphs" (`python -m benchmarks.latency`), on both. Dense vs banded attention: "Attention
+# form per device" (`python -m benchmarks.attention_forms`), on the CPU; on CUDA banded is kept as it was
+# (not yet measured side by side there). A device type not measured keeps the forms it had before the
+# measurements (dynamic steps, banded attention).
 MEASURED_FORMS: dict[str, FastestForms] = {
     "cpu": FastestForms(static_steps=False, attention=Attention.DENSE),
     "cuda": FastestForms(static_steps=True, attention=Attention.BANDED),

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from . import audio as audio_ops
 from .checkpoints import load_audiocraft_lm, resolve_file
@@ -150,22 +152,8 @@ class MagnetPipeline:
         # Each row attends to its own text length ("" is one EOS token), as if decoded alone: the
         # release pads to the longest prompt in the batch, which makes a take depend on its batch mates.
         cross_len = text.mask.sum(-1).clamp(min=1).to(self.device)
-        groups = []
-        for j in jobs:
-            for s in j.row_seeds():
-                g = torch.Generator(device=self.device)
-                g.manual_seed(s)
-                groups.append(RowGroup(1, g))
-        fixed = init = None
-        if any(j.fixed is not None for j in jobs):
-            K = self.lm.n_q
-            fixed = torch.zeros(len(row_job), K, frames, dtype=torch.bool)
-            init = torch.full((len(row_job), K, frames), self.lm.card, dtype=torch.long)
-            for r, ji in enumerate(row_job):
-                if jobs[ji].fixed is not None:
-                    fixed[r], init[r] = jobs[ji].pinned(r - row_job.index(ji))
+        fixed, init = self._pinned(jobs, row_job, frames)
         clock.mark("text")
-
         job_rows = [[r for r, jj in enumerate(row_job) if jj == ji] for ji in range(len(jobs))]
 
         def step(ev: StepEvent) -> None:
@@ -183,29 +171,52 @@ class MagnetPipeline:
         rescorer = self.rescorer
         if params.rescore_weight > 0 and isinstance(rescorer, BindableRescorer):
             rescorer = rescorer.bind(text.hidden, text.mask)  # condition the rescorer on each row's text
-        out = decode(self.lm, cond, frames, params, groups, fixed=fixed, init_codes=init, cross_len=cross_len,
-                     on_step=step, is_cancelled=cancelled, rescorer=rescorer, path=self.path, graphs=self.graphs)
+        out = decode(self.lm, cond, frames, params, self._row_groups(jobs), fixed=fixed, init_codes=init,
+                     cross_len=cross_len, on_step=step, is_cancelled=cancelled, rescorer=rescorer, path=self.path,
+                     graphs=self.graphs)
         clock.mark("decode_tail")
         alive = [ji for ji, rows in enumerate(job_rows) if all(out[r] is not None for r in rows)]
         codes_by_job = {ji: torch.cat([out[r] for r in job_rows[ji]]) for ji in alive}
-        audio_by_job = {}
-        if alive:
-            all_codes = torch.cat([codes_by_job[ji] for ji in alive])
-            wav = self.codec.decode(all_codes).float().cpu().numpy()
-            n = round(frames / self.frame_rate * self.sample_rate)
-            wav = wav[..., :n]
-            start = 0
-            for ji in alive:
-                audio_by_job[ji] = wav[start:start + jobs[ji].rows]
-                start += jobs[ji].rows
+        audio_by_job = self._audio(jobs, codes_by_job, frames)
         clock.mark("codec")
-        d = clock.durations()
-        stage_t = {k: v for k, v in d.items() if k.startswith("stage")}
-        timings = {"text": d["text"], **stage_t, "decode": sum(stage_t.values()) + d["decode_tail"],
-                   "codec": d["codec"], "total": d["total"]}
+        timings = _timings(clock)
         return [JobResult(codes_by_job[ji].cpu(), audio_by_job[ji], self.sample_rate, jobs[ji].row_seeds(),
                           dict(timings), batch_size=len(jobs)) if ji in codes_by_job else None
                 for ji in range(len(jobs))]
+
+    def _row_groups(self, jobs: list[Job]) -> list[RowGroup]:
+        """One row group per take, each with its own generator seeded with the take's seed."""
+        groups = []
+        for j in jobs:
+            for s in j.row_seeds():
+                g = torch.Generator(device=self.device)
+                g.manual_seed(s)
+                groups.append(RowGroup(1, g))
+        return groups
+
+    def _pinned(self, jobs: list[Job], row_job: list[int], frames: int) -> tuple[Tensor | None, Tensor | None]:
+        """(fixed, init_codes) [rows, K, frames] of the batch, or (None, None) when nothing is pinned."""
+        if all(j.fixed is None for j in jobs):
+            return None, None
+        K = self.lm.n_q
+        fixed = torch.zeros(len(row_job), K, frames, dtype=torch.bool)
+        init = torch.full((len(row_job), K, frames), self.lm.card, dtype=torch.long)
+        for r, ji in enumerate(row_job):
+            if jobs[ji].fixed is not None:
+                fixed[r], init[r] = jobs[ji].pinned(r - row_job.index(ji))
+        return fixed, init
+
+    def _audio(self, jobs: list[Job], codes_by_job: dict[int, Tensor], frames: int) -> dict[int, np.ndarray]:
+        """Every finished job's codes through the codec in one call -> audio [rows, C, samples] per job."""
+        if not codes_by_job:
+            return {}
+        wav = self.codec.decode(torch.cat(list(codes_by_job.values()))).float().cpu().numpy()
+        wav = wav[..., :round(frames / self.frame_rate * self.sample_rate)]
+        out, start = {}, 0
+        for ji in codes_by_job:
+            out[ji] = wav[start:start + jobs[ji].rows]
+            start += jobs[ji].rows
+        return out
 
     def _run_one(self, job: Job, progress, cancelled) -> JobResult:
         res = self.run_batch([job], on_step=(lambda _, ev: progress(ev)) if progress else None,
@@ -265,3 +276,11 @@ class MagnetPipeline:
         while prepared.step is not None and (job := prepared.step(res)) is not None:
             res = self._run_one(job, progress, cancelled)
         return prepared.finish(res)
+
+
+def _timings(clock: Stopwatch) -> dict[str, float]:
+    """A batch's timings: text, each stage, decode (the stages and the tail), codec, total."""
+    d = clock.durations()
+    stage_t = {k: v for k, v in d.items() if k.startswith("stage")}
+    return {"text": d["text"], **stage_t, "decode": sum(stage_t.values()) + d["decode_tail"],
+            "codec": d["codec"], "total": d["total"]}
