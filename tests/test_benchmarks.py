@@ -35,6 +35,30 @@ def test_latency_batch_sweep(tmp_path):
     assert all(s["audio_s_per_s"] > 0 for s in r["sweep"])
 
 
+def test_attention_forms_json_contract(tmp_path):
+    """Both forms timed side by side per (precision, rows, frames), and the device's chosen form named."""
+    out = tmp_path / "att.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.attention_forms", "--shape", "tiny", "--frames", "30",
+                    "--repeats", "1", "--int8", "--threads", "1", "--json", str(out)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300, preexec_fn=sigint_default)
+    r = json.loads(out.read_text())
+    assert r["chosen"] == "dense" and [c["precision"] for c in r["cases"]] == ["fp32", "int8"]
+    for c in r["cases"]:
+        assert c["dense"]["p50_s"] > 0 and c["banded"]["p50_s"] > 0
+        assert c["chosen_not_slower"] == (c["dense"]["p50_s"] <= c["banded"]["p50_s"])
+    assert r["chosen_never_slower"] == all(c["chosen_not_slower"] for c in r["cases"])
+
+
+def test_int8_error_json_contract(tmp_path):
+    """The demo LM's error after guidance 10, per stage, within the 3 % bound."""
+    out = tmp_path / "int8.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.int8_error", "--model", "demo", "--frames", "60",
+                    "--json", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=300,
+                   preexec_fn=sigint_default)
+    r = json.loads(out.read_text())
+    assert len(r["error_per_stage"]) == 4 and 0 < r["max_error"] <= 0.03 and r["coef"] == 10.0
+
+
 def test_memory_table_covers_every_released_shape(tmp_path):
     from benchmarks import memory
     from magnet_rt.lm import RELEASED_SHAPES
