@@ -25,7 +25,7 @@ from .lm import Attention, CrossAttention, CrossInputs, MagnetLM, SelfAttention
 # Kept in float, by measurement (`python -m benchmarks.int8_error --model small`, benchmarks/RESULTS.md):
 # every block's FFN down-projection (its inputs, GELU outputs over the 4x wide layer, have the widest range)
 # and the first and last two blocks whole. At magnet-small's shape this takes the error after guidance 10
-# from 4.7 % of the logit range (all int8) to 2.1 % (the down-projections alone: 3.7 %).
+# from 4.7 % of the logit range (all int8, 250 frames) to 2.1 % (500 frames; the down-projections alone: 3.7 %).
 KEEP_FLOAT: frozenset[str] = frozenset({"linear2"})
 KEEP_BLOCKS: frozenset[int] = frozenset({0, 1, -2, -1})
 
