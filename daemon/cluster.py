@@ -22,6 +22,7 @@ Nothing here is imported by the single daemon: `daemon.server` imports this modu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -88,7 +89,7 @@ class EngineReplica:
 
         def on_step(ji: int, ev: StepEvent) -> None:
             codes = ev.codes.cpu() if ev.codes is not None else None
-            put(("step", ji, StepEvent(ev.step, ev.total_steps, ev.stage, ev.stage_step, ev.stage_steps, codes)))
+            put(("step", ji, dataclasses.replace(ev, codes=codes)))
 
         def work() -> None:
             try:
