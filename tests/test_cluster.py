@@ -213,3 +213,15 @@ def test_a_batch_that_keeps_killing_replicas_ends_with_internal(cluster, zctx):
     assert msgs[-1].code == "internal" and "died 3 times" in msgs[-1].message, msgs[-1]
     deaths = {r.pid: r.deaths for r in status(zctx, cluster.endpoint).replicas}
     assert all(deaths[pid] == 1 for pid in killed), deaths
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--replicas", "-1"], "--replicas must be 0"),
+    (["--ray-address", "auto"], "--ray-address needs --replicas N"),
+    (["--replicas", "2", "--rescorer", "tiny-random"], "--rescorer runs in the daemon's process"),
+    (["--replicas", "2", "--replica-cpus", "0"], "--replica-cpus must be positive"),
+])
+def test_bad_replica_options_are_refused_before_anything_starts(args, why):
+    out = subprocess.run([sys.executable, "-m", "daemon", "--model", "tiny-random", *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and why in out.stderr, out.stderr[-2000:]
