@@ -96,7 +96,7 @@ class MagnetPipeline:
     @classmethod
     def from_audiocraft(cls, name_or_dir: str | Path, device: str | torch.device = "auto",
                         text_encoder: str | Path | None = None, options: PipelineOptions = PipelineOptions(),
-                        **hub_kwargs) -> MagnetPipeline:
+                        name: str | None = None, **hub_kwargs) -> MagnetPipeline:
         """A released model (hub id, hub cache, or a directory with `state_dict.bin` and
         `compression_state_dict.bin`; a `text_encoder/` folder beside them overrides the T5 named
         in xp.cfg)."""
@@ -108,7 +108,7 @@ class MagnetPipeline:
         local_te = Path(name_or_dir) / "text_encoder"
         te_name = text_encoder or (local_te if local_te.is_dir() else lm.text_encoder_name)
         te = T5TextEncoder.from_pretrained(te_name, device=device)
-        return cls(lm, te, codec, name=str(name_or_dir), options=options)
+        return cls(lm, te, codec, name=name or str(name_or_dir), options=options)
 
     # ---- facts --------------------------------------------------------------------------------------
     @property

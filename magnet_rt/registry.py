@@ -108,8 +108,7 @@ def load_pipeline(name: str, device: str = "auto", text_encoder: str | None = No
         pipe = load_bundle(name, device=device, options=options)
     else:
         pipe = MagnetPipeline.from_audiocraft(resolve_model(name), device=device, text_encoder=text_encoder,
-                                              options=options)
-        pipe.name = name
+                                              options=options, name=name)
     if name == TINY_RANDOM:
         log.warning("model tiny-random: RANDOM WEIGHTS, it makes noise, not music (offline test model)")
     if precision == "int8":
