@@ -27,7 +27,7 @@ import zmq
 from daemon.testing import Client, DaemonProcess
 from protocol import Generate, Stream
 
-from .report import emit
+from .report import daemon_request_args, emit
 
 DEADLINE_S = 900.0
 
@@ -107,16 +107,11 @@ def measure(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny-random")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--preset", default="live")
-    ap.add_argument("--prompt", default="warm rhodes chords over a dusty drum loop")
-    ap.add_argument("--duration", type=float, default=2.0)
+    daemon_request_args(ap, duration_s=2.0)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--requests", type=int, default=3, help="per client and round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--replica-cpus", type=float, default=0.5)
-    ap.add_argument("--json", dest="json_out")
     args = ap.parse_args(argv)
 
     runs = measure(args)

@@ -21,7 +21,7 @@ import zmq
 from daemon.testing import DaemonProcess
 from protocol import Generate, Stream, pack, unpack
 
-from .report import emit
+from .report import daemon_request_args, emit
 
 
 def through_daemon(endpoint: str, args, i: int) -> dict:
@@ -58,15 +58,10 @@ def through_daemon(endpoint: str, args, i: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny-random")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--preset", default="live")
-    ap.add_argument("--prompt", default="warm rhodes chords over a dusty drum loop")
-    ap.add_argument("--duration", type=float, default=10.0)
+    daemon_request_args(ap, duration_s=10.0)
     ap.add_argument("--chunk", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--json", dest="json_out")
     args = ap.parse_args(argv)
 
     from magnet_rt.presets import resolve_params
