@@ -366,7 +366,7 @@ def test_buttons_and_notes_from_the_host(plugin, daemon, tmp_path):
     between them at bar lines; Make loop turns slot 1 into a sealed loop of exactly BARS bars that repeats
     sample-exactly; Inpaint bars regenerates bars 0.5-1.25 of it (outside: the loop sample for sample, inside:
     the daemon's answer to the same request); Cancel cancels a queued take at the daemon (its log and status)
-    and slot 1 keeps playing the inpainted take."""
+    and slot 1 keeps playing the inpainted take; Generate then gives the daemon's take for the settings."""
     host = HostSession(plugin, tmp_path, daemon.endpoint, preload=RTCHECK, variations="3",
                        inpaintStartBar=str(INPAINT_BARS[0]), inpaintEndBar=str(INPAINT_BARS[1]))
     zctx = zmq.Context()
@@ -442,6 +442,9 @@ def test_buttons_and_notes_from_the_host(plugin, daemon, tmp_path):
         assert client.until_terminal("blocker", timeout=120)[-1].TYPE == "cancelled"
         check_in_time(play(2, "36@0@64"), new, 0, loops=1)
         assert len(host.wavs()) == 5
+
+        # Generate, the daemon idle again: slot 1 gets the daemon's take for the saved settings.
+        assert np.array_equal(read_take(press("Generate", takes=6)), phase1)
         log = host.close()
         assert "Slot 1: cancelled." in log, log[-2000:]
     finally:

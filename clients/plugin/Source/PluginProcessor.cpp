@@ -95,8 +95,8 @@ void MagnetProcessor::trigger (int s, int offset, const juce::Optional<juce::Aud
             const double lastBar = origin + std::floor ((at - origin) / barQ + 1e-9) * barQ;
             if (const double late = at - lastBar; late * samplesPerQuarter >= 0.5 && late <= kLateGraceBeats)
             {
-                // A note meant for the bar line that the host delivered a little late (hosts quantise events
-                // to ticks): the take starts at the note, where it would be had it started on the line.
+                // A note meant for the bar line that came a little late (DawDreamer delivers a note placed on
+                // the line a few samples after it): the take starts at the note, where it would be from the line.
                 pendingPos = std::llround (late * samplesPerQuarter);
                 return;
             }

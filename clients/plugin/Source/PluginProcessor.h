@@ -6,8 +6,8 @@
 #include <juce_audio_processors/juce_audio_processors.h>
 
 // A trigger this many beats or less after a bar line is taken as meant for that line (1/32 beat: 15.6 ms at
-// 120 BPM): a host that counts time in ticks can deliver a note placed on the line a few samples late
-// (DawDreamer does, tests/test_plugin.py), and a player's hit just after the downbeat means that downbeat.
+// 120 BPM): a host may deliver a note placed on the line a few samples late (DawDreamer does,
+// tests/test_plugin.py), and a player's hit just after the downbeat means that downbeat.
 constexpr double kLateGraceBeats = 1.0 / 32.0;
 
 class MagnetProcessor : public juce::AudioProcessor
