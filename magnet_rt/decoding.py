@@ -35,6 +35,7 @@ scalars (`StepScalars`); the loop never asks which path it is on.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -58,6 +59,8 @@ from .selection import (
     unit_positions,
     units_to_mask,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,7 +102,7 @@ class StepScalars:
     u: Tensor | None  # [rows, T] one uniform per position (None when greedy)
 
     @classmethod
-    def at(cls, params: DecodeParams, kind: str, mask_p: Tensor, i: int, steps: int, u: Tensor | None) -> StepScalars:
+    def at(cls, params: DecodeParams, mask_p: Tensor, i: int, steps: int, u: Tensor | None) -> StepScalars:
         temp = step_temperature(params.temperature, params.anneal_temperature, steps - 1 - i, steps)
         return cls(mask_p, cfg_coef(mask_p, params), temp, u)
 
@@ -115,7 +118,7 @@ class DecodePath(enum.Enum):
 class PathChoice:
     path: DecodePath
     attention: Attention
-    reason: str  # why this path, in words (logged, and asserted by tests)
+    reason: str  # why this path, in words (logged at debug level, and asserted by tests)
 
 
 def choose_path(device: torch.device, params: DecodeParams, *, rescoring: bool, graphs: bool,
@@ -347,6 +350,7 @@ def decode(lm: MagnetLM, cond: Tensor, frames: int, params: DecodeParams, groups
     fixed, init = _pinned(fixed, init_codes, B, K, frames, C, device)
     rescoring = rescorer is not None and params.rescore_weight > 0
     choice = choose_path(device, params, rescoring=rescoring, graphs=graphs is not None, requested=path)
+    log.debug("decode: %s steps, %s attention: %s", choice.path.value, choice.attention.value, choice.reason)
     step = make_step(lm, params, choice, rescorer, graphs)
     batch = _Batch(torch.where(fixed, init, torch.full_like(init, C)), fixed, init, cond.to(device), cross_len,
                    groups)
@@ -390,7 +394,7 @@ def _decode_stage(step: DecodeStep, batch: _Batch, stage: int, steps: int, progr
                 if not batch.groups:
                     return
         u = batch.uniforms() if kind != "greedy" else None
-        scores = step(batch, stage, StepScalars.at(params, kind, mask_p, i, steps, u), scores, n_units)
+        scores = step(batch, stage, StepScalars.at(params, mask_p, i, steps, u), scores, n_units)
         progress.step(batch, stage, i, steps)
 
 
