@@ -31,6 +31,7 @@ SLOW = DecodeParams(decoding_steps=(200, 1, 1, 1))
 REQUESTS = [(f"r{i}", p, d, FAST, 100 + i) for i, (p, d) in
             enumerate([("dusty breakbeat", 0.5), ("warm pads", 0.6), ("dusty breakbeat", 0.8), ("", 1.0)])]
 KILLED = ("k", "acid bassline", 4.0, MID, 7)
+LONG = ("l", "ambient drift", 22.0, FAST, 5)  # long-form: three windows of tiny-random's 10 s, each on a replica
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -84,7 +85,7 @@ def reference(tmp_path_factory, zctx) -> dict[str, bytes]:
     """The single daemon's takes for the same requests."""
     d = start(tmp_path_factory)
     try:
-        got = run_all(zctx, d.endpoint, [*REQUESTS, KILLED])
+        got = run_all(zctx, d.endpoint, [*REQUESTS, KILLED, LONG])
     finally:
         assert d.stop() == 0, d.log()[-3000:]
     for msgs in got.values():
@@ -225,3 +226,25 @@ def test_bad_replica_options_are_refused_before_anything_starts(args, why):
     out = subprocess.run([sys.executable, "-m", "daemon", "--model", "tiny-random", *args], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and why in out.stderr, out.stderr[-2000:]
+
+
+def test_long_form_runs_window_by_window_on_the_replicas(cluster, reference, zctx):
+    msgs = run_all(zctx, cluster.endpoint, [LONG])["l"]
+    check_one_terminal(msgs)
+    assert [m.window for m in msgs if m.TYPE == "window"] == [0, 1, 2]
+    assert audio_bytes(msgs) == reference["l"]
+
+
+def test_a_client_that_vanishes_frees_its_replica(cluster, zctx):
+    c = Client(zctx, cluster.endpoint)
+    c.send(gen("gone", "drone", 4.0, SLOW, 3))
+    assert c.next("gone").TYPE == "accepted"
+    assert c.next("gone", timeout=60).TYPE == "progress"
+    c.close()  # the daemon's next message to it fails: the request is cancelled at its next step
+
+    def idle():
+        st = status(zctx, cluster.endpoint)
+        return st if st.running == 0 and all(r.running == 0 for r in st.replicas) else None
+
+    st = wait_for(idle, "the vanished client's request to leave its replica", timeout=60, every=0.2)
+    assert not [q for q in st.queue if q.id == "gone"], st.queue
