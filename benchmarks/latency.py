@@ -67,7 +67,7 @@ def time_interleaved(fns: dict, repeats: int, device: torch.device) -> dict:
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].append(timed(fn, device))
-    return {name: {"p50_s": float(np.percentile(t, 50)), "p95_s": float(np.percentile(t, 95)),
+    return {name: {"p50_s": float(np.percentile(t, 50)), "p95_s": float(np.percentile(t, 95)), "min_s": min(t),
                    "mean_s": float(np.mean(t)), "warmup_s": warm[name], "runs": len(t)} for name, t in times.items()}
 
 
