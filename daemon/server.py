@@ -440,7 +440,8 @@ def build_parser(front_ends: Sequence[FrontEnd] = ()) -> argparse.ArgumentParser
                         "set; 1 with a GPU; else the physical cores less those already busy)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: as released (fp16 blocks on CUDA, fp32 on CPU); int8: quantized block "
-                        "projections, ~1.8x faster on a CPU at ~2 %% logit error (default auto)")
+                        "projections, 1.3-1.5x faster per forward on a CPU, guided logits within 3 %% of their range "
+                        "(measured: benchmarks/RESULTS.md) (default auto)")
     p.add_argument("--step-graphs", default="auto", choices=STEP_GRAPHS,
                    help="decode with static-shape steps captured as CUDA graphs at warm-up (auto: on CUDA, "
                         "off on a CPU where the dynamic fast path is faster); the codes are the same either way")

@@ -89,6 +89,11 @@ def quantize_int8(lm: MagnetLM, keep_float: frozenset[str] = KEEP_FLOAT,
     return lm
 
 
+def int8_modules(lm: MagnetLM) -> int:
+    """How many int8 linears `lm` computes with (0: `quantize_int8` kept every block in float)."""
+    return sum(1 for m in lm.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear))
+
+
 @torch.inference_mode()
 def guided_logit_error(reference: MagnetLM, other: MagnetLM, codes: Tensor, cond: Tensor, stage: int,
                        coef: float = 10.0, form: Attention = Attention.DENSE) -> float:

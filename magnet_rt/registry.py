@@ -96,7 +96,7 @@ def load_pipeline(name: str, device: str = "auto", text_encoder: str | None = No
     either way)."""
     from .bundle import is_bundle, load_bundle
     from .errors import InvalidParams
-    from .int8 import quantize_int8
+    from .int8 import int8_modules, quantize_int8
     from .pipeline import MagnetPipeline, PipelineOptions
 
     if precision not in PRECISIONS:
@@ -115,7 +115,8 @@ def load_pipeline(name: str, device: str = "auto", text_encoder: str | None = No
         if pipe.device.type != "cpu":
             raise InvalidParams("precision int8 is a CPU path; on a GPU the release's fp16 is used")
         quantize_int8(pipe.lm)
-        log.info("model %s: int8 block projections (CPU; not bit-compatible with fp32)", name)
+        log.info("model %s: %d int8 block projections (CPU; not bit-compatible with fp32)", name,
+                 int8_modules(pipe.lm))
     return pipe
 
 

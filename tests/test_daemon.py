@@ -8,6 +8,7 @@ decoding steps, and are cancelled once they have served their purpose.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -345,8 +346,9 @@ def test_graceful_shutdown_answers_everything(short_daemon, zctx):
 
 
 def test_int8_precision_serves_a_take(tmp_path):
-    """`serve --precision int8`: the CPU fast path loads, warms up and renders through the protocol."""
-    d = DaemonProcess("--model", "tiny-random", "--device", "cpu", "--precision", "int8")
+    """`serve --precision int8`: the CPU fast path loads, warms up and renders through the protocol, and
+    really computes with int8 linears (the demo LM: its middle blocks; tiny-random's 2 blocks stay float)."""
+    d = DaemonProcess("--model", "demo", "--device", "cpu", "--precision", "int8")
     d.start()
     try:
         c = Client(zmq.Context.instance(), d.endpoint)
@@ -359,7 +361,8 @@ def test_int8_precision_serves_a_take(tmp_path):
             c.close()
     finally:
         assert d.stop() == 0
-    assert "int8" in d.log()
+    swapped = re.search(r"model demo: (\d+) int8 block projections", d.log())
+    assert swapped and int(swapped.group(1)) > 0, d.log()[-2000:]
 
 
 def test_step_graphs_on_serves_the_same_take(tmp_path, pipe):
