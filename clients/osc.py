@@ -271,7 +271,7 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 @dataclass
-class Job:
+class OscJob:
     """One OSC job: its request, where its replies go, and what has arrived of its current stream."""
 
     to: tuple[str, int]  # where its replies go (OSC.md §1)
@@ -313,7 +313,7 @@ class Job:
 
 
 OscHandler = Callable[[tuple[str, int], str, dict[str, Any]], Awaitable[None]]
-Build = Callable[[Job, P.Welcome], AsyncRequestStream]
+Build = Callable[[OscJob, P.Welcome], AsyncRequestStream]
 
 
 class OscBridge:
@@ -329,7 +329,7 @@ class OscBridge:
         self.output = output or OutputDir()
         self.output.ensure()
         self.clean_outputs, self.server_public_key = clean_outputs, server_public_key
-        self.by_osc: dict[tuple[tuple[str, int], str], Job] = {}  # (reply to, OSC id) -> open job
+        self.by_osc: dict[tuple[tuple[str, int], str], OscJob] = {}  # (reply to, OSC id) -> open job
         self.port = 0
         self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
@@ -344,7 +344,7 @@ class OscBridge:
             "/magnet/prompt": self._set_prompt, "/magnet/cancel": self._cancel, "/magnet/status": self._status,
             "/magnet/ping": self._ping,
         }
-        self.events: dict[type, Callable[[Job, Any], None]] = {
+        self.events: dict[type, Callable[[OscJob, Any], None]] = {
             P.Accepted: self._on_accepted, P.Progress: self._on_progress, P.Window: self._on_window,
             P.AudioChunk: self._on_audio, P.Done: self._on_done, P.Cancelled: self._on_cancelled,
         }
@@ -490,7 +490,7 @@ class OscBridge:
         reply = await self.client.set_prompt(job.stream.id, v["prompt"])
         self.send(to, "/magnet/prompt", job.osc_id, reply.window)
 
-    def _targets(self, to: tuple[str, int], osc_id: str, many: bool = True) -> list[Job]:
+    def _targets(self, to: tuple[str, int], osc_id: str, many: bool = True) -> list[OscJob]:
         """The open job `osc_id` whose replies go to `to`; with `many`, for `*` (or `*@<port>`) every open job
         whose replies go there (OSC.md §3 `/magnet/cancel`)."""
         if many and osc_id.startswith("*"):
@@ -514,7 +514,7 @@ class OscBridge:
         if (to, osc_id) in self.by_osc:
             raise OscError("duplicate_id", f"job {osc_id!r} is still running; use a fresh id")
         seed = v["seed"] if v["seed"] >= 0 else random.randrange(2**24)  # exact in Pd's floats
-        job = self.by_osc[(to, osc_id)] = Job(to, osc_id, address, v, seed, outputs=v.get("count", 1))
+        job = self.by_osc[(to, osc_id)] = OscJob(to, osc_id, address, v, seed, outputs=v.get("count", 1))
         try:
             stream: AsyncRequestStream | None = build(job, await self._welcome())
             while stream is not None and not job.cancelled:
@@ -529,37 +529,37 @@ class OscBridge:
         finally:
             self._end(job)
 
-    def _end(self, job: Job) -> None:
+    def _end(self, job: OscJob) -> None:
         if self.by_osc.get((job.to, job.osc_id)) is job:
             del self.by_osc[(job.to, job.osc_id)]
 
     # ---- the request each job address sends (`Build`) ------------------------------------------------------------
-    def _frames(self, job: Job, welcome: P.Welcome) -> float | None:
+    def _frames(self, job: OscJob, welcome: P.Welcome) -> float | None:
         """The job's length rounded up to whole frames of the daemon (trimmed to musical time later)."""
         seconds = job.seconds()
         return None if seconds is None else math.ceil(seconds * welcome.frame_rate) / welcome.frame_rate
 
-    def _generate(self, job: Job, welcome: P.Welcome) -> AsyncRequestStream:
+    def _generate(self, job: OscJob, welcome: P.Welcome) -> AsyncRequestStream:
         v, duration = job.values, self._frames(job, welcome)
         return self.client.generate(v["prompt"], duration_s=duration, variations=job.outputs,
                                     hybrid_s=v.get("hybrid_s"), **job.render(),
                                     **_loudness(v, duration, welcome.limits.max_duration_s))
 
-    def _endless(self, job: Job, welcome: P.Welcome) -> AsyncRequestStream:
+    def _endless(self, job: OscJob, welcome: P.Welcome) -> AsyncRequestStream:
         return self.client.generate(job.values["prompt"], endless=True, **job.render())
 
-    def _inpaint(self, job: Job, welcome: P.Welcome) -> AsyncRequestStream:
+    def _inpaint(self, job: OscJob, welcome: P.Welcome) -> AsyncRequestStream:
         v = job.values
         return self.client.inpaint(self._source(v["wav_path"]), v["start_s"], v["end_s"], v["prompt"],
                                    **job.render())
 
-    def _inpaint_bars(self, job: Job, welcome: P.Welcome) -> AsyncRequestStream:
+    def _inpaint_bars(self, job: OscJob, welcome: P.Welcome) -> AsyncRequestStream:
         v = job.values  # edges on whole samples at the clip's rate (the daemon)
         return self.client.inpaint(self._source(v["wav_path"]), None, None, v["prompt"], start_bar=v["start_bar"],
                                    end_bar=v["end_bar"], bpm=v["bpm"], beats_per_bar=BEATS_PER_BAR,
                                    downbeat_s=v.get("downbeat_s", 0.0), **job.render())
 
-    def _continue(self, job: Job, welcome: P.Welcome) -> AsyncRequestStream:
+    def _continue(self, job: OscJob, welcome: P.Welcome) -> AsyncRequestStream:
         job.sent_s = self._frames(job, welcome)
         return self.client.continue_(self._source(job.values["wav_path"]), job.values["prompt"],
                                      duration_s=job.sent_s, **job.render())
@@ -577,20 +577,20 @@ class OscBridge:
                                   details={"field": "source.path"}) from None
 
     # ---- daemon events (one handler a type) ------------------------------------------------------------------------
-    def _on_accepted(self, job: Job, msg: P.Accepted) -> None:
+    def _on_accepted(self, job: OscJob, msg: P.Accepted) -> None:
         if job.cancelled:  # /magnet/cancel came before the daemon had the request
             self._spawn(self._cancel_request(msg.id))
         if job.phase == 0:
             self.send(job.to, "/magnet/accepted", job.osc_id, msg.queue_position)
 
-    def _on_progress(self, job: Job, msg: P.Progress) -> None:
+    def _on_progress(self, job: OscJob, msg: P.Progress) -> None:
         self.send(job.to, "/magnet/progress", job.osc_id, (job.phase + msg.step / msg.total) / job.phases)
 
-    def _on_window(self, job: Job, msg: P.Window) -> None:
+    def _on_window(self, job: OscJob, msg: P.Window) -> None:
         self._flush_window(job)
         job.windowed, job.window, job.window_parts = True, (msg.window, msg.start_s, msg.duration_s), []
 
-    def _on_audio(self, job: Job, msg: P.AudioChunk) -> None:
+    def _on_audio(self, job: OscJob, msg: P.AudioChunk) -> None:
         job.rate = msg.sample_rate
         if job.address == "/magnet/endless":  # an endless job never ends with the whole take: nothing is kept
             x = P.pcm_decode(msg.data, msg.format, msg.channels)
@@ -598,12 +598,12 @@ class OscBridge:
             x = job.assembler.add(msg)
         self._window_audio(job, msg, x)
 
-    def _on_cancelled(self, job: Job, msg: P.Cancelled) -> None:
+    def _on_cancelled(self, job: OscJob, msg: P.Cancelled) -> None:
         self._end(job)
         self._flush_window(job)
         self.send(job.to, "/magnet/cancelled", job.osc_id)
 
-    def _on_done(self, job: Job, msg: P.Done) -> None:
+    def _on_done(self, job: OscJob, msg: P.Done) -> None:
         takes = self._takes(job)
         if job.phases == 2 and job.phase == 0:  # seal the wrap: inpaint the rotated clip around its middle
             job.phase, job.after = 1, self._seal(job, takes[0])
@@ -616,7 +616,7 @@ class OscBridge:
             self.send(job.to, "/magnet/done", job.osc_id, osc_path(path), a.shape[-1] / job.rate, a.shape[-1],
                       job.rate, job.seed + v, v, job.outputs)
 
-    def _takes(self, job: Job) -> list[np.ndarray]:
+    def _takes(self, job: OscJob) -> list[np.ndarray]:
         """The outputs, trimmed to musical time (a continue: the clip, then exactly the time asked for)."""
         outs = [job.assembler.take(v) for v in range(job.outputs)]
         n = job.samples(job.rate)
@@ -626,7 +626,7 @@ class OscBridge:
             raise P.ProtocolError(P.ErrorCode.INTERNAL, f"the daemon sent {outs[0].shape[-1]} samples, {n} needed")
         return [a[:, :n] if n is not None else a for a in outs]
 
-    def _seal(self, job: Job, clip: np.ndarray) -> AsyncRequestStream:
+    def _seal(self, job: OscJob, clip: np.ndarray) -> AsyncRequestStream:
         """/magnet/loop's second request: the clip rotated by half its length, so that its wrap (last sample ->
         first) sits in the middle, inpainted over SEAL_WINDOW_S around it (as magnet_rt/loop.py's LoopPlan)."""
         n, rate = clip.shape[-1], job.rate
@@ -636,7 +636,7 @@ class OscBridge:
         return self.client.inpaint(make_source(np.roll(clip, -job.shift, axis=-1), rate), (wrap - half) / rate,
                                    (wrap + half) / rate, job.values["prompt"], **job.render())
 
-    def _window_audio(self, job: Job, msg: P.AudioChunk, x: np.ndarray) -> None:
+    def _window_audio(self, job: OscJob, msg: P.AudioChunk, x: np.ndarray) -> None:
         """Long-form / endless: gather a window's audio; once it is all in, write it and send /magnet/chunk.
         Audio with no window announced (the tail sent after a cancel) is window -1."""
         if not job.windowed:
@@ -649,7 +649,7 @@ class OscBridge:
         if msg.last or (index >= 0 and have >= round(duration * msg.sample_rate)):
             self._flush_window(job)
 
-    def _flush_window(self, job: Job) -> None:
+    def _flush_window(self, job: OscJob) -> None:
         if job.window is None or not job.window_parts:
             job.window = None
             return

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from magnet_rt.decoding import StepEvent
-from magnet_rt.errors import Cancelled
+from magnet_rt.errors import DecodeCancelled
 from magnet_rt.registry import load_pipeline
 from protocol import ErrorCode, ProtocolError, ReplicaInfo
 
@@ -103,7 +103,8 @@ class EngineReplica:
             while True:
                 item = await events.get()
                 if item[0] != "step":
-                    self.failures = 0 if item[0] == "results" or isinstance(item[1], Cancelled) else self.failures + 1
+                    healthy = item[0] == "results" or isinstance(item[1], DecodeCancelled)
+                    self.failures = 0 if healthy else self.failures + 1
                     yield item
                     return
                 yield item

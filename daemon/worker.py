@@ -213,7 +213,7 @@ class Worker(threading.Thread):
                 raise ProtocolError(ErrorCode.MODEL_NOT_LOADED, f"model {t.model} was unloaded",
                                     details={"model": t.model})
             plan.prepare(pipe, cancelled=lambda: t.cancel_requested or t.state == State.FINISHED)
-        except Exception as exc:  # noqa: BLE001 - answered with its typed error (Cancelled: `cancelled`)
+        except Exception as exc:  # noqa: BLE001 - answered with its typed error (DecodeCancelled: `cancelled`)
             self._terminate(t, None if t.cancel_requested else exc)
             return
         self.sched.set_prepared(t, (t.model, plan.job.batch_key()))

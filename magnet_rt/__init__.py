@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 from .errors import (
-    Cancelled,
     CheckpointError,
+    DecodeCancelled,
     InvalidAudio,
     InvalidParams,
     InvalidRegion,
@@ -23,7 +23,7 @@ from .params import DecodeParams
 
 __all__ = [
     "RELEASED_SHAPES",
-    "Cancelled",
+    "DecodeCancelled",
     "CheckpointError",
     "DecodeParams",
     "InvalidAudio",

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .devices import fastest_forms
-from .errors import Cancelled, InvalidParams
+from .errors import DecodeCancelled, InvalidParams
 from .graphs import Bucket, StepForm, StepGraphs
 from .interfaces import BindableRescorer, Rescorer
 from .lm import Attention, CrossInputs, MagnetLM
@@ -404,7 +404,7 @@ def decode_single(lm: MagnetLM, text_hidden: Tensor, text_mask: Tensor, frames: 
                   path: DecodePath | None = None, graphs: StepGraphs | None = None,
                   cancelled: Callable[[], bool] | None = None) -> Tensor:
     """One request of B text rows, padded as released (all rows attend to every padded text position).
-    `cancelled()` -> True stops between steps and raises Cancelled."""
+    `cancelled()` -> True stops between steps and raises DecodeCancelled."""
     if generator is None:
         generator = torch.Generator(device=lm.device)
         generator.manual_seed(pick_seed(None if seed is None else int(seed)))
@@ -416,5 +416,5 @@ def decode_single(lm: MagnetLM, text_hidden: Tensor, text_mask: Tensor, frames: 
                      init_codes=init_codes, on_step=progress, path=path, graphs=graphs,
                      is_cancelled=(lambda _: cancelled()) if cancelled else None)[0]
     if out is None:
-        raise Cancelled("generation cancelled")
+        raise DecodeCancelled("generation cancelled")
     return out

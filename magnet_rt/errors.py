@@ -7,7 +7,7 @@ set small and the names stable.
 from __future__ import annotations
 
 __all__ = [
-    "Cancelled",
+    "DecodeCancelled",
     "CheckpointError",
     "InvalidAudio",
     "InvalidParams",
@@ -43,5 +43,5 @@ class InvalidRegion(MagnetError, ValueError):
     """A time region (e.g. an inpainting span) is empty, reversed or outside the audio."""
 
 
-class Cancelled(MagnetError):
+class DecodeCancelled(MagnetError):
     """The request was cancelled before it finished."""

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from . import audio as audio_ops
-from .errors import Cancelled, InvalidParams
+from .errors import DecodeCancelled, InvalidParams
 from .jobs import Job, JobResult, Pipeline, Prepared
 from .params import DecodeParams, pick_seed
 from .rescoring import MusicgenRescorer
@@ -60,7 +60,7 @@ def musicgen_generate(musicgen: MusicgenRescorer, frames: int, generators: list[
     k_idx = torch.arange(K, device=dev)
     for s in range(steps):
         if cancelled is not None and cancelled():
-            raise Cancelled("generation cancelled")
+            raise DecodeCancelled("generation cancelled")
         col = delayed[:, :, s:s + 1]
         col = torch.cat([col, col]) if cfg else col
         out = model.model(input_ids=col.reshape(rows * K, 1), past_key_values=cache, use_cache=True, **cross)
@@ -104,7 +104,7 @@ class HybridPrepared(Prepared):
 
     def finish_all(self, results: list[JobResult | None]) -> JobResult:
         if any(r is None for r in results):
-            raise Cancelled("generation cancelled")
+            raise DecodeCancelled("generation cancelled")
         if len(results) == 1:
             return self.finish(results[0])
         first = results[0]

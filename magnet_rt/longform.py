@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from . import audio as audio_ops
-from .errors import Cancelled, InvalidParams
+from .errors import DecodeCancelled, InvalidParams
 from .jobs import Job, Pipeline
 from .params import PICKED_SEEDS, DecodeParams, pick_seed
 
@@ -229,7 +229,7 @@ def generate_long(pipe: Pipeline, prompt: str | None, duration_s: float, params:
     """`stream_long` collected: audio [C, N] with N = round(duration_s * frame_rate) * hop samples."""
     chunks = list(stream_long(pipe, prompt, duration_s, params, seed, **kwargs))
     if not chunks or not chunks[-1].final or chunks[-1].window < 0:
-        raise Cancelled("generation cancelled")
+        raise DecodeCancelled("generation cancelled")
     codes = torch.cat([c.codes[:, c.pinned:] for c in chunks], dim=-1)
     return LongResult(np.concatenate([c.audio for c in chunks], -1), pipe.sample_rate, codes, chunks)
 

@@ -30,7 +30,7 @@ from .conditioning import T5TextEncoder, TextEncoder
 from .decoding import DecodePath, RowGroup, StepEvent, decode
 from .devices import Stopwatch, codec_device, codec_half, lm_dtype, pick_device
 from .encodec_checkpoints import load_audiocraft_codec
-from .errors import Cancelled, InvalidParams
+from .errors import DecodeCancelled, InvalidParams
 from .graphs import StepGraphs, check_step_graphs, use_static
 from .interfaces import BindableRescorer, Rescorer
 from .jobs import Job, JobResult, Prepared
@@ -222,7 +222,7 @@ class MagnetPipeline:
         res = self.run_batch([job], on_step=(lambda _, ev: progress(ev)) if progress else None,
                              is_cancelled=(lambda _: cancelled()) if cancelled else None)[0]
         if res is None:
-            raise Cancelled("generation cancelled")
+            raise DecodeCancelled("generation cancelled")
         return res
 
     # ---- user-facing operations ------------------------------------------------------------------------

@@ -269,8 +269,8 @@ def test_ctrl_c_cancels_and_waits_for_the_end(daemon, tmp_path):
 def test_rich_progress_on_a_terminal(daemon):
     import io
 
-    from clients.client import MagnetClient
     from cli.progress import PlainReporter, Reporter, RichReporter, make_reporter
+    from clients.client import MagnetClient
 
     class Tty(io.StringIO):
         def isatty(self):

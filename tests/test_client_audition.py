@@ -11,9 +11,9 @@ import types
 import numpy as np
 import pytest
 
+from cli.main import main
 from clients import audition
 from clients.audition import Audition, Player, RingBuffer
-from cli.main import main
 from clients.errors import AudioUnavailable
 from clients.fakedaemon import FakeDaemon
 

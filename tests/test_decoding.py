@@ -203,8 +203,8 @@ def test_cancel_raises_and_progress_reports_each_step_and_stage_codes():
     assert [e.stage for e in ends] == [0, 1, 2, 3]
     assert torch.equal(ends[-1].codes[0], out)
     assert int((ends[0].codes[0][:, 1:] == LM.card).all()) == 1  # after stage 0 only codebook 0 is known
-    from magnet_rt.errors import Cancelled
-    with pytest.raises(Cancelled):
+    from magnet_rt.errors import DecodeCancelled
+    with pytest.raises(DecodeCancelled):
         decode_single(LM, *TEXT, 24, params(), seed=0, cancelled=lambda: True)
 
 

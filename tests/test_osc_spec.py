@@ -17,9 +17,9 @@ from clients.osc import (
     DEFAULT_REPLY_PORT,
     REPLIES,
     REQUESTS,
-    Job,
     OscBridge,
     OscError,
+    OscJob,
     forms,
     osc_path,
     parse,
@@ -66,7 +66,7 @@ def test_lengths_are_whole_frames_of_the_daemons_welcome(tmp_path):
     bridge = OscBridge("tcp://127.0.0.1:1", "127.0.0.1:0", output=OutputDir(tmp_path))
     try:
         values = parse("/magnet/generate", ("g", "p", "live", 1, 1, 123.4))
-        job = Job(("127.0.0.1", 1), "g", "/magnet/generate", values, seed=1)
+        job = OscJob(("127.0.0.1", 1), "g", "/magnet/generate", values, seed=1)
         rounded = {rate: bridge._frames(job, SimpleNamespace(frame_rate=rate)) for rate in (50, 75)}
     finally:
         bridge.close()
