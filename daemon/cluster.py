@@ -7,8 +7,10 @@ deployment whose replicas each hold a warm pipeline on their own device. A batch
 replica as events: which replica took it, each decoding step (codes for previews), then the results.
 
 - Cancel: when every job of a batch is cancelled the Ray response is cancelled, which sets the replica's
-  cancel flag (its decode loop stops at the next step). A single cancelled job of a shared batch is dropped
-  at the front (its result is None, as the engine's contract says); the replica finishes the batch.
+  cancel flag (its decode loop stops at the next step). A cancelled job of a shared batch is posted on the
+  front's `CancelBoard` (a small Ray actor); the replica reads the board at each step and the engine drops
+  that job's rows from the batch at its next step (its result is None, as the engine's contract says), while
+  the other jobs go on.
 - Faults: a replica that dies mid-batch raises `RayActorError` here; the batch is run again on another
   replica. Every job has a seed (the daemon picks one when the request has none), so the rerun gives the
   same codes; step events already forwarded are not forwarded twice. After `max_attempts` deaths on one
@@ -28,6 +30,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 FORWARDED_ENV = ("MAGNET_RT_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS")
 # Before Ray is imported: a local Ray talks over 127.0.0.1 only (Ray's single-machine mode); unset when joining.
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+BOARD_READ_S = 0.05  # how often a replica reads the cancel board while it decodes (one actor call each)
 
 
 @dataclass
@@ -65,9 +69,25 @@ class ClusterConfig:
 
 
 # ---- the replica (runs in a Ray actor) ----------------------------------------------------------------------
+class CancelBoard:
+    """A Ray actor, one per front: the jobs of running batches that their clients cancelled."""
+
+    def __init__(self):
+        self.cancelled: dict[str, set[int]] = {}
+
+    def cancel(self, batch: str, jobs: list[int]) -> None:
+        self.cancelled.setdefault(batch, set()).update(jobs)
+
+    def read(self, batch: str) -> list[int]:
+        return sorted(self.cancelled.get(batch, ()))
+
+    def forget(self, batch: str) -> None:
+        self.cancelled.pop(batch, None)
+
+
 class EngineReplica:
-    """One warm pipeline. `run_batch` is an async generator of ("replica", id, pid), ("step", job, event)...,
-    then ("results", [JobResult | None]) or ("error", exception)."""
+    """One warm pipeline. `run_batch` is an async generator of ("replica", id, pid), ("step", job, event) and
+    ("dropped", [job...]) (cancelled jobs it stopped), then ("results", [JobResult | None]) or ("error", exc)."""
 
     def __init__(self, name: str, cfg: ClusterConfig):
         from ray import serve
@@ -79,10 +99,12 @@ class EngineReplica:
         self.unhealthy_after = cfg.unhealthy_after
         self.failures = 0  # engine failures in a row
 
-    async def run_batch(self, jobs):
+    async def run_batch(self, jobs, board=None, batch: str = ""):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
+        dropped: set[int] = set()  # jobs cancelled on the board: the engine drops their rows at its next step
+        next_read = 0.0
 
         def put(item) -> None:
             loop.call_soon_threadsafe(events.put_nowait, item)
@@ -93,7 +115,8 @@ class EngineReplica:
 
         def work() -> None:
             try:
-                put(("results", self.pipe.run_batch(jobs, on_step=on_step, is_cancelled=lambda _: stop.is_set())))
+                put(("results", self.pipe.run_batch(jobs, on_step=on_step,
+                                                    is_cancelled=lambda ji: stop.is_set() or ji in dropped)))
             except Exception as exc:  # noqa: BLE001 - sent to the front, which answers with its typed error
                 put(("error", exc))
 
@@ -108,6 +131,11 @@ class EngineReplica:
                     yield item
                     return
                 yield item
+                if board is not None and time.monotonic() >= next_read:  # at most every BOARD_READ_S
+                    next_read = time.monotonic() + BOARD_READ_S
+                    if new := set(await board.read.remote(batch)) - dropped:
+                        dropped.update(new)
+                        yield ("dropped", sorted(new))
         finally:  # a cancelled response (asyncio.CancelledError) lands here: the decode stops at its next step
             stop.set()
 
@@ -153,8 +181,8 @@ class ReplicaPipeline:
     """The engine's pipeline contract (`run_batch`, `codec`, `lm`, `frame_rate`, ...) with `run_batch` run on a
     Serve replica. Every other attribute is the front's local CPU copy's."""
 
-    def __init__(self, local, handle, app: str, cluster: Cluster):
-        self._local, self._handle, self._app, self._cluster = local, handle, app, cluster
+    def __init__(self, local, handle, app: str, cluster: Cluster, board):
+        self._local, self._handle, self._app, self._cluster, self._board = local, handle, app, cluster, board
         self._tracker = Tracker()
         weakref.finalize(self, cluster.delete_app, app)  # unload: the model's replicas go too
 
@@ -184,18 +212,25 @@ class ReplicaPipeline:
         from ray.serve.exceptions import RequestCancelledError
 
         cancelled = is_cancelled or (lambda _: False)
-        gen = self._handle.options(stream=True).run_batch.remote(jobs)
+        batch, posted = uuid.uuid4().hex, set()  # jobs of this batch posted on the cancel board
+        gen = self._handle.options(stream=True).run_batch.remote(jobs, self._board, batch)
         replica, died = None, False
         try:
             for item in gen:
                 if item[0] == "replica":
                     replica = item[1]
                     self._tracker.started(replica, item[2])
+                elif item[0] == "dropped":
+                    log.info("replica %s stopped cancelled job(s) %s of a batch of %d", replica, item[1], len(jobs),
+                             extra={"ctx": {"app": self._app, "replica": replica, "jobs": item[1]}})
                 elif item[0] == "step":
                     _, ji, ev = item
                     if all(cancelled(j) for j in range(len(jobs))):
                         gen.cancel()  # the replica stops at its next step
                         return [None] * len(jobs)
+                    if new := {j for j in range(len(jobs)) if cancelled(j)} - posted:
+                        posted |= new
+                        self._board.cancel.remote(batch, sorted(new))
                     if on_step is not None and not cancelled(ji) and ev.step > reported[ji]:
                         reported[ji] = ev.step
                         on_step(ji, ev)
@@ -210,6 +245,8 @@ class ReplicaPipeline:
             died = True
             raise
         finally:
+            if posted:
+                self._board.forget.remote(batch)
             if replica is not None:
                 self._tracker.ended(replica, died)
 
@@ -233,6 +270,7 @@ class Cluster:
         self.cfg = cfg
         self._lock = threading.Lock()
         self._started = False
+        self.board = None  # the CancelBoard actor, made at start
 
     def start(self) -> None:
         with self._lock:
@@ -251,6 +289,7 @@ class Cluster:
             handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
             ray.init(address=self.cfg.address, **kw)
             serve.start(proxy_location="Disabled")  # no HTTP: clients come through the daemon's socket
+            self.board = ray.remote(num_cpus=0)(CancelBoard).remote()
             for sig, handler in handlers.items():  # Ray's own would abort: the daemon's shutdown stays (§6)
                 if handler is not None:
                     signal.signal(sig, handler)
@@ -274,7 +313,7 @@ class Cluster:
         handle = serve.run(deployment.bind(name, cfg), name=app, route_prefix=None)
         log.info("model %s on %d replica(s) in %.1f s", name, cfg.replicas, time.perf_counter() - t0,
                  extra={"ctx": {"model": name, "replicas": cfg.replicas}})
-        return ReplicaPipeline(local, handle, app, self)
+        return ReplicaPipeline(local, handle, app, self, self.board)
 
     def replica_ids(self, app: str) -> dict[str, str]:
         """{replica id: "alive"} of the model's deployment: its replica actors registered with Ray now."""

@@ -8,6 +8,7 @@ the single daemon's for the same requests and seeds. Every wait has a deadline.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,6 +143,57 @@ def test_concurrent_clients_get_the_single_daemons_bytes(cluster, reference, zct
     alive = [r for r in st.replicas if r.state == "alive"]
     assert len(alive) == 2 and all(r.pid for r in alive), st.replicas
     assert sum(r.batches for r in st.replicas) >= 2 and all(r.running == 0 for r in st.replicas), st.replicas
+
+
+def test_cancelling_one_request_of_a_shared_batch_stops_only_its_rows(cluster, zctx):
+    """Both replicas busy, then two requests of one shape queue and share a batch; cancelling one posts it on
+    the cancel board, the replica drops its rows and the other request still ends with `done`. (Before the
+    tests that kill replicas: Serve's restarted replica may take a while to take work again.)"""
+    got: dict[str, list] = {}
+    blockers = [(f"busy{i}", "drone", 3.0 + 0.2 * i, SLOW, 30 + i) for i in range(2)]  # one batch each
+
+    def collect(r) -> None:
+        c = Client(zctx, cluster.endpoint)  # waits with heartbeats, so the daemon keeps hearing it
+        try:
+            got[r[0]] = c.request(gen(*r), timeout=240)
+        finally:
+            c.close()
+
+    def alive() -> int:  # a replica killed by an earlier test comes back once Serve has restarted it
+        return sum(r.state == "alive" for r in status(zctx, cluster.endpoint).replicas)
+
+    wait_for(lambda: True if alive() >= 2 else None, "two live replicas", timeout=240, every=0.5)
+    threads = [threading.Thread(target=collect, args=(r,)) for r in blockers]
+    for t in threads:
+        t.start()
+    wait_for(lambda: True if sum(r.running for r in status(zctx, cluster.endpoint).replicas) >= 2 else None,
+             "both replicas running a blocker", timeout=120, every=0.1)
+    threads.append(threading.Thread(target=collect, args=(("shared-b", "pads", 4.0, SLOW, 42),)))
+    a = Client(zctx, cluster.endpoint)
+    try:
+        a.send(gen("shared-a", "drone", 4.0, SLOW, 41))
+        threads[-1].start()
+        kinds = []
+        while not kinds or kinds[-1] != "progress":  # queued behind the blockers, then running beside shared-b
+            kinds.append(a.next("shared-a", timeout=180).TYPE)
+            assert len(kinds) < 50 and not is_terminal_kind(kinds[-1]), kinds
+        assert a.call(Cancel(id="xa", target="shared-a")).state == "running"
+        a_msgs = a.until_terminal("shared-a", timeout=120)
+    finally:
+        a.close()
+    for t in threads:
+        t.join(260)
+    assert a_msgs[-1].TYPE == "cancelled" and sum(is_terminal(m) for m in a_msgs) == 1, [m.TYPE for m in a_msgs]
+    for rid in ("busy0", "busy1", "shared-b"):
+        check_one_terminal(got[rid])
+    log = wait_for(lambda: cluster.log() if re.search(r"stopped cancelled job\(s\) \[\d\] of a batch of 2",
+                                                       cluster.log()) else None,
+                   "the replica's report that it dropped the cancelled job of a shared batch", timeout=30)
+    assert log
+
+
+def is_terminal_kind(kind: str) -> bool:
+    return kind in ("done", "error", "cancelled")
 
 
 def test_a_replica_killed_mid_batch_reruns_it_on_another(cluster, reference, zctx):
