@@ -225,10 +225,11 @@ class ReplicaPipeline:
                              extra={"ctx": {"app": self._app, "replica": replica, "jobs": item[1]}})
                 elif item[0] == "step":
                     _, ji, ev = item
-                    if all(cancelled(j) for j in range(len(jobs))):
+                    gone = {j for j in range(len(jobs)) if cancelled(j)}
+                    if len(gone) == len(jobs):
                         gen.cancel()  # the replica stops at its next step
                         return [None] * len(jobs)
-                    if new := {j for j in range(len(jobs)) if cancelled(j)} - posted:
+                    if new := gone - posted:
                         posted |= new
                         self._board.cancel.remote(batch, sorted(new))
                     if on_step is not None and not cancelled(ji) and ev.step > reported[ji]:

@@ -173,10 +173,10 @@ def test_cancelling_one_request_of_a_shared_batch_stops_only_its_rows(cluster, z
     try:
         a.send(gen("shared-a", "drone", 4.0, SLOW, 41))
         threads[-1].start()
-        kinds = []
-        while not kinds or kinds[-1] != "progress":  # queued behind the blockers, then running beside shared-b
-            kinds.append(a.next("shared-a", timeout=180).TYPE)
-            assert len(kinds) < 50 and not is_terminal_kind(kinds[-1]), kinds
+        seen = []
+        while not seen or seen[-1].TYPE != "progress":  # queued behind the blockers, then running beside shared-b
+            seen.append(a.next("shared-a", timeout=180))
+            assert len(seen) < 50 and not is_terminal(seen[-1]), [m.TYPE for m in seen]
         assert a.call(Cancel(id="xa", target="shared-a")).state == "running"
         a_msgs = a.until_terminal("shared-a", timeout=120)
     finally:
@@ -190,10 +190,6 @@ def test_cancelling_one_request_of_a_shared_batch_stops_only_its_rows(cluster, z
                                                        cluster.log()) else None,
                    "the replica's report that it dropped the cancelled job of a shared batch", timeout=30)
     assert log
-
-
-def is_terminal_kind(kind: str) -> bool:
-    return kind in ("done", "error", "cancelled")
 
 
 def test_a_replica_killed_mid_batch_reruns_it_on_another(cluster, reference, zctx):
