@@ -220,10 +220,11 @@ def summarise(per: list[dict]) -> dict:
     return {"n": len(per), **{k: float(np.mean([p[k] for p in per])) for k in keys}, "per_item": per}
 
 
-def generate_takes(pipe, captions: list[Clip], seconds: float, preset: str, seed: int) -> list[np.ndarray]:
+def generate_takes(pipe, captions: list[Clip], seconds: float, preset: str, seed: int,
+                   overrides: dict | None = None) -> list[np.ndarray]:
     from magnet_rt.presets import resolve_params
 
-    params = resolve_params(preset)
+    params = resolve_params(preset, overrides, pipe.decoding_defaults)
     return [pipe.generate([c.caption], duration_s=seconds, params=params, seed=seed + i).audio[0].mean(0)
             for i, c in enumerate(captions)]
 
@@ -260,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--preset", default="balanced")
     p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                   help="a decoding parameter on top of the preset for every bundle, e.g. max_cfg_coef=3")
     p.add_argument("--held-out-every", type=int, default=50, help="the codec trainer's held-out split (1: every file)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="out/music_quality")
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.out)
+    overrides = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
     out.mkdir(parents=True, exist_ok=True)
     codec_clips, captions = held_out(data, args.clips, args.takes, args.held_out_every)
     if not codec_clips or not captions:
@@ -305,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         result["codec"][name] = codec_row(pipe.codec, codec_clips, args.seconds, ear, out, source_notes, recon)
         codec_panels.append((f"{name}: codec round trip (encode -> 4 codebooks -> decode)", recon[0]))
         log.info("%s: %d takes", name, len(captions))
-        takes = generate_takes(pipe, captions, args.seconds, args.preset, args.seed)
+        takes = generate_takes(pipe, captions, args.seconds, args.preset, args.seed, overrides)
         result["takes"][name] = takes_row(takes, pipe.sample_rate, captions, ear, out)
         panels.append((f"{name}: take, preset {args.preset}, seed {args.seed}", takes[0]))
     result["seconds_taken"] = time.time() - t0

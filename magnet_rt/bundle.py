@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InvalidParams
 from .lm import MagnetConfig, MagnetLM
+from .params import DecodeParams
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ def text_encoder_spec(text_encoder) -> dict[str, Any]:
 def save_bundle(pipe, directory: str | Path, *, lm_dtype: torch.dtype = torch.float16,
                 text_encoder: dict[str, Any] | None = None, provenance: dict | None = None,
                 metrics: dict | None = None, name: str | None = None) -> Path:
-    """Write `pipe` (a MagnetPipeline) as a bundle into `directory` (replaced atomically)."""
+    """Write `pipe` (a MagnetPipeline) as a bundle into `directory` (replaced atomically), with its
+    `decoding_defaults` as the bundle's `decoding`."""
     from safetensors.torch import save_file
 
     out = Path(directory)
@@ -83,6 +85,7 @@ def save_bundle(pipe, directory: str | Path, *, lm_dtype: torch.dtype = torch.fl
             "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": name or pipe.name or out.name,
             "lm": pipe.lm.cfg.to_dict(), "lm_dtype": str(lm_dtype).removeprefix("torch."),
             "codec": pipe.codec.model.config.to_dict(), "text_encoder": spec,
+            "decoding": dict(getattr(pipe, "decoding_defaults", {})),
             "provenance": provenance or {}, "metrics": metrics or {},
         }
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=False, default=str) + "\n")
@@ -202,5 +205,12 @@ def load_bundle(directory: str | Path, device: str | torch.device = "auto", text
         raise CheckpointError(f"{d}: text encoder width {te.dim} != the LM's text_dim {lm.cfg.text_dim}")
     log.info("loaded bundle %s: LM dim %d x %d layers, codec %d Hz", d, lm.cfg.dim, lm.cfg.num_layers,
              codec.sample_rate)
+    decoding = config.get("decoding") or {}
+    try:
+        DecodeParams().with_overrides(decoding)
+    except (InvalidParams, TypeError) as e:
+        raise CheckpointError(f"{d / CONFIG}: invalid 'decoding' defaults {decoding!r}: {e}") from e
+    if decoding:
+        log.info("bundle %s decodes with its own defaults under the presets: %s", d.name, decoding)
     return MagnetPipeline(lm, te, codec, name=name or str(config.get("name") or d.name),
-                          options=options or PipelineOptions())
+                          options=options or PipelineOptions(), decoding_defaults=decoding)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -86,6 +86,8 @@ class Pipeline(Protocol):
     codec: Codec | SpectralCodec
     text_encoder: TextEncoder
     rescorer: Rescorer | None
+    decoding_defaults: dict[str, Any]  # the model's own decoding defaults, under a preset (resolve_params)
+    default_params: DecodeParams  # the release's defaults with decoding_defaults on top
 
     @property
     def sample_rate(self) -> int: ...

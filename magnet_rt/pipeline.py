@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -64,21 +64,27 @@ class PipelineOptions:
 class MagnetPipeline:
     """Implements `jobs.Pipeline`. `rescorer` (an `interfaces.Rescorer`, used when a job's
     params.rescore_weight > 0) is the one thing attached after construction: the daemon loads the
-    rescorer once and hands it to every compatible model."""
+    rescorer once and hands it to every compatible model.
+
+    `decoding_defaults`: the model's own decoding defaults (DecodeParams fields), between the release's
+    defaults and a preset (`presets.resolve_params`): a bundle's `decoding` (the demo model's lower CFG);
+    empty for the released checkpoints, which all decode with the release's defaults."""
 
     def __init__(self, lm: MagnetLM, text_encoder: TextEncoder, codec: Codec | SpectralCodec, name: str = "",
-                 options: PipelineOptions = PipelineOptions()):
+                 options: PipelineOptions = PipelineOptions(), decoding_defaults: dict[str, Any] | None = None):
         if codec.card != lm.card or codec.n_q != lm.n_q:
             raise InvalidParams(f"codec ({codec.n_q} x {codec.card}) does not match the LM ({lm.n_q} x {lm.card})")
         self.lm, self.text_encoder, self.codec, self.name = lm, text_encoder, codec, name
         self.options = options
+        self.decoding_defaults: dict[str, Any] = dict(decoding_defaults or {})
+        self.default_params = DecodeParams().with_overrides(self.decoding_defaults)  # validates them
         self.rescorer: Rescorer | None = None
         static = options.step_graphs == "on" or (options.step_graphs == "auto" and use_static(lm.device))
         self._graphs = StepGraphs(lm) if static and not options.reference else None
 
     def with_options(self, options: PipelineOptions) -> MagnetPipeline:
         """The same model (shared weights) decoding with other options."""
-        other = MagnetPipeline(self.lm, self.text_encoder, self.codec, self.name, options)
+        other = MagnetPipeline(self.lm, self.text_encoder, self.codec, self.name, options, self.decoding_defaults)
         other.rescorer = self.rescorer
         return other
 
@@ -235,7 +241,7 @@ class MagnetPipeline:
         daemon finishes it (`audio.finish_take`: DC removed, 5 ms fades, `loudness` LUFS; None: the model's
         level); `codes` are the model's."""
         prompts = [prompts] if prompts is None or isinstance(prompts, str) else list(prompts)
-        job = Job(prompts, self.frames_for(duration_s), params or DecodeParams(), pick_seed(seed), variations)
+        job = Job(prompts, self.frames_for(duration_s), params or self.default_params, pick_seed(seed), variations)
         res = self._run_one(job, progress, cancelled)
         res.audio = audio_ops.finish_takes(res.audio, res.sample_rate, loudness)
         return res

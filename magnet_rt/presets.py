@@ -31,10 +31,13 @@ def preset_description(name: str) -> str:
     return _table()[name].get("description", "")
 
 
-def resolve_params(preset: str | None = None, overrides: dict[str, Any] | None = None) -> DecodeParams:
-    """The preset's parameters (release defaults for the fields it leaves out) with `overrides` on top."""
+def resolve_params(preset: str | None = None, overrides: dict[str, Any] | None = None,
+                   model_defaults: dict[str, Any] | None = None) -> DecodeParams:
+    """The preset's parameters with `overrides` on top. Fields the preset leaves out come from
+    `model_defaults` (a model's own decoding defaults, `MagnetPipeline.decoding_defaults`), then from the
+    release's defaults."""
     name = preset or DEFAULT_PRESET
     if name not in _table():
         raise UnknownPreset(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
     fields = {k: v for k, v in _table()[name].items() if k != "description"}
-    return DecodeParams().with_overrides(fields).with_overrides(overrides)
+    return DecodeParams().with_overrides(model_defaults).with_overrides(fields).with_overrides(overrides)

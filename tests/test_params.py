@@ -57,3 +57,14 @@ def test_presets():
     assert resolve_params("live", {"top_p": 0.5}).top_p == 0.5
     with pytest.raises(UnknownPreset):
         resolve_params("loud")
+
+
+def test_a_models_defaults_sit_under_the_preset_and_the_request():
+    model = {"max_cfg_coef": 3.0, "temperature": 2.5}
+    balanced = resolve_params("balanced", None, model)  # the preset does not set CFG: the model's value
+    assert (balanced.max_cfg_coef, balanced.temperature, balanced.decoding_steps) == (3.0, 2.5, (20, 5, 5, 5))
+    assert resolve_params("sound", None, model).max_cfg_coef == 20.0  # a preset that sets it wins
+    assert resolve_params("balanced", {"max_cfg_coef": 7}, model).max_cfg_coef == 7.0  # the request wins
+    assert resolve_params("balanced").max_cfg_coef == 10.0  # no model defaults: the release's
+    with pytest.raises(InvalidParams, match="unknown decoding parameter"):
+        resolve_params("balanced", None, {"cfg": 3})

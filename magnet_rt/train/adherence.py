@@ -239,15 +239,18 @@ def generated_features(pipe, captions: list[str], params, seed: int, batch: int 
 
 
 def _generated(pipe, out: Path, split, args, seed: int, lm_hash: str) -> tuple[Tensor, float]:
-    """Features of one take per held-out caption for `seed`, cached per LM, decoding code, preset and seed."""
+    """Features of one take per held-out caption for `seed`, cached per LM, decoding code, preset (with the
+    bundle's own decoding defaults) and seed."""
     from ..presets import resolve_params
 
-    cache = out / f"generated-{args.preset}-seed{seed}-valid{args.valid}-{lm_hash}-{decoding_fingerprint()}.pt"
+    params = resolve_params(args.preset, None, pipe.decoding_defaults)
+    tag = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    cache = out / f"generated-{args.preset}-{tag}-seed{seed}-valid{args.valid}-{lm_hash}-{decoding_fingerprint()}.pt"
     if cache.is_file():  # the same LM, decoding code, preset, seed and captions: the same audio
         blob = torch.load(cache, weights_only=True)
         return blob["generated"], float(blob["seconds"])
     log.info("generating %d held-out captions with preset %s, seed %d", len(split.held), args.preset, seed)
-    gen_x, gen_s = generated_features(pipe, [f.caption for f in split.held], resolve_params(args.preset), seed)
+    gen_x, gen_s = generated_features(pipe, [f.caption for f in split.held], params, seed)
     torch.save({"generated": gen_x, "seconds": gen_s}, cache)
     return gen_x, gen_s
 
