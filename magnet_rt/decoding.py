@@ -26,6 +26,8 @@ Departures from the release, all deliberate:
   path reads the draws of the positions it samples: the reference step (all positions), the dynamic step
   (re-masked positions, data-dependent shapes) and the static step (`graphs.static_step`, fixed shapes,
   CUDA graphs) give the same codes for a seed.
+- **Optional CFG per stage.** `higher_cfg_coef` (None by default: released behaviour) starts the higher
+  codebooks' CFG anneal at its own value; the demo model needs it (docs/TRAINING.md 5.3).
 
 The decode step is an object chosen once per request (`choose_path`: the device's measured fastest forms,
 the span arrangement, whether a rescorer runs between steps) and called once per step with the step's
@@ -87,9 +89,9 @@ def mask_fractions(steps: int) -> list[Tensor]:
     return [torch.cos(t * torch.pi * 0.5) for t in torch.linspace(0, 1, steps)]
 
 
-def cfg_coef(mask_p: Tensor, params: DecodeParams) -> float:
+def cfg_coef(mask_p: Tensor, params: DecodeParams, stage: int) -> float:
     p = float(mask_p)
-    return p * params.max_cfg_coef + (1 - p) * params.min_cfg_coef
+    return p * params.start_cfg_coef(stage) + (1 - p) * params.min_cfg_coef
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,10 @@ class StepScalars:
     u: Tensor | None  # [rows, T] one uniform per position (None when greedy)
 
     @classmethod
-    def at(cls, params: DecodeParams, mask_p: Tensor, i: int, steps: int, u: Tensor | None) -> StepScalars:
+    def at(cls, params: DecodeParams, stage: int, mask_p: Tensor, i: int, steps: int,
+           u: Tensor | None) -> StepScalars:
         temp = step_temperature(params.temperature, params.anneal_temperature, steps - 1 - i, steps)
-        return cls(mask_p, cfg_coef(mask_p, params), temp, u)
+        return cls(mask_p, cfg_coef(mask_p, params, stage), temp, u)
 
 
 # ---- which step: chosen once per request --------------------------------------------------------------
@@ -394,7 +397,7 @@ def _decode_stage(step: DecodeStep, batch: _Batch, stage: int, steps: int, progr
                 if not batch.groups:
                     return
         u = batch.uniforms() if kind != "greedy" else None
-        scores = step(batch, stage, StepScalars.at(params, mask_p, i, steps, u), scores, n_units)
+        scores = step(batch, stage, StepScalars.at(params, stage, mask_p, i, steps, u), scores, n_units)
         progress.step(batch, stage, i, steps)
 
 

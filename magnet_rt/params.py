@@ -45,6 +45,7 @@ class DecodeParams:
     top_k: int = 0  # 0 = off; used only when top-p is off (as the release checks top_p first)
     max_cfg_coef: float = 10.0  # CFG annealed from max (all masked) to min (none masked)
     min_cfg_coef: float = 1.0
+    higher_cfg_coef: float | None = None  # max_cfg_coef of codebooks 2..K (None: max_cfg_coef, as released)
     rescore_weight: float = 0.0  # reserved for the paper's rescoring (Eq. 5); 0 = off
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class DecodeParams:
                 raise InvalidParams(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("temperature", "max_cfg_coef", "min_cfg_coef"):
             _check_float(name, getattr(self, name), lo=0.0)
+        if self.higher_cfg_coef is not None:
+            _check_float("higher_cfg_coef", self.higher_cfg_coef, lo=0.0)
         _check_float("top_p", self.top_p, lo=0.0, hi=1.0)
         if self.top_p == 0.0:
             raise InvalidParams("top_p must be in (0, 1]; use 1.0 to turn top-p off")
@@ -77,6 +80,10 @@ class DecodeParams:
         if len(self.decoding_steps) != n_q:
             raise InvalidParams(
                 f"decoding_steps has {len(self.decoding_steps)} entries but the model has {n_q} codebooks")
+
+    def start_cfg_coef(self, stage: int) -> float:
+        """The CFG coefficient at the start of codebook `stage` (0-based), annealed to min_cfg_coef."""
+        return self.max_cfg_coef if stage == 0 or self.higher_cfg_coef is None else self.higher_cfg_coef
 
     @property
     def total_steps(self) -> int:
@@ -93,7 +100,7 @@ class DecodeParams:
         values = dict(overrides)
         if "decoding_steps" in values and isinstance(values["decoding_steps"], list):
             values["decoding_steps"] = tuple(values["decoding_steps"])
-        for name in ("temperature", "top_p", "max_cfg_coef", "min_cfg_coef", "rescore_weight"):
+        for name in ("temperature", "top_p", "max_cfg_coef", "min_cfg_coef", "higher_cfg_coef", "rescore_weight"):
             if name in values and isinstance(values[name], int) and not isinstance(values[name], bool):
                 values[name] = float(values[name])
         return replace(self, **values)

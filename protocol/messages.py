@@ -322,6 +322,7 @@ class DecodeParams(Struct):
     top_k: int | None = _f(_COUNT, None)
     max_cfg_coef: float | None = _f(_SECONDS, None)
     min_cfg_coef: float | None = _f(_SECONDS, None)
+    higher_cfg_coef: float | None = _f(_SECONDS, None)
 
 
 @struct

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from magnet_rt import DecodeParams, decoding
 from magnet_rt.decoding import DecodePath, RowGroup, decode, decode_single, mask_fractions
+from magnet_rt.errors import InvalidParams
 from magnet_rt.lm import Attention
 from magnet_rt.sampling import span_scores, step_temperature
 from magnet_rt.selection import units_to_mask
@@ -37,8 +38,23 @@ def test_schedule_matches_the_release_numbers():
     assert float(mask_fractions(1)[0]) == 1.0  # a 1-step stage masks everything once
     temps = [step_temperature(3.0, True, 20 - 1 - i, 20) for i in range(20)]
     assert temps[0] == pytest.approx(2.85) and temps[-1] == 0.0
-    coefs = [decoding.cfg_coef(p, DecodeParams()) for p in mask_fractions(20)]
+    coefs = [decoding.cfg_coef(p, DecodeParams(), 0) for p in mask_fractions(20)]
     assert coefs[0] == 10.0 and coefs[1] == pytest.approx(9.97, abs=0.01) and coefs[-1] == pytest.approx(1.0, abs=1e-6)
+    assert [decoding.cfg_coef(p, DecodeParams(), 3) for p in mask_fractions(20)] == coefs  # released: one CFG
+    split = DecodeParams(higher_cfg_coef=3.0)
+    assert decoding.cfg_coef(mask_fractions(10)[0], split, 0) == 10.0
+    higher = [decoding.cfg_coef(p, split, 1) for p in mask_fractions(10)]
+    assert higher[0] == 3.0 and higher[-1] == pytest.approx(1.0, abs=1e-6) and higher == sorted(higher, reverse=True)
+
+
+def test_higher_cfg_coef_changes_only_the_higher_codebooks():
+    """Same seed: codebook 1 is identical whatever higher_cfg_coef is; the higher codebooks differ."""
+    text = random_text(1, 4, 16)
+    a = decode_single(LM, *text, 30, params(decoding_steps=(3, 2, 2, 2)), seed=4)
+    b = decode_single(LM, *text, 30, params(decoding_steps=(3, 2, 2, 2), higher_cfg_coef=1.0), seed=4)
+    assert torch.equal(a[:, 0], b[:, 0]) and not torch.equal(a[:, 1:], b[:, 1:])
+    with pytest.raises(InvalidParams, match="higher_cfg_coef"):
+        DecodeParams(higher_cfg_coef=-1.0)
 
 
 def test_masked_span_counts_in_a_real_decode(monkeypatch):
