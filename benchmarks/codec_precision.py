@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args(argv)
     pipe = load_pipeline(args.model, device=args.device)
-    live = resolve_params("live", None, pipe.decoding_defaults)
+    live = resolve_params("live", None, pipe.decoding)
     codes = torch.from_numpy(np.asarray(pipe.generate(PROMPTS, params=live, seed=0).codes))
     model = pipe.codec.model
     codes = codes.to(pipe.codec.device)

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pipe = load_pipeline(args.model, device=args.device)
     mg = load_rescorer(args.rescorer, device=args.device)
-    params = resolve_params(args.preset, None, pipe.decoding_defaults)
+    params = resolve_params(args.preset, None, pipe.decoding)
     rescored = params.with_overrides({"rescore_weight": args.rescore})
     text = pipe.text_encoder.encode([PROMPT])
     bound = mg.bind(text.hidden, text.mask)

@@ -224,7 +224,7 @@ def generate_takes(pipe, captions: list[Clip], seconds: float, preset: str, seed
                    overrides: dict | None = None) -> list[np.ndarray]:
     from magnet_rt.presets import resolve_params
 
-    params = resolve_params(preset, overrides, pipe.decoding_defaults)
+    params = resolve_params(preset, overrides, pipe.decoding)
     return [pipe.generate([c.caption], duration_s=seconds, params=params, seed=seed + i).audio[0].mean(0)
             for i, c in enumerate(captions)]
 

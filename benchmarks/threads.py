@@ -29,7 +29,7 @@ def measure(model: str, duration_s: float, repeats: int, setting: str) -> dict:
     threads = cpu_threads("cpu") if setting == "auto" else int(setting.rstrip("p"))
     torch.set_num_threads(threads)
     pipe = load_pipeline(model, device="cpu")
-    params = resolve_params("live", None, pipe.decoding_defaults)
+    params = resolve_params("live", None, pipe.decoding)
     pipe.generate("warm-up", 1.0, params, seed=0)
     times = []
     for k in range(repeats):

@@ -58,7 +58,7 @@ def warm_up(pipe: Pipeline) -> float:
     t0 = time.perf_counter()
     steps = {"decoding_steps": (1,) * pipe.lm.n_q}
     if pipe.graphs is not None:
-        job = Job([""], pipe.lm.cfg.segment_frames, resolve_params(DEFAULT_PRESET, steps, pipe.decoding_defaults),
+        job = Job([""], pipe.lm.cfg.segment_frames, resolve_params(DEFAULT_PRESET, steps, pipe.decoding),
                   seed=0)
     else:
         job = Job([""], 2 * pipe.lm.cfg.span_len, DecodeParams(**steps), seed=0)

@@ -224,7 +224,7 @@ def admit(msg: Render, pipe: Pipeline, files: PathPolicy) -> TakePlan | HybridPl
         raise ProtocolError(ErrorCode.UNKNOWN_PRESET, f"preset {msg.preset!r} {why}; its presets: "
                             f"{', '.join(offered)}", request_id=rid, details={"preset": msg.preset})
     try:
-        params = resolve_params(msg.preset, overrides, pipe.decoding_defaults)
+        params = resolve_params(msg.preset, overrides, pipe.decoding)
         params.check_stages(pipe.lm.n_q)
     except Exception as exc:  # noqa: BLE001 - the error table maps it (UnknownPreset, InvalidParams)
         raise to_protocol_error(exc, rid, field="params", preset=msg.preset) from None

@@ -29,7 +29,7 @@ import torch
 
 from .errors import CheckpointError, InvalidParams
 from .lm import MagnetConfig, MagnetLM
-from .params import DecodeParams
+from .presets import ModelDecoding
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def save_bundle(pipe, directory: str | Path, *, lm_dtype: torch.dtype = torch.fl
                 text_encoder: dict[str, Any] | None = None, provenance: dict | None = None,
                 metrics: dict | None = None, name: str | None = None) -> Path:
     """Write `pipe` (a MagnetPipeline) as a bundle into `directory` (replaced atomically), with its
-    `decoding_defaults` as the bundle's `decoding`."""
+    `decoding` (a `presets.ModelDecoding`) as the bundle's `decoding`."""
     from safetensors.torch import save_file
 
     out = Path(directory)
@@ -85,7 +85,7 @@ def save_bundle(pipe, directory: str | Path, *, lm_dtype: torch.dtype = torch.fl
             "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": name or pipe.name or out.name,
             "lm": pipe.lm.cfg.to_dict(), "lm_dtype": str(lm_dtype).removeprefix("torch."),
             "codec": pipe.codec.model.config.to_dict(), "text_encoder": spec,
-            "decoding": dict(getattr(pipe, "decoding_defaults", {})),
+            "decoding": pipe.decoding.to_config(),
             "provenance": provenance or {}, "metrics": metrics or {},
         }
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=False, default=str) + "\n")
@@ -205,12 +205,11 @@ def load_bundle(directory: str | Path, device: str | torch.device = "auto", text
         raise CheckpointError(f"{d}: text encoder width {te.dim} != the LM's text_dim {lm.cfg.text_dim}")
     log.info("loaded bundle %s: LM dim %d x %d layers, codec %d Hz", d, lm.cfg.dim, lm.cfg.num_layers,
              codec.sample_rate)
-    decoding = config.get("decoding") or {}
     try:
-        DecodeParams().with_overrides(decoding)
-    except (InvalidParams, TypeError) as e:
-        raise CheckpointError(f"{d / CONFIG}: invalid 'decoding' defaults {decoding!r}: {e}") from e
-    if decoding:
-        log.info("bundle %s decodes with its own defaults under the presets: %s", d.name, decoding)
+        decoding = ModelDecoding.from_config(config.get("decoding"))
+    except InvalidParams as e:
+        raise CheckpointError(f"{d / CONFIG}: invalid 'decoding' {config.get('decoding')!r}: {e}") from e
+    if decoding != ModelDecoding():
+        log.info("bundle %s adjusts decoding: %s", d.name, decoding.to_config())
     return MagnetPipeline(lm, te, codec, name=name or str(config.get("name") or d.name),
-                          options=options or PipelineOptions(), decoding_defaults=decoding)
+                          options=options or PipelineOptions(), decoding=decoding)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .graphs import StepGraphs
     from .interfaces import Rescorer
     from .lm import MagnetLM
+    from .presets import ModelDecoding
     from .spectral_codec import SpectralCodec
 
 
@@ -86,8 +87,8 @@ class Pipeline(Protocol):
     codec: Codec | SpectralCodec
     text_encoder: TextEncoder
     rescorer: Rescorer | None
-    decoding_defaults: dict[str, Any]  # the model's own decoding defaults, under a preset (resolve_params)
-    default_params: DecodeParams  # the release's defaults with decoding_defaults on top
+    decoding: ModelDecoding  # the model's own decoding choices (presets.resolve_params takes them)
+    default_params: DecodeParams  # what a call without params decodes with
 
     @property
     def sample_rate(self) -> int: ...

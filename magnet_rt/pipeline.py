@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from .interfaces import BindableRescorer, Rescorer
 from .jobs import Job, JobResult, Prepared
 from .lm import MagnetLM
 from .params import DecodeParams, pick_seed
+from .presets import ModelDecoding
 from .regions import prepare_continue, prepare_inpaint
 
 if TYPE_CHECKING:
@@ -66,25 +67,24 @@ class MagnetPipeline:
     params.rescore_weight > 0) is the one thing attached after construction: the daemon loads the
     rescorer once and hands it to every compatible model.
 
-    `decoding_defaults`: the model's own decoding defaults (DecodeParams fields), between the release's
-    defaults and a preset (`presets.resolve_params`): a bundle's `decoding` (the demo model's lower CFG);
-    empty for the released checkpoints, which all decode with the release's defaults."""
+    `decoding`: the model's own decoding choices (`presets.ModelDecoding`, a bundle's `decoding`; none for
+    the released checkpoints); every caller resolves a preset with it (`resolve_params(.., pipe.decoding)`)."""
 
     def __init__(self, lm: MagnetLM, text_encoder: TextEncoder, codec: Codec | SpectralCodec, name: str = "",
-                 options: PipelineOptions = PipelineOptions(), decoding_defaults: dict[str, Any] | None = None):
+                 options: PipelineOptions = PipelineOptions(), decoding: ModelDecoding | None = None):
         if codec.card != lm.card or codec.n_q != lm.n_q:
             raise InvalidParams(f"codec ({codec.n_q} x {codec.card}) does not match the LM ({lm.n_q} x {lm.card})")
         self.lm, self.text_encoder, self.codec, self.name = lm, text_encoder, codec, name
         self.options = options
-        self.decoding_defaults: dict[str, Any] = dict(decoding_defaults or {})
-        self.default_params = DecodeParams().with_overrides(self.decoding_defaults)  # validates them
+        self.decoding = decoding or ModelDecoding()
+        self.default_params = self.decoding.default_params
         self.rescorer: Rescorer | None = None
         static = options.step_graphs == "on" or (options.step_graphs == "auto" and use_static(lm.device))
         self._graphs = StepGraphs(lm) if static and not options.reference else None
 
     def with_options(self, options: PipelineOptions) -> MagnetPipeline:
         """The same model (shared weights) decoding with other options."""
-        other = MagnetPipeline(self.lm, self.text_encoder, self.codec, self.name, options, self.decoding_defaults)
+        other = MagnetPipeline(self.lm, self.text_encoder, self.codec, self.name, options, self.decoding)
         other.rescorer = self.rescorer
         return other
 

@@ -61,19 +61,21 @@ def test_fp16_bundle_equals_the_fp16_rounded_model(tiny_pipe, tmp_path):
           load_bundle(d, device="cpu").generate("sad piano", duration_s=0.5, params=PARAMS, seed=3))
 
 
-def test_a_bundles_decoding_defaults_reach_every_entry_point(tiny_pipe, tmp_path):
+def test_a_bundles_decoding_reaches_every_entry_point(tiny_pipe, tmp_path):
     from magnet_rt.pipeline import MagnetPipeline
-    from magnet_rt.presets import resolve_params
+    from magnet_rt.presets import ModelDecoding, resolve_params
 
-    own = MagnetPipeline(tiny_pipe.lm, tiny_pipe.text_encoder, tiny_pipe.codec, "tiny",
-                         decoding_defaults={"max_cfg_coef": 2.0})
+    decoding = ModelDecoding({"max_cfg_coef": 2.0}, {"live": {"decoding_steps": [3, 2, 2, 2]}})
+    own = MagnetPipeline(tiny_pipe.lm, tiny_pipe.text_encoder, tiny_pipe.codec, "tiny", decoding=decoding)
     d = save_bundle(own, tmp_path / "b", lm_dtype=torch.float32)
-    assert read_bundle_config(d)["decoding"] == {"max_cfg_coef": 2.0}
+    assert read_bundle_config(d)["decoding"] == decoding.to_config()
     back = load_bundle(d, device="cpu")
-    assert back.decoding_defaults == {"max_cfg_coef": 2.0} and back.default_params.max_cfg_coef == 2.0
-    assert back.with_options(back.options).decoding_defaults == {"max_cfg_coef": 2.0}
+    assert back.decoding == decoding and back.default_params.max_cfg_coef == 2.0
+    assert back.with_options(back.options).decoding == decoding
+    assert resolve_params("live", None, back.decoding).decoding_steps == (3, 2, 2, 2)
+    assert load_bundle(save_bundle(tiny_pipe, tmp_path / "plain"), device="cpu").decoding == ModelDecoding()
     steps = {"decoding_steps": [3, 2, 1, 1]}
-    lowered = resolve_params("balanced", steps, back.decoding_defaults)
+    lowered = resolve_params("balanced", steps, back.decoding)
     _same(back.generate("funk", duration_s=0.5, params=lowered, seed=5),
           tiny_pipe.generate("funk", duration_s=0.5, params=resolve_params("balanced", {**steps, "max_cfg_coef": 2.0}),
                              seed=5))
@@ -83,12 +85,11 @@ def test_a_bundles_decoding_defaults_reach_every_entry_point(tiny_pipe, tmp_path
     _same(back.generate("funk", duration_s=0.5, seed=5),  # no params: the release's defaults + the bundle's
           back.generate("funk", duration_s=0.5, params=DecodeParams(max_cfg_coef=2.0), seed=5))
     cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, "decoding": {"max_cfg": 2.0}}))
-    with pytest.raises(CheckpointError, match="invalid 'decoding'"):
-        load_bundle(d, device="cpu")
-    (d / "config.json").write_text(json.dumps({**cfg, "decoding": {"max_cfg_coef": -1.0}}))
-    with pytest.raises(CheckpointError, match="invalid 'decoding'"):
-        load_bundle(d, device="cpu")
+    for bad in ({"defaults": {"max_cfg": 2.0}}, {"defaults": {"max_cfg_coef": -1.0}}, {"max_cfg_coef": 2.0},
+                {"presets": {"loud": {}}}, {"presets": []}, ["defaults"]):
+        (d / "config.json").write_text(json.dumps({**cfg, "decoding": bad}))
+        with pytest.raises(CheckpointError, match="invalid 'decoding'"):
+            load_bundle(d, device="cpu")
 
 
 def test_bad_bundles_are_refused(tiny_pipe, tmp_path):

@@ -2,7 +2,7 @@ import pytest
 
 from magnet_rt import DecodeParams
 from magnet_rt.errors import InvalidParams
-from magnet_rt.presets import UnknownPreset, preset_names, resolve_params
+from magnet_rt.presets import ModelDecoding, UnknownPreset, preset_names, resolve_params
 
 
 def test_defaults_are_the_release_defaults():
@@ -59,12 +59,23 @@ def test_presets():
         resolve_params("loud")
 
 
-def test_a_models_defaults_sit_under_the_preset_and_the_request():
-    model = {"max_cfg_coef": 3.0, "temperature": 2.5}
+def test_a_models_decoding_sits_between_the_presets_and_the_request():
+    model = ModelDecoding({"max_cfg_coef": 3.0, "temperature": 2.5}, {"live": {"decoding_steps": [10, 2, 2, 2]}})
     balanced = resolve_params("balanced", None, model)  # the preset does not set CFG: the model's value
     assert (balanced.max_cfg_coef, balanced.temperature, balanced.decoding_steps) == (3.0, 2.5, (20, 5, 5, 5))
     assert resolve_params("sound", None, model).max_cfg_coef == 20.0  # a preset that sets it wins
+    assert resolve_params("live", None, model).decoding_steps == (10, 2, 2, 2)  # the model's own live
+    assert resolve_params("live", {"decoding_steps": [4, 1, 1, 1]}, model).decoding_steps == (4, 1, 1, 1)
     assert resolve_params("balanced", {"max_cfg_coef": 7}, model).max_cfg_coef == 7.0  # the request wins
-    assert resolve_params("balanced").max_cfg_coef == 10.0  # no model defaults: the release's
+    assert resolve_params("balanced") == resolve_params("balanced", None, ModelDecoding())  # released models
+    assert model.default_params.max_cfg_coef == 3.0 and model.default_params.decoding_steps == (20, 10, 10, 10)
+    assert ModelDecoding.from_config(model.to_config()) == model
     with pytest.raises(InvalidParams, match="unknown decoding parameter"):
-        resolve_params("balanced", None, {"cfg": 3})
+        ModelDecoding({"cfg": 3})
+    with pytest.raises(UnknownPreset, match="loud"):
+        ModelDecoding({}, {"loud": {"top_p": 0.5}})
+    with pytest.raises(InvalidParams, match="top_p"):
+        ModelDecoding({}, {"live": {"top_p": 0.0}})
+    for bad in ({"steps": {}}, {"presets": []}, ["defaults"], {"presets": {"live": 3}}):
+        with pytest.raises(InvalidParams, match="decoding"):
+            ModelDecoding.from_config(bad)

@@ -243,7 +243,7 @@ def _generated(pipe, out: Path, split, args, seed: int, lm_hash: str) -> tuple[T
     bundle's own decoding defaults) and seed."""
     from ..presets import resolve_params
 
-    params = resolve_params(args.preset, None, pipe.decoding_defaults)
+    params = resolve_params(args.preset, None, pipe.decoding)
     tag = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
     cache = out / f"generated-{args.preset}-{tag}-seed{seed}-valid{args.valid}-{lm_hash}-{decoding_fingerprint()}.pt"
     if cache.is_file():  # the same LM, decoding code, preset, seed and captions: the same audio

@@ -2,13 +2,13 @@
 decoder was fine-tuned after the LM's tokens were made (`train.codec --decoder-only`).
 
     python -m magnet_rt.train.publish --lm out/runs/lm/bundle --codec out/runs/codec-dec/codec \
-        --out magnet_rt/assets/demo [--metrics out/runs/adherence/adherence.json] [--decoding max_cfg_coef=3]
+        --out magnet_rt/assets/demo [--metrics out/runs/adherence/adherence.json] [--decoding JSON]
 
 The codec's encoder and codebooks must be the ones that made the LM's tokens (same fingerprint as the
 LM bundle's codec): only the decoder may differ, so every token the LM writes still means what it meant
 in training. The LM is stored in fp16 (the bundle's default), the codec in fp32. `--decoding` sets the
-bundle's own decoding defaults (DecodeParams fields under every preset; docs/TRAINING.md 5.3 says why the
-demo model has one).
+bundle's own decoding choices (`presets.ModelDecoding`: {"defaults": {...}, "presets": {"live": {...}}};
+docs/TRAINING.md 5.3 says why the demo model has them).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from pathlib import Path
 
 def publish(lm_bundle: str | Path, codec_dir: str | Path, out: str | Path, extra_metrics: dict | None = None,
             name: str = "demo", decoding: dict | None = None) -> Path:
+    """`decoding`: a bundle `decoding` object (None: the LM bundle's)."""
     from ..bundle import load_bundle, load_codec, read_bundle_config, save_bundle
     from ..errors import CheckpointError
     from ..pipeline import MagnetPipeline
+    from ..presets import ModelDecoding
     from .data import codec_fingerprint
 
     pipe = load_bundle(lm_bundle, device="cpu")
@@ -34,9 +36,9 @@ def publish(lm_bundle: str | Path, codec_dir: str | Path, out: str | Path, extra
     lm_cfg = read_bundle_config(lm_bundle)
     codec_cfg = read_bundle_config(codec_dir)
     pipe.codec = codec
-    if decoding:
+    if decoding is not None:
         pipe = MagnetPipeline(pipe.lm, pipe.text_encoder, codec, pipe.name, pipe.options,
-                              {**pipe.decoding_defaults, **decoding})  # validated here: a typo fails early
+                              ModelDecoding.from_config(decoding))  # validated here: a typo fails early
     metrics = {"lm": lm_cfg.get("metrics", {}), "codec": codec_cfg.get("metrics", {}), **(extra_metrics or {})}
     provenance = {"lm": lm_cfg.get("provenance", {}), "codec": codec_cfg.get("provenance", {})}
     return save_bundle(pipe, out, provenance=provenance, metrics=metrics, name=name)
@@ -50,16 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", action="append", default=[], help="JSON files whose content is added to metrics "
                    "under their stem (e.g. adherence.json -> metrics.adherence)")
     p.add_argument("--name", default="demo")
-    p.add_argument("--decoding", action="append", default=[], metavar="FIELD=JSON",
-                   help="a decoding default of the bundle (a DecodeParams field), e.g. max_cfg_coef=3; repeatable")
+    p.add_argument("--decoding", metavar="JSON", default=None,
+                   help='the bundle\'s decoding choices, e.g. {"defaults": {"higher_cfg_coef": 3}, '
+                        '"presets": {"live": {"decoding_steps": [10, 2, 2, 2]}}} (default: the LM bundle\'s)')
     args = p.parse_args(argv)
     from ..errors import MagnetError
 
     extra = {Path(m).stem: json.loads(Path(m).read_text()) for m in args.metrics}
     try:
-        decoding = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.decoding)}
+        decoding = None if args.decoding is None else json.loads(args.decoding)
     except json.JSONDecodeError as e:
-        print(f"publish: error: --decoding takes FIELD=JSON (e.g. max_cfg_coef=3): {e}", file=sys.stderr)
+        print(f"publish: error: --decoding takes a JSON object: {e}", file=sys.stderr)
         return 2
     try:
         out = publish(args.lm, args.codec, args.out, extra, args.name, decoding)
