@@ -61,3 +61,4 @@ def test_small_run_on_the_shipped_model(tmp_path):
     assert 0.0 <= codec["note_f1"] <= 1.0 and -1.0 <= codec["chroma_cosine"] <= 1.0
     assert takes["corr_20ms_range"][1] < 0.5 and takes["comb_50hz_range"][1] < 0.25  # takes are no buzz
     assert all(abs(p["dc"]) < 1e-3 for p in takes["per_item"])
+    assert r["training_clips"]["n"] == 3 and 0 <= takes["inside_training_range"] <= 2  # every 5th of 12 clips
