@@ -291,3 +291,52 @@ def test_hybrid_option_of_the_trainer_reduces_both_losses():
         assert math.isfinite(trainer.train_step(codes, caps).loss)
     mag1, ar1 = losses()
     assert mag1 < 0.8 * mag0 and ar1 < 0.8 * ar0, (mag0, mag1, ar0, ar1)
+
+
+# ---- counterfactual captions (train/contrast.py) -----------------------------------------------------------
+def test_counterfactual_captions_change_only_the_key_or_the_tempo():
+    from magnet_rt.train.contrast import KEY_PHRASE, TEMPO_PHRASE, contrast_hinge, counterfactual
+
+    cap = "upbeat funk with slap bass and drums at 112 bpm in E minor"
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(60):
+        new = counterfactual(cap, g)
+        key, tempo = KEY_PHRASE.search(new), TEMPO_PHRASE.search(new)
+        assert key and tempo and new != cap
+        if key.group(0) != "E minor":
+            seen.add("key")
+            assert key.group(2) == "minor" and tempo.group(0) == "112 bpm"
+        else:
+            seen.add("tempo")
+            ratio = int(tempo.group(1)) / 112
+            assert 1.29 <= max(ratio, 1 / ratio) <= 1.61  # never near the same, half or double time
+    assert seen == {"key", "tempo"}
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert [counterfactual(cap, a) for _ in range(5)] == [counterfactual(cap, b) for _ in range(5)]
+    assert counterfactual("sad piano", g) is None and counterfactual(None, g) is None
+    assert counterfactual("ambient, 70 bpm", g).endswith(" bpm")
+    assert counterfactual("folk in F# major", g) != "folk in F# major"
+    true, counter = torch.tensor([5.0, 5.0, 5.0]), torch.tensor([5.1, 6.0, 4.0])
+    hinge = contrast_hinge(true, counter, torch.tensor([True, True, False]), 0.5)
+    assert float(hinge) == pytest.approx((0.4 + 0.0) / 2)  # row 3 has no counterfactual: left out
+    assert float(contrast_hinge(true, counter, torch.tensor([False] * 3), 0.5)) == 0.0
+
+
+def test_the_contrast_term_is_added_and_reaches_the_text_path():
+    captions = ["funk at 112 bpm in E minor", "rock at 150 bpm in A major", "sad piano", None]
+    codes, _ = fixed_batch()
+    plain = LMTrainer(tiny(), WordHashEncoder(), TrainConfig(cfg_dropout=0.0))
+    both = LMTrainer(tiny(), WordHashEncoder(), TrainConfig(cfg_dropout=0.0, contrast_weight=1.0, contrast_margin=0.5))
+    plain.generator, both.generator = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    loss0, info0 = plain.compute_loss(codes, captions, stage=0)
+    loss1, info1 = both.compute_loss(codes, captions, stage=0)
+    assert "contrast" not in info0 and 0.0 < info1["contrast"] <= 0.5 + 1e-6  # an untrained LM: ~the margin
+    assert float(loss1) == pytest.approx(float(loss0) + info1["contrast"], rel=1e-5)
+    loss1.backward()
+    text_proj = [p for n, p in both.lm.named_parameters() if "output_proj" in n or "cross" in n]
+    assert text_proj and any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in text_proj)
+    step = both.train_step(codes, captions)
+    assert "contrast" in step.extra and math.isfinite(step.loss)
+    _, info = both.compute_loss(codes, ["sad piano", "calm folk", None, None], stage=1)
+    assert info["contrast"] == 0.0  # nothing to contrast

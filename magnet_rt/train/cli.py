@@ -46,6 +46,9 @@ def build_parser(prog: str = "magnet-rt train", defaults: dict | None = None) ->
     p.add_argument("--hybrid", action="store_true",
                    help="Hybrid-MAGNeT objective: causal attention and an AR loss before a random split")
     p.add_argument("--ar-weight", type=float, default=1.0, help="weight of the AR loss with --hybrid")
+    p.add_argument("--contrast-weight", type=float, default=0.0,
+                   help="weight of the counterfactual-caption hinge (key/tempo changed; train/contrast.py)")
+    p.add_argument("--contrast-margin", type=float, default=0.5, help="its margin in nats")
     p.add_argument("--valid", type=int, default=32, help="files held out for evaluation")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--ckpt-every", type=int, default=200)
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None, prog: str = "magnet-rt train", defaults:
         warmup = args.warmup if args.warmup is not None else min(500, args.steps // 10)
         cfg = TrainConfig(lr=lr, weight_decay=args.weight_decay, warmup_steps=warmup, total_steps=args.steps,
                           grad_clip=args.grad_clip, ema_decay=args.ema_decay, cfg_dropout=args.cfg_dropout,
-                          seed=args.seed, hybrid=args.hybrid, ar_weight=args.ar_weight)
+                          seed=args.seed, hybrid=args.hybrid, ar_weight=args.ar_weight,
+                          contrast_weight=args.contrast_weight, contrast_margin=args.contrast_margin)
         trainer = LMTrainer(lm, te, cfg, amp_dtype=torch.bfloat16 if device.type == "cuda" else None)
         n_params = sum(p.numel() for p in lm.parameters())
         log.info("LM %.2fM params, %d train / %d held-out files, %d steps of batch %d", n_params / 1e6, len(train),

@@ -96,11 +96,12 @@ def fit_lm(trainer: LMTrainer, codec, train: TokenSet, valid: TokenSet | None, o
             codes, captions, valid_mask = train.sample(batch_size, frames, trainer.generator)
             info = trainer.train_step(codes, captions, valid_mask)
             if trainer.step % log_every == 0 or trainer.step == steps:
-                row = {k: v for k, v in asdict(info).items() if k != "extra"}
+                row = {**{k: v for k, v in asdict(info).items() if k != "extra"}, **info.extra}
                 row["time"] = round(time.time() - t_start, 1)
                 record(row)
-                log.info("step %d loss %.4f stage %d acc %.3f lr %.2e |g| %.2f (%.2f s/step)", info.step, info.loss,
-                         info.stage, info.accuracy, info.lr, info.grad_norm, info.seconds)
+                log.info("step %d loss %.4f stage %d acc %.3f lr %.2e |g| %.2f (%.2f s/step)%s", info.step, info.loss,
+                         info.stage, info.accuracy, info.lr, info.grad_norm, info.seconds,
+                         "".join(f" {k} {v:.3f}" for k, v in info.extra.items()))
             stop = deadline is not None and time.time() > deadline
             if held and (trainer.step % eval_every == 0 or trainer.step == steps or stop):
                 metrics = {"step": trainer.step, **trainer.evaluate(held)}

@@ -18,6 +18,14 @@ def masked_stage_loss(logits: Tensor, targets: Tensor, mask: Tensor, stage: int)
     return F.cross_entropy(stage_logits[sel].float(), targets[:, stage][sel])  # [N, C] vs [N]
 
 
+def masked_stage_loss_per_row(logits: Tensor, targets: Tensor, mask: Tensor, stage: int) -> Tensor:
+    """As `masked_stage_loss`, one mean per row -> [B] (0 for a row with nothing masked)."""
+    stage_logits = logits[:, stage] if logits.dim() == 4 else logits  # [B, T, C]
+    ce = F.cross_entropy(stage_logits.float().transpose(1, 2), targets[:, stage], reduction="none")  # [B, T]
+    m = mask.bool().float()
+    return (ce * m).sum(-1) / m.sum(-1).clamp(min=1)
+
+
 @torch.no_grad()
 def masked_stage_accuracy(logits: Tensor, targets: Tensor, mask: Tensor, stage: int) -> float:
     stage_logits = logits[:, stage] if logits.dim() == 4 else logits

@@ -33,9 +33,10 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from ..lm import MagnetConfig, MagnetLM
+from .contrast import contrast_hinge, counterfactual
 from .hybrid import hybrid_loss, make_hybrid_batch
 from .masking import make_masked_batch
-from .objective import masked_stage_accuracy, masked_stage_loss
+from .objective import masked_stage_accuracy, masked_stage_loss, masked_stage_loss_per_row
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class TrainConfig:
     seed: int = 0
     hybrid: bool = False  # Hybrid-MAGNeT objective: causal + AR loss before a random split (train/hybrid.py)
     ar_weight: float = 1.0  # weight of the AR loss when `hybrid`
+    contrast_weight: float = 0.0  # weight of the counterfactual-caption hinge (train/contrast.py); 0 = off
+    contrast_margin: float = 0.5  # nats by which the true caption must beat the counterfactual
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -190,7 +193,25 @@ class LMTrainer:
         loss = masked_stage_loss(logits, batch.targets, batch.mask, batch.stage)
         info = {"stage": batch.stage, "dropped": drop, "masked": int(batch.mask.sum()),
                 "accuracy": masked_stage_accuracy(logits, batch.targets, batch.mask, batch.stage)}
+        if self.cfg.contrast_weight > 0 and not drop:
+            hinge = self._contrast(batch, logits, captions)
+            info["contrast"] = float(hinge.detach())
+            loss = loss + self.cfg.contrast_weight * hinge
         return loss, info
+
+    def _contrast(self, batch, logits: Tensor, captions: list[str | None]) -> Tensor:
+        """The counterfactual-caption hinge (train/contrast.py) on this masked batch."""
+        counter = [counterfactual(c, self.generator) for c in captions]
+        rows = torch.tensor([c is not None for c in counter], device=self.device)
+        if not bool(rows.any()):
+            return logits.sum() * 0.0
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
+            cond, cross_len = self.condition([c or t for c, t in zip(counter, captions, strict=True)], False)
+            counter_logits = self.lm.stage_logits(batch.inputs, self.lm.cross_inputs(cond, cross_len), batch.stage)
+        ce_true = masked_stage_loss_per_row(logits, batch.targets, batch.mask, batch.stage)
+        ce_counter = masked_stage_loss_per_row(counter_logits, batch.targets, batch.mask, batch.stage)
+        return contrast_hinge(ce_true, ce_counter, rows, self.cfg.contrast_margin)
 
     def _hybrid_loss(self, codes, captions, valid, stage, drop) -> tuple[Tensor, dict]:
         """The hybrid objective: delayed layout, causal attention and every head's AR loss before a split
@@ -219,8 +240,9 @@ class LMTrainer:
         self.scheduler.step()
         self.ema.update(self.lm)
         self.step += 1
+        extra = {k: info[k] for k in ("contrast", "magnet_loss", "ar_loss") if k in info}
         return StepInfo(self.step, float(loss.detach()), info["stage"], lr, grad_norm, info["accuracy"],
-                        info["masked"], info["dropped"], time.perf_counter() - t0)
+                        info["masked"], info["dropped"], time.perf_counter() - t0, extra)
 
     @torch.no_grad()
     def evaluate(self, batches, use_ema: bool = True) -> dict[str, float]:
