@@ -340,3 +340,7 @@ def test_the_contrast_term_is_added_and_reaches_the_text_path():
     assert "contrast" in step.extra and math.isfinite(step.loss)
     _, info = both.compute_loss(codes, ["sad piano", "calm folk", None, None], stage=1)
     assert info["contrast"] == 0.0  # nothing to contrast
+    held = [(codes, captions)]  # evaluation reports the masked CE alone, as without the term
+    plain.lm.load_state_dict(both.lm.state_dict())
+    plain.ema.shadow = {k: v.clone() for k, v in both.ema.shadow.items()}
+    assert both.evaluate(held) == plain.evaluate(held)

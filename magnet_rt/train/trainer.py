@@ -178,8 +178,10 @@ class LMTrainer:
         return cond, mask.sum(-1).clamp(min=1)
 
     def compute_loss(self, codes: Tensor, captions: list[str | None], valid: Tensor | None = None,
-                     stage: int | None = None, drop: bool | None = None) -> tuple[Tensor, dict]:
-        """Draw masks (and the CFG coin unless `drop` is given) from the trainer's generator, forward, loss."""
+                     stage: int | None = None, drop: bool | None = None,
+                     contrast: bool = True) -> tuple[Tensor, dict]:
+        """Draw masks (and the CFG coin unless `drop` is given) from the trainer's generator, forward, loss.
+        `contrast`: add the counterfactual-caption hinge when the config asks for it (evaluation does not)."""
         if drop is None:
             drop = bool(torch.rand(1, generator=self.generator) < self.cfg.cfg_dropout)
         codes = codes.to(self.device)
@@ -193,7 +195,7 @@ class LMTrainer:
         loss = masked_stage_loss(logits, batch.targets, batch.mask, batch.stage)
         info = {"stage": batch.stage, "dropped": drop, "masked": int(batch.mask.sum()),
                 "accuracy": masked_stage_accuracy(logits, batch.targets, batch.mask, batch.stage)}
-        if self.cfg.contrast_weight > 0 and not drop:
+        if contrast and self.cfg.contrast_weight > 0 and not drop:
             hinge = self._contrast(batch, logits, captions)
             info["contrast"] = float(hinge.detach())
             loss = loss + self.cfg.contrast_weight * hinge
@@ -255,7 +257,7 @@ class LMTrainer:
             out: dict[str, list[float]] = {}
             for codes, captions in batches:
                 for s in range(model.n_q):
-                    loss, info = self.compute_loss(codes, captions, stage=s, drop=False)
+                    loss, info = self.compute_loss(codes, captions, stage=s, drop=False, contrast=False)
                     out.setdefault(f"loss_stage{s}", []).append(float(loss))
                     out.setdefault(f"acc_stage{s}", []).append(info["accuracy"])
         finally:
