@@ -10,7 +10,8 @@ onnxruntime, mir_eval), because our own metrics once called a 50 Hz frame buzz g
 (b) Takes from held-out captions (each bundle's LM, preset `--preset`): the buzz measures, tempo from
     librosa's beat tracker vs the caption's bpm (within 8 %, or half / double), the percussive energy share
     (librosa HPSS) of "drums" vs "no drums" captions compared pairwise, key (Krumhansl-Kessler profiles on
-    librosa's chroma) vs the caption's tonic and mode, and notes per second (basic-pitch).
+    librosa's chroma) vs the caption's tonic and mode (right, and the rank of the caption's key among the 24:
+    12.5 by chance), notes per second (basic-pitch), and the distinct tokens per codebook of each take.
 The row `clips` measures the held-out training clips themselves under (b) (the ceiling). `training_clips`
 is the buzz measures' range over every `--range-every`-th training clip, and each bundle's
 `inside_training_range` counts its takes inside that range on both measures (the issue's target).
@@ -136,14 +137,21 @@ def percussive_share(x: np.ndarray) -> float:
     return float((percussive ** 2).sum() / ((harmonic ** 2).sum() + (percussive ** 2).sum() + 1e-20))
 
 
-def estimate_key(x: np.ndarray, sr: int) -> tuple[str, str]:
-    """(tonic, mode) maximising the correlation of the mean chroma with a rotated Krumhansl-Kessler profile."""
+def key_ranking(x: np.ndarray, sr: int) -> list[tuple[str, str]]:
+    """The 24 (tonic, mode) pairs, best first, by the correlation of the mean chroma with a rotated
+    Krumhansl-Kessler profile."""
     import librosa
 
     chroma = librosa.feature.chroma_cqt(y=x, sr=sr).mean(1)
-    best = max(((np.corrcoef(chroma, np.roll(profile, tonic))[0, 1], tonic, mode)
-                for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)) for tonic in range(12)))
-    return KEYS[best[1]], best[2]
+    scored = sorted(((np.corrcoef(chroma, np.roll(profile, tonic))[0, 1], tonic, mode)
+                     for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)) for tonic in range(12)),
+                    reverse=True)
+    return [(KEYS[tonic], mode) for _, tonic, mode in scored]
+
+
+def estimate_key(x: np.ndarray, sr: int) -> tuple[str, str]:
+    """(tonic, mode) maximising the correlation of the mean chroma with a rotated Krumhansl-Kessler profile."""
+    return key_ranking(x, sr)[0]
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -212,22 +220,29 @@ def codec_row(codec, clips: list[Clip], seconds: float, ear: Transcriber, tmp: P
     return summarise(per)
 
 
-def takes_row(audios: list[np.ndarray], sr: int, captions: list[Clip], ear: Transcriber, tmp: Path) -> dict:
+def takes_row(audios: list[np.ndarray], sr: int, captions: list[Clip], ear: Transcriber, tmp: Path,
+              codes: list | None = None) -> dict:
+    """(b) for each take; `codes` ([K, T] per take): also the distinct tokens per codebook (a collapse of
+    the higher codebooks into a few tokens sounds as steady tones)."""
     per = []
-    for x, c in zip(audios, captions, strict=True):
-        tonic, mode = estimate_key(x, sr)
+    for i, (x, c) in enumerate(zip(audios, captions, strict=True)):
+        ranking = key_ranking(x, sr)
+        truth = (c.labels["key"], c.labels["mode"])
         iv, _ = ear.notes(x, sr, tmp)
         bpm = tempo(x, sr)
         per.append({**buzz(x, sr), "tempo": bpm, "tempo_ok": tempo_ok(bpm, c.labels["tempo"]),
                     "drums": bool(c.labels["drums"]), "percussive_share": percussive_share(x),
-                    "key_ok": (tonic, mode) == (c.labels["key"], c.labels["mode"]),
-                    "notes_per_s": len(iv) / (len(x) / sr), "dc": float(x.mean())})
+                    "key_ok": ranking[0] == truth, "key_rank": float(ranking.index(truth) + 1),
+                    "notes_per_s": len(iv) / (len(x) / sr), "dc": float(x.mean()),
+                    **({"distinct_tokens": [len(np.unique(k)) for k in np.asarray(codes[i])]} if codes else {})})
     row = summarise(per)
     with_drums = [p for p in per if p["drums"]]
     row["tempo_ok_with_drums"] = float(np.mean([p["tempo_ok"] for p in with_drums])) if with_drums else None
     pairs = [(a["percussive_share"], b["percussive_share"]) for a in with_drums for b in per if not b["drums"]]
     row["drums_separated"] = float(np.mean([a > b for a, b in pairs])) if pairs else None
     row["key_ok"] = float(np.mean([p["key_ok"] for p in per]))
+    if codes:
+        row["min_distinct_tokens"] = np.min([p["distinct_tokens"] for p in per], axis=0).tolist()
     row["corr_20ms_range"] = [min(p["corr_20ms"] for p in per), max(p["corr_20ms"] for p in per)]
     row["comb_50hz_range"] = [min(p["comb_50hz"] for p in per), max(p["comb_50hz"] for p in per)]
     return row
@@ -239,12 +254,14 @@ def summarise(per: list[dict]) -> dict:
 
 
 def generate_takes(pipe, captions: list[Clip], seconds: float, preset: str, seed: int,
-                   overrides: dict | None = None) -> list[np.ndarray]:
+                   overrides: dict | None = None) -> tuple[list[np.ndarray], list]:
+    """One take per caption (seed + its index): (mono audio, codes [K, T]) lists."""
     from magnet_rt.presets import resolve_params
 
     params = resolve_params(preset, overrides, pipe.decoding)
-    return [pipe.generate([c.caption], duration_s=seconds, params=params, seed=seed + i).audio[0].mean(0)
-            for i, c in enumerate(captions)]
+    results = [pipe.generate([c.caption], duration_s=seconds, params=params, seed=seed + i)
+               for i, c in enumerate(captions)]
+    return [r.audio[0].mean(0) for r in results], [np.asarray(r.codes[0]) for r in results]
 
 
 def spectrogram_png(path: Path, panels: list[tuple[str, np.ndarray]], sr: int, caption: str) -> None:
@@ -330,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         result["codec"][name] = codec_row(pipe.codec, codec_clips, args.seconds, ear, out, source_notes, recon)
         codec_panels.append((f"{name}: codec round trip (encode -> 4 codebooks -> decode)", recon[0]))
         log.info("%s: %d takes", name, len(captions))
-        takes = generate_takes(pipe, captions, args.seconds, args.preset, args.seed, overrides)
-        row = result["takes"][name] = takes_row(takes, pipe.sample_rate, captions, ear, out)
+        takes, codes = generate_takes(pipe, captions, args.seconds, args.preset, args.seed, overrides)
+        row = result["takes"][name] = takes_row(takes, pipe.sample_rate, captions, ear, out, codes)
         row["inside_training_range"] = inside(row, result["training_clips"])
         panels.append((f"{name}: take, preset {args.preset}, seed {args.seed}", takes[0]))
     result["seconds_taken"] = time.time() - t0

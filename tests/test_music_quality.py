@@ -39,13 +39,19 @@ def test_key_and_tempo_helpers():
     assert not mq.tempo_ok(100.0, 120)
 
 
-@pytest.mark.slow
-def test_small_run_on_the_shipped_model(tmp_path):
-    """A CI-sized run: 12 FluidSynth clips, the demo bundle's codec round trip and 2 takes. The default model
-    must not be a frame buzz (the defect this benchmark was written to catch)."""
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
     from magnet_rt.train import datagen
 
-    data = datagen.generate(tmp_path / "data", n=12, seed=3, seconds=4.0, keep_midi=False)  # 10..11: no drums
+    return datagen.generate(tmp_path_factory.mktemp("synth") / "data", n=12, seed=3, seconds=4.0,
+                            keep_midi=False)  # 10..11: no drums
+
+
+@pytest.mark.slow
+def test_small_run_on_the_shipped_model(tmp_path, small_data):
+    """A CI-sized run: 12 FluidSynth clips, the demo bundle's codec round trip and 2 takes. The default model
+    must not be a frame buzz (the defect this benchmark was written to catch)."""
+    data = small_data
     out = tmp_path / "mq"
     subprocess.run([sys.executable, "-m", "benchmarks.music_quality", "--data", str(data), "--bundle", "demo=demo",
                     "--clips", "1", "--takes", "2", "--seconds", "4", "--preset", "live", "--held-out-every", "1",
@@ -62,3 +68,19 @@ def test_small_run_on_the_shipped_model(tmp_path):
     assert takes["corr_20ms_range"][1] < 0.5 and takes["comb_50hz_range"][1] < 0.25  # takes are no buzz
     assert all(abs(p["dc"]) < 1e-3 for p in takes["per_item"])
     assert r["training_clips"]["n"] == 3 and 0 <= takes["inside_training_range"] <= 2  # every 5th of 12 clips
+    assert 1 <= takes["key_rank"] <= 24 and all(1 <= p["key_rank"] <= 24 for p in clips["per_item"])
+    assert len(takes["min_distinct_tokens"]) == 4 and min(takes["min_distinct_tokens"]) >= 1
+
+
+@pytest.mark.slow
+def test_text_sensitivity_on_the_shipped_model(small_data):
+    """benchmarks/text_sensitivity.py: the same masks under four captions; the demo LM uses its text."""
+    from benchmarks.text_sensitivity import key_moved, sensitivity, tempo_moved
+
+    assert key_moved("funk at 112 bpm in E minor") == "funk at 112 bpm in Bb minor"
+    assert tempo_moved("funk at 80 bpm in E minor") == "funk at 120 bpm in E minor"
+    assert tempo_moved("funk at 150 bpm") == "funk at 100 bpm" and tempo_moved("sad piano") is None
+    r = sensitivity("demo", str(small_data), valid=12)
+    assert r["files"] == 12 and set(r["ce"]) == {"true", "key", "tempo", "none"}
+    assert all(len(v) == 4 and all(np.isfinite(v)) for v in r["ce"].values())
+    assert r["delta"]["none"][0] > 0.2  # no text: a worse first codebook
