@@ -163,6 +163,12 @@ def test_decoder_only_finetune_keeps_tokens_and_publishes_with_the_lm(data_dir, 
     cfg = read_bundle_config(out)
     assert cfg["name"] == "demo" and cfg["metrics"]["adherence"] == {"mean": 0.5}
     assert cfg["provenance"]["codec"]["decoder_only"] is True
+    # a later LM published with the shipped bundle as its codec's source keeps that codec's metrics, and a
+    # --decoding of its own
+    again = publish(run / "bundle", out, tmp_path / "demo2", decoding={"defaults": {"higher_cfg_coef": 3}})
+    cfg2 = read_bundle_config(again)
+    assert cfg2["metrics"]["codec"] == cfg["metrics"]["codec"] and cfg2["provenance"]["codec"]["decoder_only"]
+    assert load_bundle(again, device="cpu").decoding.defaults == {"higher_cfg_coef": 3}
     other = tmp_path / "other"
     assert codec_train.main(["--data", str(data_dir), "--out", str(other), "--steps", "1", "--batch-size", "2",
                              "--seconds", "0.5", "--filters", "4", "--dimension", "16", "--seed", "5",

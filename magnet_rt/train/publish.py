@@ -39,8 +39,11 @@ def publish(lm_bundle: str | Path, codec_dir: str | Path, out: str | Path, extra
     if decoding is not None:
         pipe = MagnetPipeline(pipe.lm, pipe.text_encoder, codec, pipe.name, pipe.options,
                               ModelDecoding.from_config(decoding))  # validated here: a typo fails early
-    metrics = {"lm": lm_cfg.get("metrics", {}), "codec": codec_cfg.get("metrics", {}), **(extra_metrics or {})}
-    provenance = {"lm": lm_cfg.get("provenance", {}), "codec": codec_cfg.get("provenance", {})}
+    codec_metrics, codec_provenance = codec_cfg.get("metrics", {}), codec_cfg.get("provenance", {})
+    if "codec" in codec_metrics and "lm" in codec_metrics:  # a published bundle as the codec's source: its codec's
+        codec_metrics, codec_provenance = codec_metrics["codec"], codec_provenance.get("codec", codec_provenance)
+    metrics = {"lm": lm_cfg.get("metrics", {}), "codec": codec_metrics, **(extra_metrics or {})}
+    provenance = {"lm": lm_cfg.get("provenance", {}), "codec": codec_provenance}
     return save_bundle(pipe, out, provenance=provenance, metrics=metrics, name=name)
 
 
