@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from magnet_rt.train.datagen import KEYS  # the generator's spelling of the captions' keys
+
 log = logging.getLogger("benchmarks.music_quality")
 
-KEYS = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
 # Krumhansl & Kessler (1982) key profiles, tonic first
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])

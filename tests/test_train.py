@@ -332,7 +332,7 @@ def test_the_contrast_term_is_added_and_reaches_the_text_path():
     loss0, info0 = plain.compute_loss(codes, captions, stage=0)
     loss1, info1 = both.compute_loss(codes, captions, stage=0)
     assert "contrast" not in info0 and 0.0 < info1["contrast"] <= 0.5 + 1e-6  # an untrained LM: ~the margin
-    assert float(loss1.detach()) == pytest.approx(float(loss0) + info1["contrast"], rel=1e-5)
+    assert float(loss1.detach()) == pytest.approx(float(loss0.detach()) + info1["contrast"], rel=1e-5)
     loss1.backward()
     text_proj = [p for n, p in both.lm.named_parameters() if "output_proj" in n or "cross" in n]
     assert text_proj and any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in text_proj)
