@@ -129,7 +129,7 @@ def prepare_hybrid(pipe: Pipeline, musicgen: MusicgenRescorer, prompt: str | Non
                             f"({frames / pipe.frame_rate:g} s), got {hybrid_s}")
     if isinstance(variations, bool) or not isinstance(variations, int) or variations < 1:
         raise InvalidParams(f"variations must be an integer >= 1, got {variations!r}")
-    params, seed = params or pipe.default_params, pick_seed(seed)
+    params, seed = params or pipe.decoding.default_params, pick_seed(seed)
     jobs = [Job([prompt], frames, params, seed + v) for v in range(variations)]
     t0 = time.perf_counter()
     gens = []

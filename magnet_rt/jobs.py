@@ -88,7 +88,6 @@ class Pipeline(Protocol):
     text_encoder: TextEncoder
     rescorer: Rescorer | None
     decoding: ModelDecoding  # the model's own decoding choices (presets.resolve_params takes them)
-    default_params: DecodeParams  # what a call without params decodes with
 
     @property
     def sample_rate(self) -> int: ...

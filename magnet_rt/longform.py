@@ -129,7 +129,7 @@ def _stream(pipe: Pipeline, prompt, total_frames: int | None, params: DecodePara
             window_s: float | None, overlap_s: float, fade_s: float, is_cancelled, on_step,
             max_windows: int | None) -> Iterator[Chunk]:
     t_start = time.perf_counter()
-    params, seed, get_prompt = params or pipe.default_params, pick_seed(seed), _prompt_fn(prompt)
+    params, seed, get_prompt = params or pipe.decoding.default_params, pick_seed(seed), _prompt_fn(prompt)
     fr, sr, K, C = pipe.frame_rate, pipe.sample_rate, pipe.lm.n_q, pipe.lm.card
     hop = sr // fr
     if hop * fr != sr:

@@ -77,7 +77,6 @@ class MagnetPipeline:
         self.lm, self.text_encoder, self.codec, self.name = lm, text_encoder, codec, name
         self.options = options
         self.decoding = decoding or ModelDecoding()
-        self.default_params = self.decoding.default_params
         self.rescorer: Rescorer | None = None
         static = options.step_graphs == "on" or (options.step_graphs == "auto" and use_static(lm.device))
         self._graphs = StepGraphs(lm) if static and not options.reference else None
@@ -241,7 +240,8 @@ class MagnetPipeline:
         daemon finishes it (`audio.finish_take`: DC removed, 5 ms fades, `loudness` LUFS; None: the model's
         level); `codes` are the model's."""
         prompts = [prompts] if prompts is None or isinstance(prompts, str) else list(prompts)
-        job = Job(prompts, self.frames_for(duration_s), params or self.default_params, pick_seed(seed), variations)
+        params = params or self.decoding.default_params
+        job = Job(prompts, self.frames_for(duration_s), params, pick_seed(seed), variations)
         res = self._run_one(job, progress, cancelled)
         res.audio = audio_ops.finish_takes(res.audio, res.sample_rate, loudness)
         return res

@@ -237,7 +237,7 @@ def prepare_inpaint(pipe: Pipeline, audio, sample_rate: int, start_s: float, end
             outs.append(audio_ops.splice(x, region, a, b, fade))
         return np.stack(outs), sr
 
-    task = RegionTask(pipe, tl, prompt, params or pipe.default_params, pick_seed(seed), variations,
+    task = RegionTask(pipe, tl, prompt, params or pipe.decoding.default_params, pick_seed(seed), variations,
                       known.expand(variations, -1, -1).clone(), render, {"codec_encode": t_enc})
     return task.prepared()
 
@@ -275,6 +275,6 @@ def prepare_continue(pipe: Pipeline, audio, sample_rate: int, prompt: str | None
             outs.append(np.concatenate([x, cont], axis=-1))
         return np.stack(outs).astype(np.float32), sr
 
-    task = RegionTask(pipe, tl, prompt, params or pipe.default_params, pick_seed(seed), variations,
+    task = RegionTask(pipe, tl, prompt, params or pipe.decoding.default_params, pick_seed(seed), variations,
                       known.expand(variations, -1, -1).clone(), render, {"codec_encode": t_enc})
     return task.prepared()

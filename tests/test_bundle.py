@@ -70,7 +70,7 @@ def test_a_bundles_decoding_reaches_every_entry_point(tiny_pipe, tmp_path):
     d = save_bundle(own, tmp_path / "b", lm_dtype=torch.float32)
     assert read_bundle_config(d)["decoding"] == decoding.to_config()
     back = load_bundle(d, device="cpu")
-    assert back.decoding == decoding and back.default_params.max_cfg_coef == 2.0
+    assert back.decoding == decoding and back.decoding.default_params.max_cfg_coef == 2.0
     assert back.with_options(back.options).decoding == decoding
     assert resolve_params("live", None, back.decoding).decoding_steps == (3, 2, 2, 2)
     assert load_bundle(save_bundle(tiny_pipe, tmp_path / "plain"), device="cpu").decoding == ModelDecoding()
