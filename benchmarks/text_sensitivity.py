@@ -19,22 +19,17 @@ CONDITIONS = ("true", "key", "tempo", "none")
 
 
 def key_moved(caption: str) -> str | None:
-    from magnet_rt.train.contrast import KEY_PHRASE, KEYS
+    """The caption's key moved by a tritone."""
+    from magnet_rt.train.contrast import with_key_moved
 
-    m = KEY_PHRASE.search(caption)
-    if not m or m.group(1) not in KEYS:
-        return None
-    return f"{caption[:m.start()]}{KEYS[(KEYS.index(m.group(1)) + 6) % 12]} {m.group(2)}{caption[m.end():]}"
+    return with_key_moved(caption, 6)
 
 
 def tempo_moved(caption: str) -> str | None:
-    from magnet_rt.train.contrast import TEMPO_PHRASE
+    """The caption's tempo x1.5, or /1.5 above 110 bpm."""
+    from magnet_rt.train.contrast import with_tempo
 
-    m = TEMPO_PHRASE.search(caption)
-    if not m:
-        return None
-    bpm = int(m.group(1))
-    return f"{caption[:m.start()]}{round(bpm * 1.5 if bpm <= 110 else bpm / 1.5)} bpm{caption[m.end():]}"
+    return with_tempo(caption, lambda bpm: bpm * 1.5 if bpm <= 110 else bpm / 1.5)
 
 
 def sensitivity(bundle: str, data: str, valid: int = 96, batch: int = 16) -> dict:

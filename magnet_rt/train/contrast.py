@@ -11,6 +11,7 @@ masked batch. Captions without a key or tempo phrase are left out of it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 
@@ -24,26 +25,39 @@ def _draw(generator: torch.Generator, n: int) -> int:
     return int(torch.randint(n, (1,), generator=generator))
 
 
+def _key_phrase(caption: str) -> re.Match | None:
+    m = KEY_PHRASE.search(caption)
+    return m if m and m.group(1) in KEYS else None
+
+
+def with_key_moved(caption: str, semitones: int) -> str | None:
+    """`caption` with its key's tonic moved by `semitones` (mode kept); None when it names no key."""
+    m = _key_phrase(caption)
+    if m is None:
+        return None
+    return f"{caption[:m.start()]}{KEYS[(KEYS.index(m.group(1)) + semitones) % 12]} {m.group(2)}{caption[m.end():]}"
+
+
+def with_tempo(caption: str, change: Callable[[int], float]) -> str | None:
+    """`caption` with its "N bpm" replaced by round(change(N)); None when it names no tempo."""
+    m = TEMPO_PHRASE.search(caption)
+    if m is None:
+        return None
+    return f"{caption[:m.start()]}{round(change(int(m.group(1))))} bpm{caption[m.end():]}"
+
+
 def counterfactual(caption: str | None, generator: torch.Generator) -> str | None:
     """`caption` with its key moved by 1-11 semitones (mode kept) or its tempo scaled by 1.3-1.6 or its
     inverse (never near half or double time), chosen at random; None when it names neither."""
     if not caption:
         return None
-    key, tempo = KEY_PHRASE.search(caption), TEMPO_PHRASE.search(caption)
-    if key and key.group(1) not in KEYS:
-        key = None
-    choices = [m for m in (key, tempo) if m]
+    choices = [kind for kind, m in (("key", _key_phrase(caption)), ("tempo", TEMPO_PHRASE.search(caption))) if m]
     if not choices:
         return None
-    m = choices[_draw(generator, len(choices))]
-    if m is key:
-        tonic = KEYS[(KEYS.index(m.group(1)) + 1 + _draw(generator, 11)) % 12]
-        new = f"{tonic} {m.group(2)}"
-    else:
-        factor = 1.3 + 0.3 * float(torch.rand(1, generator=generator))
-        bpm = int(m.group(1))
-        new = f"{round(bpm * factor if _draw(generator, 2) else bpm / factor)} bpm"
-    return caption[:m.start()] + new + caption[m.end():]
+    if choices[_draw(generator, len(choices))] == "key":
+        return with_key_moved(caption, 1 + _draw(generator, 11))
+    factor = 1.3 + 0.3 * float(torch.rand(1, generator=generator))
+    return with_tempo(caption, lambda bpm: bpm * factor if _draw(generator, 2) else bpm / factor)
 
 
 def contrast_hinge(ce_true: torch.Tensor, ce_counter: torch.Tensor, rows: torch.Tensor, margin: float) -> torch.Tensor:
