@@ -31,12 +31,15 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from magnet_rt.train.datagen import KEYS  # the generator's spelling of the captions' keys
+
+if TYPE_CHECKING:
+    from magnet_rt.train.data import CaptionedFile
 
 log = logging.getLogger("benchmarks.music_quality")
 
@@ -44,6 +47,7 @@ log = logging.getLogger("benchmarks.music_quality")
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 FRAME_S = 0.02  # one codec frame at 50 frames/s
+LM_HELD_OUT = 96  # the demo LM's held-out tail (train.magnet --valid 96): captions come from it
 
 
 # ---- measures ------------------------------------------------------------------------------------------
@@ -155,23 +159,17 @@ def estimate_key(x: np.ndarray, sr: int) -> tuple[str, str]:
     return key_ranking(x, sr)[0]
 
 
-# ---- data ------------------------------------------------------------------------------------------------
-@dataclass
-class Clip:
-    path: Path
-    caption: str
-    labels: dict
-
-
-def held_out(data: Path, n_clips: int, n_captions: int, every: int = 50) -> tuple[list[Clip], list[Clip]]:
+# ---- data: the LM trainer's own file list and order (train.data.find_captioned_audio) -----------------------
+def held_out(data: Path, n_clips: int, n_captions: int,
+             every: int = 50) -> tuple[list[CaptionedFile], list[CaptionedFile]]:
     """Codec clips: held out from the codec (name hash); captions: the LM's held-out tail (the last files),
     taken alternately with and without drums so the drums comparison has pairs."""
     from magnet_rt.train.codec import is_held_out
+    from magnet_rt.train.data import find_captioned_audio
 
-    rows = [json.loads(line) for line in (data / "captions.jsonl").read_text().splitlines() if line.strip()]
-    clips = [Clip(data / r["file"], r["caption"], r) for r in rows]
+    clips = find_captioned_audio(data)
     codec_clips = [c for c in clips if is_held_out(c.path.name, every)][:n_clips]
-    tail = clips[-96:]
+    tail = clips[-LM_HELD_OUT:]
     drums = [c for c in tail if c.labels["drums"]]
     quiet = [c for c in tail if not c.labels["drums"]]
     paired = [c for pair in zip(drums, quiet, strict=False) for c in pair]
@@ -182,8 +180,10 @@ def held_out(data: Path, n_clips: int, n_captions: int, every: int = 50) -> tupl
 def training_buzz_range(data: Path, every: int, seconds: float) -> dict:
     """The buzz measures' range over every `every`-th training clip (the LM's training files, not the
     held-out tail; a folder of <= 96 clips: all of them): what "inside the training clips' range" means."""
-    rows = [json.loads(line) for line in (data / "captions.jsonl").read_text().splitlines() if line.strip()]
-    per = [buzz(*read(data / r["file"], seconds)) for r in (rows[:-96] or rows)[::every]]
+    from magnet_rt.train.data import find_captioned_audio
+
+    clips = find_captioned_audio(data)
+    per = [buzz(*read(c.path, seconds)) for c in (clips[:-LM_HELD_OUT] or clips)[::every]]
     return {"n": len(per), "corr_20ms_range": [min(p["corr_20ms"] for p in per), max(p["corr_20ms"] for p in per)],
             "comb_50hz_range": [min(p["comb_50hz"] for p in per), max(p["comb_50hz"] for p in per)]}
 
@@ -203,7 +203,7 @@ def read(path: Path, seconds: float) -> tuple[np.ndarray, int]:
 
 
 # ---- rows --------------------------------------------------------------------------------------------------
-def codec_row(codec, clips: list[Clip], seconds: float, ear: Transcriber, tmp: Path,
+def codec_row(codec, clips: list[CaptionedFile], seconds: float, ear: Transcriber, tmp: Path,
               source_notes: dict, panels: list) -> dict:
     """The round trip of each clip; the first clip's reconstruction joins `panels` (the codec PNG)."""
     per = []
@@ -221,7 +221,7 @@ def codec_row(codec, clips: list[Clip], seconds: float, ear: Transcriber, tmp: P
     return summarise(per)
 
 
-def takes_row(audios: list[np.ndarray], sr: int, captions: list[Clip], ear: Transcriber, tmp: Path,
+def takes_row(audios: list[np.ndarray], sr: int, captions: list[CaptionedFile], ear: Transcriber, tmp: Path,
               codes: list | None = None) -> dict:
     """(b) for each take; `codes` ([K, T] per take): also the distinct tokens per codebook (a collapse of
     the higher codebooks into a few tokens sounds as steady tones)."""
@@ -254,7 +254,7 @@ def summarise(per: list[dict]) -> dict:
     return {"n": len(per), **{k: float(np.mean([p[k] for p in per])) for k in keys}, "per_item": per}
 
 
-def generate_takes(pipe, captions: list[Clip], seconds: float, preset: str, seed: int,
+def generate_takes(pipe, captions: list[CaptionedFile], seconds: float, preset: str, seed: int,
                    overrides: dict | None = None) -> tuple[list[np.ndarray], list]:
     """One take per caption (seed + its index): (mono audio, codes [K, T]) lists."""
     from magnet_rt.presets import resolve_params
