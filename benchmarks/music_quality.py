@@ -9,7 +9,8 @@ onnxruntime, mir_eval), because our own metrics once called a 50 Hz frame buzz g
     the source (mir_eval, 50 ms onset tolerance, offsets ignored), and the two buzz measures.
 (b) Takes from held-out captions (each bundle's LM, preset `--preset`): the buzz measures, tempo from
     librosa's beat tracker vs the caption's bpm (within 8 %, or half / double), the percussive energy share
-    (librosa HPSS) of "drums" vs "no drums" captions compared pairwise, key (Krumhansl-Kessler profiles on
+    (librosa HPSS) of "drums" vs "no drums" captions compared pairwise (every drums take against every no-drums
+    take, and in minimal pairs: each caption against itself with its drums phrase turned over, same seed), key (Krumhansl-Kessler profiles on
     librosa's chroma) vs the caption's tonic and mode (right, and the rank of the caption's key among the 24:
     12.5 by chance), notes per second (basic-pitch), and the distinct tokens per codebook of each take.
 The row `clips` measures the held-out training clips themselves under (b) (the ceiling). `training_clips`
@@ -254,15 +255,35 @@ def summarise(per: list[dict]) -> dict:
     return {"n": len(per), **{k: float(np.mean([p[k] for p in per])) for k in keys}, "per_item": per}
 
 
-def generate_takes(pipe, captions: list[CaptionedFile], seconds: float, preset: str, seed: int,
+def generate_takes(pipe, captions: list[str], seconds: float, preset: str, seed: int,
                    overrides: dict | None = None) -> tuple[list[np.ndarray], list]:
     """One take per caption (seed + its index): (mono audio, codes [K, T]) lists."""
     from magnet_rt.presets import resolve_params
 
     params = resolve_params(preset, overrides, pipe.decoding)
-    results = [pipe.generate([c.caption], duration_s=seconds, params=params, seed=seed + i)
-               for i, c in enumerate(captions)]
+    results = [pipe.generate([c], duration_s=seconds, params=params, seed=seed + i) for i, c in enumerate(captions)]
     return [r.audio[0].mean(0) for r in results], [np.asarray(r.codes[0]) for r in results]
+
+
+def drum_twins(captions: list[CaptionedFile]) -> list[str | None]:
+    """Each caption with its drums phrase turned over (`contrast.with_drums`), None where it cannot be."""
+    from magnet_rt.train.contrast import with_drums
+
+    return [with_drums(c.caption, not c.labels["drums"]) for c in captions]
+
+
+def drum_pairs(row: dict, twins: list[str | None], twin_takes: dict[int, np.ndarray]) -> None:
+    """Minimal pairs: a caption's take against its drum twin's take (same seed); separated when the one
+    whose caption has drums has the larger percussive share. Adds `drum_pairs` and `drum_pairs_separated`."""
+    sep = []
+    for i, p in enumerate(row["per_item"]):
+        if twins[i] is None or i not in twin_takes:
+            continue
+        twin_share = percussive_share(twin_takes[i])
+        p["twin_percussive_share"] = twin_share
+        sep.append(p["percussive_share"] > twin_share if p["drums"] else twin_share > p["percussive_share"])
+    row["drum_pairs"] = len(sep)
+    row["drum_pairs_separated"] = float(np.mean(sep)) if sep else None
 
 
 def spectrogram_png(path: Path, panels: list[tuple[str, np.ndarray]], sr: int, caption: str) -> None:
@@ -348,8 +369,16 @@ def main(argv: list[str] | None = None) -> int:
         result["codec"][name] = codec_row(pipe.codec, codec_clips, args.seconds, ear, out, source_notes, recon)
         codec_panels.append((f"{name}: codec round trip (encode -> 4 codebooks -> decode)", recon[0]))
         log.info("%s: %d takes", name, len(captions))
-        takes, codes = generate_takes(pipe, captions, args.seconds, args.preset, args.seed, overrides)
+        texts = [c.caption for c in captions]
+        takes, codes = generate_takes(pipe, texts, args.seconds, args.preset, args.seed, overrides)
         row = result["takes"][name] = takes_row(takes, pipe.sample_rate, captions, ear, out, codes)
+        twins = drum_twins(captions)
+        log.info("%s: %d drum twins", name, sum(t is not None for t in twins))
+        twin_audio = {}
+        for i, t in enumerate(twins):
+            if t is not None:  # the same seed as the caption's own take
+                twin_audio[i] = generate_takes(pipe, [t], args.seconds, args.preset, args.seed + i, overrides)[0][0]
+        drum_pairs(row, twins, twin_audio)
         row["inside_training_range"] = inside(row, result["training_clips"])
         panels.append((f"{name}: take, preset {args.preset}, seed {args.seed}", takes[0]))
     result["seconds_taken"] = time.time() - t0

@@ -50,12 +50,12 @@ def sensitivity(bundle: str, data: str, valid: int = 96, batch: int = 16) -> dic
     ce: dict[str, list[float]] = {}
     for cond in CONDITIONS:
         sums = [0.0] * pipe.lm.n_q
-        for codes, captions, valid_frames in batches:
+        for codes, captions, valid_frames, first_frames in batches:
             for s in range(pipe.lm.n_q):
                 trainer.generator = torch.Generator().manual_seed(1234 + s)  # the same masks for every condition
                 with torch.no_grad():
                     loss, _ = trainer.compute_loss(codes, [change[cond](c) for c in captions], valid_frames, stage=s,
-                                                   drop=False, contrast=False)
+                                                   drop=False, contrast=False, first_frames=first_frames)
                 sums[s] += float(loss) / len(batches)
         ce[cond] = [round(v, 4) for v in sums]
     return {"bundle": bundle, "files": len(held), "ce": ce,

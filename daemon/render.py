@@ -26,10 +26,12 @@ import numpy as np
 
 from magnet_rt import longform
 from magnet_rt.audio import DEFAULT_LOUDNESS_LUFS, finish_takes
+from magnet_rt.errors import InvalidParams
 from magnet_rt.jobs import Job, JobResult, Pipeline
 from magnet_rt.longform import DEFAULT_OVERLAP_S, Chunk, PromptHolder
 from magnet_rt.params import DecodeParams
 from magnet_rt.presets import preset_names, resolve_params
+from magnet_rt.tempo import prompt_bpm
 from protocol import (
     MAX_LONG_DURATION_S,
     MAX_SOURCE_S,
@@ -200,6 +202,16 @@ def _invalid(rid: str, field: str, why: str, code: ErrorCode = ErrorCode.INVALID
     return ProtocolError(code, f"{field}: {why}", request_id=rid, details={"field": field})
 
 
+def check_prompt_tempo(rid: str, prompts: tuple[str | None, ...] | list[str | None], field: str = "prompts") -> None:
+    """A tempo named in a prompt ("N bpm") must lie in `tempo.BPM_RANGE`: a model with a beat grid plays it
+    (magnet_rt/tempo.py); refused for every model, so a typo never depends on which model is resident."""
+    try:
+        for p in prompts:
+            prompt_bpm(p)
+    except InvalidParams as exc:
+        raise _invalid(rid, field, str(exc)) from None
+
+
 def offered_presets(rescorer) -> list[str]:
     """Preset names a daemon offers: those that rescore only when it has a rescorer (PROTOCOL.md §6)."""
     return [n for n in preset_names() if rescorer is not None or resolve_params(n).rescore_weight == 0]
@@ -231,6 +243,8 @@ def admit(msg: Render, pipe: Pipeline, files: PathPolicy) -> TakePlan | HybridPl
     if params.rescore_weight > 0 and rescorer is None:
         raise _invalid(rid, "rescore", "this daemon has no rescoring model (start it with --rescorer)",
                        ErrorCode.RESCORER_UNAVAILABLE)
+    check_prompt_tempo(rid, msg.all_prompts if isinstance(msg, Generate) else (msg.prompt,),
+                       "prompts" if isinstance(msg, Generate) and msg.prompts is not None else "prompt")
     seed = secrets.randbits(PICKED_SEED_BITS) if msg.seed is None else msg.seed  # the wire bounds a sent one
     segment = float(pipe.segment_duration)
     if isinstance(msg, Generate):

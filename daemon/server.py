@@ -71,7 +71,7 @@ from .files import PathPolicy
 from .keys import is_local_endpoint, load_server_secret
 from .logs import LOG_FORMATS, ctx, setup_logging
 from .models import ModelManager, describe_device
-from .render import BatchPlan, StreamPlan
+from .render import BatchPlan, StreamPlan, check_prompt_tempo
 from .scheduler import Scheduler, State, Ticket
 from .worker import LoadModel, UnloadModel, Worker
 
@@ -332,6 +332,7 @@ class Daemon:
         if not isinstance(t.payload, StreamPlan):
             raise ProtocolError(ErrorCode.INVALID_FIELD, f"target: {msg.target!r} is not a long-form or endless "
                                 "generate", details={"field": "target"})
+        check_prompt_tempo(msg.id, (msg.prompt,), "prompt")
         window = t.payload.prompt.set(msg.prompt)
         log.info("set_prompt %s from window %d", msg.target, window, extra=ctx(msg.id, client, target=msg.target))
         self.send(client, SetPromptReply(id=msg.id, target=msg.target, window=window))

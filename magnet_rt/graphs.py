@@ -95,7 +95,8 @@ class Buffers:
         dt = lm.compute_dtype
         kv = [(torch.zeros(rows, H, text, D // H, dtype=dt, device=dev),
                torch.zeros(rows, H, text, D // H, dtype=dt, device=dev)) for _ in lm.layers]
-        self.cross = CrossInputs(kv=kv, rows=rows, bias=torch.zeros(rows, 1, 1, text, dtype=dt, device=dev))
+        beat = torch.zeros(rows, frames, D, device=dev) if lm.beat_proj is not None else None  # zeros: no tempo
+        self.cross = CrossInputs(kv=kv, rows=rows, bias=torch.zeros(rows, 1, 1, text, dtype=dt, device=dev), beat=beat)
 
 
 def static_step(lm: MagnetLM, b: Buffers, stage: int, cfg: bool, form: StepForm) -> None:
@@ -137,19 +138,22 @@ class Bucket:
         self.lm, self.buf, self.pool, self.stream = lm, Buffers(lm, rows, frames, text, unit), pool, stream
         self.graphs: dict[tuple[int, bool, StepForm], torch.cuda.CUDAGraph] = {}
 
-    def load(self, gen: Tensor, fixed: Tensor, init: Tensor, cond: Tensor, cross_len: Tensor | None) -> None:
-        """Copy a batch's state and text into the buffers (once per batch, and after rows leave)."""
+    def load(self, gen: Tensor, fixed: Tensor, init: Tensor, cond: Tensor, cross_len: Tensor | None,
+             beat: Tensor | None = None) -> None:
+        """Copy a batch's state, text and beat grids into the buffers (once per batch, and after rows leave)."""
         b, S = self.buf, cond.shape[1]
         b.gen.copy_(gen)
         b.fixed.copy_(fixed)
         b.init.copy_(init)
         padded = F.pad(cond, (0, 0, 0, b.cross.bias.shape[-1] - S))
         lengths = cross_len if cross_len is not None else torch.full((cond.shape[0],), S, device=cond.device)
-        cross = self.lm.cross_inputs(padded, lengths)
+        cross = self.lm.cross_inputs(padded, lengths, beat)
         for (k, v), (k2, v2) in zip(b.cross.kv, cross.kv, strict=True):
             k.copy_(k2)
             v.copy_(v2)
         b.cross.bias.copy_(cross.bias)
+        if b.cross.beat is not None:
+            b.cross.beat.copy_(cross.beat) if cross.beat is not None else b.cross.beat.zero_()
 
     def step(self, stage: int, cfg: bool, form: StepForm) -> None:
         if self.stream is None:  # not CUDA: eager

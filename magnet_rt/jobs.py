@@ -40,6 +40,7 @@ class Job:
     variations: int = 1
     fixed: Tensor | None = None  # [K, frames] bool: pinned positions
     init_codes: Tensor | None = None  # [K, frames] (or [variations, K, frames]) codes at the pinned positions
+    first_frame: int = 0  # where frame 0 sits on the beat grid: frames since the take's first frame (`tempo.py`)
 
     @property
     def rows(self) -> int:

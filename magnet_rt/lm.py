@@ -4,6 +4,7 @@ One non-autoregressive transformer over the K=4 RVQ codebooks of EnCodec (Ziv et
 arXiv 2401.04577; reference: audiocraft `lm.py`, `lm_magnet.py`, `transformer.py`):
 
     x = sum_k emb[k](codes[:, k]) + sinusoid(t)                     # [B, T, D]
+      (+ beat_proj(grid) on the conditioned rows, when the config has a beat grid: `tempo.py`)
     for each layer:  x += SelfAttn(LN1(x), window(stage))           # full for stage 0, |dt| <= ctx else
                      x += CrossAttn(LN_cross(x), cond)              # cond = output_proj(T5) * mask
                      x += Linear2(GELU(Linear1(LN2(x))))
@@ -56,6 +57,7 @@ class MagnetConfig:
     frame_rate: int = 50
     max_period: float = 10000.0  # sinusoidal positions
     norm_eps: float = 1e-5
+    beat_features: int = 0  # width of the beat grid input (`tempo.BEAT_FEATURES`); 0: none, as released
 
     @property
     def head_dim(self) -> int:
@@ -185,22 +187,35 @@ class Block(nn.Module):
 
 @dataclass
 class CrossInputs:
-    """The text side of a forward: per-layer k/v of the projected condition for the first `rows` rows.
+    """The condition side of a forward: per-layer k/v of the projected text for the first `rows` rows, and
+    their projected beat grid when the model has one.
 
     Rows beyond `rows` (the CFG null half) have an all-zero condition, whose cross-attention output
-    is exactly 0 (zero values), so they skip it. `bias` [rows, 1, 1, S] excludes batch padding beyond
-    a row's own text length (None: every position attends, as released).
+    is exactly 0 (zero values), so they skip it, and no beat grid. `bias` [rows, 1, 1, S] excludes batch
+    padding beyond a row's own text length (None: every position attends, as released). `beat` [rows, T, D]
+    is added to those rows' input embeddings (None: no grid).
     """
 
     kv: list[tuple[Tensor, Tensor]]
     rows: int
     bias: Tensor | None = None
+    beat: Tensor | None = None
 
     def select(self, idx: Tensor) -> CrossInputs:
         """The same inputs for the rows `idx` (when cancelled rows leave a batch)."""
         kv = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.kv]
         bias = None if self.bias is None else self.bias.index_select(0, idx)
-        return CrossInputs(kv=kv, rows=len(idx), bias=bias)
+        beat = None if self.beat is None else self.beat.index_select(0, idx)
+        return CrossInputs(kv=kv, rows=len(idx), bias=bias, beat=beat)
+
+    def add_beat(self, x: Tensor) -> Tensor:
+        """x [B, T, D] (B >= rows) plus the beat grid on the first `rows` rows."""
+        if self.beat is None:
+            return x
+        beat = self.beat.to(x.dtype)
+        if x.shape[0] > self.rows:
+            beat = torch.cat([beat, beat.new_zeros((x.shape[0] - self.rows, *beat.shape[1:]))])
+        return x + beat
 
     def attend(self, attn: CrossAttention, i: int, xq: Tensor) -> Tensor:
         k, v = self.kv[i]
@@ -220,6 +235,7 @@ class MagnetLM(nn.Module):
         self.layers = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
         self.out_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.linears = nn.ModuleList([nn.Linear(cfg.dim, cfg.card, bias=False) for _ in range(cfg.n_q)])
+        self.beat_proj = nn.Linear(cfg.beat_features, cfg.dim, bias=False) if cfg.beat_features else None
         self.compute_dtype = torch.float32  # the transformer blocks' dtype; see `set_precision`
         self._masks: dict[tuple[int, str], Tensor] = {}
         self.text_encoder_name = ""  # the checkpoint's T5 name (xp.cfg), set by the loaders
@@ -248,7 +264,21 @@ class MagnetLM(nn.Module):
                     p.fill_(1.0 if name.endswith("weight") else 0.0)
         self.out_norm.weight.fill_(1.0)
         self.out_norm.bias.zero_()
+        if self.beat_proj is not None:
+            self.beat_proj.weight.zero_()  # a new grid starts as "no effect" (see `with_beat_grid`)
         return self
+
+    def with_beat_grid(self, features: int) -> MagnetLM:
+        """A copy of this LM with a beat grid input of width `features`, initialised to zero: it computes
+        exactly what this LM does until training moves the projection."""
+        if self.beat_proj is not None:
+            raise ValueError("this LM already has a beat grid")
+        cfg = MagnetConfig(**{**self.cfg.to_dict(), "beat_features": features})
+        lm = MagnetLM(cfg).to(self.device)
+        lm.load_state_dict(self.state_dict(), strict=False)
+        torch.nn.init.zeros_(lm.beat_proj.weight)
+        lm.text_encoder_name = self.text_encoder_name
+        return lm
 
     # ---- precision and device -------------------------------------------------------------------
     def set_precision(self, dtype: torch.dtype) -> MagnetLM:
@@ -270,9 +300,11 @@ class MagnetLM(nn.Module):
         cond = self.output_proj(text_hidden.to(self.output_proj.weight.dtype))
         return cond * text_mask.to(cond.dtype).unsqueeze(-1)
 
-    def cross_inputs(self, cond: Tensor, cross_len: Tensor | None = None) -> CrossInputs:
+    def cross_inputs(self, cond: Tensor, cross_len: Tensor | None = None, beat: Tensor | None = None) -> CrossInputs:
         """Every layer's cross-attention k/v for `cond` [R, S, D]. A forward over more than R rows
-        treats the rows beyond R as the all-zero null condition. `cross_len` [R]: see CrossInputs."""
+        treats the rows beyond R as the all-zero null condition. `cross_len` [R]: see CrossInputs.
+        `beat` [R, T, beat_features]: the rows' beat grids (`tempo.beat_grids`); ignored by a model without
+        a beat grid, as the prompt's tempo words are all such a model reads."""
         dtype = self.compute_dtype
         kv = [blk.cross_attention.kv(cond.to(dtype)) for blk in self.layers]
         bias = None
@@ -281,7 +313,10 @@ class MagnetLM(nn.Module):
             keep = torch.arange(S, device=cond.device)[None, :] < cross_len[:, None].to(cond.device)
             bias = torch.zeros(keep.shape, dtype=dtype, device=cond.device)
             bias = bias.masked_fill(~keep, float("-inf")).view(-1, 1, 1, S)
-        return CrossInputs(kv=kv, rows=cond.shape[0], bias=bias)
+        grid = None
+        if beat is not None and self.beat_proj is not None:
+            grid = self.beat_proj(beat.to(device=cond.device, dtype=self.beat_proj.weight.dtype))
+        return CrossInputs(kv=kv, rows=cond.shape[0], bias=bias, beat=grid)
 
     # ---- forward --------------------------------------------------------------------------------
     def self_attn_mask(self, T: int, stage: int, form: Attention) -> tuple[Tensor | None, int | None]:
@@ -304,7 +339,7 @@ class MagnetLM(nn.Module):
         the hybrid training objective uses it for causal attention before a split point."""
         B, K, T = codes.shape
         x = sum(self.emb[k](codes[:, k]) for k in range(K))  # [B, T, D]
-        x = x + sinusoidal_positions(T, self.cfg.dim, self.cfg.max_period, codes.device)
+        x = cross.add_beat(x + sinusoidal_positions(T, self.cfg.dim, self.cfg.max_period, codes.device))
         mask, ctx = (attn_mask, None) if attn_mask is not None else self.self_attn_mask(T, stage, form)
         low = self.compute_dtype != torch.float32
         # no cast cache: the block matrices are already in compute_dtype, and a cache must not outlive a

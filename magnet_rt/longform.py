@@ -167,7 +167,7 @@ def _stream(pipe: Pipeline, prompt, total_frames: int | None, params: DecodePara
         text = get_prompt()
         n = b - a
         pinned = 0 if prev_codes is None else ov
-        job = Job([text], n, params, window_seed(seed, i))
+        job = Job([text], n, params, window_seed(seed, i), first_frame=a)
         if pinned:
             job.fixed = torch.zeros(K, n, dtype=torch.bool)
             job.fixed[:, :pinned] = True

@@ -38,6 +38,7 @@ from .lm import MagnetLM
 from .params import DecodeParams, pick_seed
 from .presets import ModelDecoding
 from .regions import prepare_continue, prepare_inpaint
+from .tempo import beat_grids
 
 if TYPE_CHECKING:
     from .spectral_codec import SpectralCodec
@@ -157,6 +158,9 @@ class MagnetPipeline:
         # Each row attends to its own text length ("" is one EOS token), as if decoded alone: the
         # release pads to the longest prompt in the batch, which makes a take depend on its batch mates.
         cross_len = text.mask.sum(-1).clamp(min=1).to(self.device)
+        beat = None
+        if self.lm.beat_proj is not None:  # the tempo each prompt names, on each job's stretch of its grid
+            beat = beat_grids(prompts, frames, [jobs[ji].first_frame for ji in row_job], self.frame_rate)
         fixed, init = self._pinned(jobs, row_job, frames)
         clock.mark("text")
         job_rows = [[r for r, jj in enumerate(row_job) if jj == ji] for ji in range(len(jobs))]
@@ -177,8 +181,8 @@ class MagnetPipeline:
         if params.rescore_weight > 0 and isinstance(rescorer, BindableRescorer):
             rescorer = rescorer.bind(text.hidden, text.mask)  # condition the rescorer on each row's text
         out = decode(self.lm, cond, frames, params, self._row_groups(jobs), fixed=fixed, init_codes=init,
-                     cross_len=cross_len, on_step=step, is_cancelled=cancelled, rescorer=rescorer, path=self.path,
-                     graphs=self.graphs)
+                     cross_len=cross_len, beat=beat, on_step=step, is_cancelled=cancelled, rescorer=rescorer,
+                     path=self.path, graphs=self.graphs)
         clock.mark("decode_tail")
         alive = [ji for ji, rows in enumerate(job_rows) if all(out[r] is not None for r in rows)]
         codes_by_job = {ji: torch.cat([out[r] for r in job_rows[ji]]) for ji in alive}

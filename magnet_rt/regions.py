@@ -148,7 +148,7 @@ class RegionTask:
         fixed = torch.ones(self.codes.shape[1], b - a, dtype=torch.bool)
         fixed[:, lo - a:hi - a] = False
         return Job([self.prompt], b - a, self.params, window_seed(self.seed, self.i), self.variations, fixed,
-                   self.codes[:, :, a:b].clone())
+                   self.codes[:, :, a:b].clone(), first_frame=self.tl.start + a)
 
     def step(self, res: JobResult) -> Job | None:
         a, b = self.tl.windows[self.i]

@@ -141,6 +141,8 @@ def test_endless_set_prompt_and_cancel(client):
         if m.TYPE == "window":
             windows.append(m)
             if len(windows) == 1:
+                bad = client.call(SetPrompt(id="sp0", target="E", prompt="second at 999 bpm"))
+                assert (bad.TYPE, bad.code, bad.details["field"]) == ("error", "invalid_field", "prompt"), bad
                 reply = client.call(SetPrompt(id="sp", target="E", prompt="second"))
                 status = client.call(Status(id="st"))
                 entry = next(q for q in status.queue if q.id == "E")

@@ -70,6 +70,35 @@ def test_small_run_on_the_shipped_model(tmp_path, small_data):
     assert r["training_clips"]["n"] == 3 and 0 <= takes["inside_training_range"] <= 2  # every 5th of 12 clips
     assert 1 <= takes["key_rank"] <= 24 and all(1 <= p["key_rank"] <= 24 for p in clips["per_item"])
     assert len(takes["min_distinct_tokens"]) == 4 and min(takes["min_distinct_tokens"]) >= 1
+    # minimal drum pairs: each caption against itself with the drums phrase turned over, same seed
+    assert takes["drum_pairs"] == 2 and takes["drum_pairs_separated"] in (0.0, 0.5, 1.0)
+    assert all(p["twin_percussive_share"] >= 0 for p in takes["per_item"])
+
+
+def test_drum_twins_turn_the_drums_phrase_over_in_every_datagen_template(small_data):
+    from magnet_rt.train.contrast import with_drums
+    from magnet_rt.train.data import find_captioned_audio
+
+    assert with_drums("funk, happy, piano melody, slap bass, with drums, E minor, 112 bpm", False) == \
+        "funk, happy, piano melody, slap bass, no drums, E minor, 112 bpm"
+    assert with_drums("sad hip hop with piano, synth bass and drums at 87 bpm in C# minor", False) == \
+        "sad hip hop with piano, synth bass at 87 bpm in C# minor"
+    assert with_drums("joyful rock with organ, picked bass at 133 bpm in B major", True) == \
+        "joyful rock with organ, picked bass and drums at 133 bpm in B major"
+    assert with_drums("a calm folk piece featuring flute and piano, 80 bpm, key of C major", True) == \
+        "a calm folk piece featuring flute and piano and drums, 80 bpm, key of C major"
+    assert with_drums("folk, calm, flute melody, cello, without drums, C major, 80 bpm", True) == \
+        "folk, calm, flute melody, cello, with drums, C major, 80 bpm"
+    assert with_drums("a drummer's dream", True) is None and with_drums("rock with drums", True) is None
+    clips = find_captioned_audio(small_data)
+    twins = mq.drum_twins(clips)
+    assert all(t is not None for t in twins)
+    assert all(with_drums(t, not c.labels["drums"]) is None for c, t in zip(clips, twins, strict=True))  # turned
+    row = {"per_item": [{"drums": True, "percussive_share": 0.3}, {"drums": False, "percussive_share": 0.1},
+                        {"drums": False, "percussive_share": 0.2}]}
+    loud, soft = np.random.default_rng(0).standard_normal(SR).astype(np.float32), np.zeros(SR, np.float32)
+    mq.drum_pairs(row, ["t0", "t1", None], {0: soft, 1: loud})
+    assert row["drum_pairs"] == 2 and row["drum_pairs_separated"] == pytest.approx(1.0)
 
 
 @pytest.mark.slow

@@ -49,6 +49,11 @@ def build_parser(prog: str = "magnet-rt train", defaults: dict | None = None) ->
     p.add_argument("--contrast-weight", type=float, default=0.0,
                    help="weight of the counterfactual-caption hinge (key/tempo changed; train/contrast.py)")
     p.add_argument("--contrast-margin", type=float, default=0.5, help="its margin in nats")
+    p.add_argument("--beat-grid", action="store_true",
+                   help="give the LM a beat grid input from the captions' 'N bpm' (magnet_rt/tempo.py); with "
+                        "--init, added to the initial LM at zero (it starts computing exactly as before)")
+    p.add_argument("--beat-dropout", type=float, default=0.3,
+                   help="with a beat grid: probability of training a row without it (prompts with no tempo)")
     p.add_argument("--valid", type=int, default=32, help="files held out for evaluation")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--ckpt-every", type=int, default=200)
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None, prog: str = "magnet-rt train", defaults:
         torch.set_num_threads(args.threads)
     from ..devices import pick_device
     from ..errors import MagnetError
+    from ..tempo import BEAT_FEATURES
     from .data import encode_folder
     from .loop import fit_lm
     from .trainer import LMTrainer, TrainConfig
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None, prog: str = "magnet-rt train", defaults:
             lm, te, codec, te_name = load_init(args.init, device)
         else:
             lm, te, codec, te_name = build_scratch(args, device)
+        if args.beat_grid and lm.beat_proj is None:
+            lm = lm.with_beat_grid(BEAT_FEATURES)
         workers = args.encode_workers if args.codec and not args.init else 1
         tokens = encode_folder(codec, args.data, workers=workers, codec_path=args.codec)
         n_valid = min(args.valid, max(0, len(tokens) // 10))
@@ -122,7 +130,8 @@ def main(argv: list[str] | None = None, prog: str = "magnet-rt train", defaults:
         cfg = TrainConfig(lr=lr, weight_decay=args.weight_decay, warmup_steps=warmup, total_steps=args.steps,
                           grad_clip=args.grad_clip, ema_decay=args.ema_decay, cfg_dropout=args.cfg_dropout,
                           seed=args.seed, hybrid=args.hybrid, ar_weight=args.ar_weight,
-                          contrast_weight=args.contrast_weight, contrast_margin=args.contrast_margin)
+                          contrast_weight=args.contrast_weight, contrast_margin=args.contrast_margin,
+                          beat_dropout=args.beat_dropout)
         trainer = LMTrainer(lm, te, cfg, amp_dtype=torch.bfloat16 if device.type == "cuda" else None)
         n_params = sum(p.numel() for p in lm.parameters())
         log.info("LM %.2fM params, %d train / %d held-out files, %d steps of batch %d", n_params / 1e6, len(train),
@@ -139,7 +148,9 @@ def main(argv: list[str] | None = None, prog: str = "magnet-rt train", defaults:
         return 2
     if metrics:
         print(f"{prog}: step {trainer.step}, held-out loss {metrics.get('loss', float('nan')):.4f}")
-    print(f"{prog}: bundle at {Path(args.out) / 'bundle'}, released-format export at {Path(args.out) / 'export'}")
+    export = Path(args.out) / "export" / "state_dict.bin"
+    print(f"{prog}: bundle at {Path(args.out) / 'bundle'}"
+          + (f", released-format export at {export.parent}" if export.is_file() else ""))
     return 0
 
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import torch
 
+from ..tempo import TEMPO_PHRASE
 from .datagen import KEYS
 
 KEY_PHRASE = re.compile(r"\b([A-G](?:#|b)?) (major|minor)\b")
-TEMPO_PHRASE = re.compile(r"\b(\d{2,3}) bpm\b")
 
 
 def _draw(generator: torch.Generator, n: int) -> int:
@@ -38,12 +38,36 @@ def with_key_moved(caption: str, semitones: int) -> str | None:
     return f"{caption[:m.start()]}{KEYS[(KEYS.index(m.group(1)) + semitones) % 12]} {m.group(2)}{caption[m.end():]}"
 
 
-def with_tempo(caption: str, change: Callable[[int], float]) -> str | None:
+def with_tempo(caption: str, change: Callable[[float], float]) -> str | None:
     """`caption` with its "N bpm" replaced by round(change(N)); None when it names no tempo."""
     m = TEMPO_PHRASE.search(caption)
     if m is None:
         return None
-    return f"{caption[:m.start()]}{round(change(int(m.group(1))))} bpm{caption[m.end():]}"
+    return f"{caption[:m.start()]}{round(change(float(m.group(1))))} bpm{caption[m.end():]}"
+
+
+DRUMS_ON = re.compile(r"\b(?:no|without) drums\b")
+DRUMS_OFF = (re.compile(r"\bwith drums\b"), re.compile(r" and drums\b"))
+TEMPO_JOINT = re.compile(r"(?: at|,) \d")  # where the datagen's drum-less templates would say " and drums"
+
+
+def with_drums(caption: str, drums: bool) -> str | None:
+    """`caption` saying the opposite about drums in the datagen's words ("with drums" <-> "no drums", " and
+    drums" <-> none), everything else kept; None when it already says `drums` or cannot be rewritten."""
+    has_drums = bool(DRUMS_OFF[0].search(caption) or DRUMS_OFF[1].search(caption))
+    if has_drums == drums:
+        return None
+    if not drums:
+        out = DRUMS_OFF[0].sub("no drums", caption, count=1)
+        return out if out != caption else DRUMS_OFF[1].sub("", caption, count=1)
+    out = DRUMS_ON.sub("with drums", caption, count=1)
+    if out != caption:
+        return out
+    m = TEMPO_PHRASE.search(caption)
+    joint = TEMPO_JOINT.search(caption, max(0, m.start() - 5)) if m else None
+    if joint is None or joint.end() - 1 != m.start():
+        return None
+    return f"{caption[:joint.start()]} and drums{caption[joint.start():]}"
 
 
 def counterfactual(caption: str | None, generator: torch.Generator) -> str | None:

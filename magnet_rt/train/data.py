@@ -122,12 +122,14 @@ class TokenSet:
                 TokenSet(self.codes[n:], self.captions[n:], self.files[n:]))
 
     def batch(self, indices: list[int], frames: int, generator: torch.Generator | None = None,
-              pad_id: int = 0) -> tuple[Tensor, list[str], Tensor]:
-        """Random `frames`-long crops of the given files -> codes [B, K, frames], captions, valid [B, frames]
-        (files shorter than `frames` are right-padded; padding is marked invalid)."""
+              pad_id: int = 0) -> tuple[Tensor, list[str], Tensor, Tensor]:
+        """Random `frames`-long crops of the given files -> codes [B, K, frames], captions, valid [B, frames],
+        first_frames [B] (each crop's first frame in its file: the beat grid's phase). Files shorter than
+        `frames` are right-padded; padding is marked invalid."""
         K = self.codes[0].shape[0]
         out = torch.full((len(indices), K, frames), pad_id, dtype=torch.long)
         valid = torch.zeros(len(indices), frames, dtype=torch.bool)
+        first = torch.zeros(len(indices), dtype=torch.long)
         for b, i in enumerate(indices):
             c = self.codes[i].long()
             T = c.shape[-1]
@@ -135,7 +137,8 @@ class TokenSet:
             n = min(frames, T)
             out[b, :, :n] = c[:, start:start + n]
             valid[b, :n] = True
-        return out, [self.captions[i] for i in indices], valid
+            first[b] = start
+        return out, [self.captions[i] for i in indices], valid, first
 
     def sample(self, batch_size: int, frames: int, generator: torch.Generator | None = None):
         idx = torch.randint(len(self), (batch_size,), generator=generator).tolist()

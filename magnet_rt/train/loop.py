@@ -5,7 +5,8 @@ OUT/
   trainer.pt        latest resumable state (model, optimizer, scheduler, EMA, step, RNG), weights_only
   log.jsonl         one JSON object per logged step / evaluation
   bundle/           the EMA weights as a magnet-rt bundle (model.safetensors, codec.safetensors, config.json)
-  export/           the EMA weights in the released format: state_dict.bin + compression_state_dict.bin
+  export/           the EMA weights in the released format: state_dict.bin + compression_state_dict.bin (EnCodec
+                    only; an LM with a beat grid has no released form)
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def git_commit() -> str | None:
 
 
 def eval_batches(tokens: TokenSet, batch_size: int, frames: int, max_batches: int = 4):
-    """Fixed held-out batches (crops drawn with seed 0), the same at every evaluation."""
+    """Fixed held-out batches (codes, captions, first frames; crops drawn with seed 0), the same at every
+    evaluation."""
     g = torch.Generator().manual_seed(0)
     n = min(len(tokens), batch_size * max_batches)
-    return [tokens.batch(list(range(i, min(n, i + batch_size))), frames, g)[:2] for i in range(0, n, batch_size)]
+    batches = [tokens.batch(list(range(i, min(n, i + batch_size))), frames, g) for i in range(0, n, batch_size)]
+    return [(codes, captions, first) for codes, captions, _, first in batches]
 
 
 def export_run(trainer: LMTrainer, codec, out: Path, provenance: dict, metrics: dict, text_encoder_name: str,
@@ -59,8 +62,11 @@ def export_run(trainer: LMTrainer, codec, out: Path, provenance: dict, metrics: 
     pipe = MagnetPipeline(ema, te, codec, name=provenance.get("name", out.name))
     bundle = save_bundle(pipe, out / "bundle", lm_dtype=lm_dtype, text_encoder=spec, provenance=provenance,
                          metrics=metrics)
-    (out / "export").mkdir(parents=True, exist_ok=True)
-    save_audiocraft_lm(ema, out / "export" / "state_dict.bin", text_encoder=text_encoder_name)
+    if ema.beat_proj is not None:  # audiocraft's LM has no beat grid input: a bundle only
+        log.info("no released-format export: the LM has a beat grid")
+    else:
+        (out / "export").mkdir(parents=True, exist_ok=True)
+        save_audiocraft_lm(ema, out / "export" / "state_dict.bin", text_encoder=text_encoder_name)
     if isinstance(codec, Codec):  # audiocraft's format holds EnCodec only; a spectral codec lives in the bundle
         write_audiocraft_compression_checkpoint(out / "export" / "compression_state_dict.bin", codec.model,
                                                 audiocraft_xp_cfg(codec.model.config))
@@ -93,8 +99,8 @@ def fit_lm(trainer: LMTrainer, codec, train: TokenSet, valid: TokenSet | None, o
             logf.flush()
 
         while trainer.step < steps:
-            codes, captions, valid_mask = train.sample(batch_size, frames, trainer.generator)
-            info = trainer.train_step(codes, captions, valid_mask)
+            codes, captions, valid_mask, first_frames = train.sample(batch_size, frames, trainer.generator)
+            info = trainer.train_step(codes, captions, valid_mask, first_frames)
             if trainer.step % log_every == 0 or trainer.step == steps:
                 row = {**{k: v for k, v in asdict(info).items() if k != "extra"}, **info.extra}
                 row["time"] = round(time.time() - t_start, 1)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from ..lm import MagnetConfig, MagnetLM
+from ..tempo import beat_grids
 from .contrast import contrast_hinge, counterfactual
 from .hybrid import hybrid_loss, make_hybrid_batch
 from .masking import make_masked_batch
@@ -59,6 +60,7 @@ class TrainConfig:
     ar_weight: float = 1.0  # weight of the AR loss when `hybrid`
     contrast_weight: float = 0.0  # weight of the counterfactual-caption hinge (train/contrast.py); 0 = off
     contrast_margin: float = 0.5  # nats by which the true caption must beat the counterfactual
+    beat_dropout: float = 0.3  # with a beat grid: each row's grid is zeroed with this probability ("no tempo")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -170,70 +172,90 @@ class LMTrainer:
         return self.lm.device
 
     # ---- one step ------------------------------------------------------------------------------
-    def condition(self, captions: list[str | None], drop: bool):
-        """captions -> (cond [B, S, D], cross_len [B]); `drop` replaces them all with the null condition."""
+    def condition(self, captions: list[str | None], drop: bool, grid: Tensor | None = None):
+        """captions -> CrossInputs; `drop` replaces them all with the null condition (and no beat grid).
+        `grid` [B, T, F]: the rows' beat grids (`beat_grid`), for a model with one."""
         text = self.text_encoder.encode([None] * len(captions) if drop else list(captions))
         hidden, mask = text.hidden.to(self.device), text.mask.to(self.device)
         cond = self.lm.project_text(hidden, mask)
-        return cond, mask.sum(-1).clamp(min=1)
+        return self.lm.cross_inputs(cond, mask.sum(-1).clamp(min=1), None if drop else grid)
+
+    def beat_grid(self, captions: list[str | None], frames: int, first_frames: Tensor | None,
+                  dropout: bool) -> Tensor | None:
+        """Each row's beat grid from its caption's tempo, starting at its crop's first frame; with `dropout`,
+        each row's grid is zeroed with probability `beat_dropout` (one draw per row from the generator, made
+        only for a model with a grid, so a model without one trains exactly as before)."""
+        if self.lm.beat_proj is None:
+            return None
+        starts = [0.0] * len(captions) if first_frames is None else [float(f) for f in first_frames]
+        grid = beat_grids(captions, frames, starts, self.lm.cfg.frame_rate).to(self.device)
+        if dropout:
+            keep = torch.rand(len(captions), generator=self.generator) >= self.cfg.beat_dropout
+            grid = grid * keep.to(grid).view(-1, 1, 1)
+        return grid
 
     def compute_loss(self, codes: Tensor, captions: list[str | None], valid: Tensor | None = None,
-                     stage: int | None = None, drop: bool | None = None,
-                     contrast: bool = True) -> tuple[Tensor, dict]:
+                     stage: int | None = None, drop: bool | None = None, contrast: bool = True,
+                     first_frames: Tensor | None = None) -> tuple[Tensor, dict]:
         """Draw masks (and the CFG coin unless `drop` is given) from the trainer's generator, forward, loss.
-        `contrast`: add the counterfactual-caption hinge when the config asks for it (evaluation does not)."""
+        `contrast`: add the counterfactual-caption hinge when the config asks for it (evaluation does not).
+        `first_frames` [B]: each crop's first frame in its clip (the beat grid's phase; None: 0). Evaluation
+        (`drop` given) keeps every grid."""
+        training = drop is None
         if drop is None:
             drop = bool(torch.rand(1, generator=self.generator) < self.cfg.cfg_dropout)
         codes = codes.to(self.device)
+        grid = self.beat_grid(captions, codes.shape[-1], first_frames, dropout=training)
         if self.cfg.hybrid:
-            return self._hybrid_loss(codes, captions, valid, stage, drop)
+            return self._hybrid_loss(codes, captions, valid, stage, drop, grid)
         batch = make_masked_batch(codes, self.lm.card, self.lm.cfg.span_len, self.generator, stage=stage, valid=valid)
         amp = self.amp_dtype is not None
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
-            cond, cross_len = self.condition(captions, drop)
-            logits = self.lm.stage_logits(batch.inputs, self.lm.cross_inputs(cond, cross_len), batch.stage)
+            logits = self.lm.stage_logits(batch.inputs, self.condition(captions, drop, grid), batch.stage)
         loss = masked_stage_loss(logits, batch.targets, batch.mask, batch.stage)
         info = {"stage": batch.stage, "dropped": drop, "masked": int(batch.mask.sum()),
                 "accuracy": masked_stage_accuracy(logits, batch.targets, batch.mask, batch.stage)}
         if contrast and self.cfg.contrast_weight > 0 and not drop:
-            hinge = self._contrast(batch, logits, captions)
+            hinge = self._contrast(batch, logits, captions, first_frames)
             info["contrast"] = float(hinge.detach())
             loss = loss + self.cfg.contrast_weight * hinge
         return loss, info
 
-    def _contrast(self, batch, logits: Tensor, captions: list[str | None]) -> Tensor:
-        """The counterfactual-caption hinge (train/contrast.py) on this masked batch."""
+    def _contrast(self, batch, logits: Tensor, captions: list[str | None], first_frames: Tensor | None) -> Tensor:
+        """The counterfactual-caption hinge (train/contrast.py) on this masked batch (the counterfactual's own
+        beat grid, never dropped)."""
         counter = [counterfactual(c, self.generator) for c in captions]
         rows = torch.tensor([c is not None for c in counter], device=self.device)
         if not bool(rows.any()):
             return logits.sum() * 0.0
         amp = self.amp_dtype is not None
+        counter = [c or t for c, t in zip(counter, captions, strict=True)]
+        grid = self.beat_grid(counter, batch.inputs.shape[-1], first_frames, dropout=False)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
-            cond, cross_len = self.condition([c or t for c, t in zip(counter, captions, strict=True)], False)
-            counter_logits = self.lm.stage_logits(batch.inputs, self.lm.cross_inputs(cond, cross_len), batch.stage)
+            counter_logits = self.lm.stage_logits(batch.inputs, self.condition(counter, False, grid), batch.stage)
         ce_true = masked_stage_loss_per_row(logits, batch.targets, batch.mask, batch.stage)
         ce_counter = masked_stage_loss_per_row(counter_logits, batch.targets, batch.mask, batch.stage)
         return contrast_hinge(ce_true, ce_counter, rows, self.cfg.contrast_margin)
 
-    def _hybrid_loss(self, codes, captions, valid, stage, drop) -> tuple[Tensor, dict]:
+    def _hybrid_loss(self, codes, captions, valid, stage, drop, grid) -> tuple[Tensor, dict]:
         """The hybrid objective: delayed layout, causal attention and every head's AR loss before a split
         drawn per row, MAGNeT's span masking and loss after it (train/hybrid.py)."""
         hb = make_hybrid_batch(codes, self.lm.card, self.lm.cfg.span_len, self.generator, stage=stage,
                                context=self.lm.cfg.subcodes_context, valid=valid)
         amp = self.amp_dtype is not None
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
-            cond, cross_len = self.condition(captions, drop)
-            logits = self.lm(hb.inputs, self.lm.cross_inputs(cond, cross_len), hb.stage, attn_mask=hb.allowed)
+            logits = self.lm(hb.inputs, self.condition(captions, drop, grid), hb.stage, attn_mask=hb.allowed)
         loss, parts = hybrid_loss(logits, hb, self.cfg.ar_weight)
         info = {"stage": hb.stage, "dropped": drop, "masked": int(hb.mask.sum()),
                 "accuracy": masked_stage_accuracy(logits, hb.targets, hb.mask, hb.stage),
                 "magnet_loss": float(parts["magnet"]), "ar_loss": float(parts["ar"])}
         return loss, info
 
-    def train_step(self, codes: Tensor, captions: list[str | None], valid: Tensor | None = None) -> StepInfo:
+    def train_step(self, codes: Tensor, captions: list[str | None], valid: Tensor | None = None,
+                   first_frames: Tensor | None = None) -> StepInfo:
         t0 = time.perf_counter()
         self.lm.train()
-        loss, info = self.compute_loss(codes, captions, valid)
+        loss, info = self.compute_loss(codes, captions, valid, first_frames=first_frames)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.lm.parameters(), self.cfg.grad_clip))
@@ -248,16 +270,17 @@ class LMTrainer:
 
     @torch.no_grad()
     def evaluate(self, batches, use_ema: bool = True) -> dict[str, float]:
-        """Mean loss per stage on held-out batches [(codes, captions)], each stage evaluated on every
-        batch, with a fixed generator (seed 1234) so numbers are comparable across steps."""
+        """Mean loss per stage on held-out batches [(codes, captions[, first_frames])], each stage evaluated on
+        every batch, with a fixed generator (seed 1234) so numbers are comparable across steps."""
         model = self.ema_model() if use_ema else self.lm
         saved_gen, saved_lm = self.generator, self.lm
         self.generator, self.lm = torch.Generator().manual_seed(1234), model.eval()
         try:
             out: dict[str, list[float]] = {}
-            for codes, captions in batches:
+            for codes, captions, *first in batches:
                 for s in range(model.n_q):
-                    loss, info = self.compute_loss(codes, captions, stage=s, drop=False, contrast=False)
+                    loss, info = self.compute_loss(codes, captions, stage=s, drop=False, contrast=False,
+                                                   first_frames=first[0] if first else None)
                     out.setdefault(f"loss_stage{s}", []).append(float(loss))
                     out.setdefault(f"acc_stage{s}", []).append(info["accuracy"])
         finally:
