@@ -10,9 +10,10 @@ onnxruntime, mir_eval), because our own metrics once called a 50 Hz frame buzz g
 (b) Takes from held-out captions (each bundle's LM, preset `--preset`): the buzz measures, tempo from
     librosa's beat tracker vs the caption's bpm (within 8 %, or half / double), the percussive energy share
     (librosa HPSS) of "drums" vs "no drums" captions compared pairwise (every drums take against every no-drums
-    take, and in minimal pairs: each caption against itself with its drums phrase turned over, same seed), key (Krumhansl-Kessler profiles on
-    librosa's chroma) vs the caption's tonic and mode (right, and the rank of the caption's key among the 24:
-    12.5 by chance), notes per second (basic-pitch), and the distinct tokens per codebook of each take.
+    take, and in minimal pairs: each caption against itself with its drums phrase turned over, same seed), key
+    (Krumhansl-Kessler profiles on librosa's chroma) vs the caption's tonic and mode (right, and the rank of
+    the caption's key among the 24: 12.5 by chance), notes per second (basic-pitch), and the distinct tokens
+    per codebook of each take.
 The row `clips` measures the held-out training clips themselves under (b) (the ceiling). `training_clips`
 is the buzz measures' range over every `--range-every`-th training clip, and each bundle's
 `inside_training_range` counts its takes inside that range on both measures (the issue's target).

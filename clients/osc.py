@@ -296,6 +296,16 @@ class OscJob:
     def phases(self) -> int:
         return 2 if self.address == "/magnet/loop" else 1
 
+    @property
+    def prompt(self) -> str:
+        """The prompt, with the job's tempo appended when it is given in bars at a bpm and the prompt names no
+        tempo ("N bpm"): a model with a beat grid plays the prompt's tempo (OSC.md §2), so a loop lands on
+        the host's grid, as DAW bridges append the host tempo."""
+        p, bpm = self.values["prompt"], self.values.get("bpm")
+        if bpm is None or "bpm" in p.lower() or not P.PROMPT_BPM_RANGE[0] <= bpm <= P.PROMPT_BPM_RANGE[1]:
+            return p
+        return f"{p}, {bpm:g} bpm" if p.strip() else f"{bpm:g} bpm"
+
     def render(self) -> dict[str, Any]:
         """The fields every request of this job carries."""
         return {"preset": self.values["preset"], "seed": self.seed}
@@ -541,7 +551,7 @@ class OscBridge:
 
     def _generate(self, job: OscJob, welcome: P.Welcome) -> AsyncRequestStream:
         v, duration = job.values, self._frames(job, welcome)
-        return self.client.generate(v["prompt"], duration_s=duration, variations=job.outputs,
+        return self.client.generate(job.prompt, duration_s=duration, variations=job.outputs,
                                     hybrid_s=v.get("hybrid_s"), **job.render(),
                                     **_loudness(v, duration, welcome.limits.max_duration_s))
 
@@ -555,13 +565,13 @@ class OscBridge:
 
     def _inpaint_bars(self, job: OscJob, welcome: P.Welcome) -> AsyncRequestStream:
         v = job.values  # edges on whole samples at the clip's rate (the daemon)
-        return self.client.inpaint(self._source(v["wav_path"]), None, None, v["prompt"], start_bar=v["start_bar"],
+        return self.client.inpaint(self._source(v["wav_path"]), None, None, job.prompt, start_bar=v["start_bar"],
                                    end_bar=v["end_bar"], bpm=v["bpm"], beats_per_bar=BEATS_PER_BAR,
                                    downbeat_s=v.get("downbeat_s", 0.0), **job.render())
 
     def _continue(self, job: OscJob, welcome: P.Welcome) -> AsyncRequestStream:
         job.sent_s = self._frames(job, welcome)
-        return self.client.continue_(self._source(job.values["wav_path"]), job.values["prompt"],
+        return self.client.continue_(self._source(job.values["wav_path"]), job.prompt,
                                      duration_s=job.sent_s, **job.render())
 
     def _source(self, path: str) -> P.Source:
@@ -634,7 +644,7 @@ class OscBridge:
         half = round(min(SEAL_WINDOW_S, n / rate / 2) * rate / 2)
         wrap = n - job.shift  # rotated[wrap - 1] is the clip's last sample, rotated[wrap] its first
         return self.client.inpaint(make_source(np.roll(clip, -job.shift, axis=-1), rate), (wrap - half) / rate,
-                                   (wrap + half) / rate, job.values["prompt"], **job.render())
+                                   (wrap + half) / rate, job.prompt, **job.render())
 
     def _window_audio(self, job: OscJob, msg: P.AudioChunk, x: np.ndarray) -> None:
         """Long-form / endless: gather a window's audio; once it is all in, write it and send /magnet/chunk.

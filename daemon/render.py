@@ -37,6 +37,7 @@ from protocol import (
     MAX_SOURCE_S,
     MIN_REGION_S,
     PICKED_SEED_BITS,
+    PROMPT_BPM_RANGE,
     AudioChunk,
     Continue,
     ErrorCode,
@@ -203,13 +204,16 @@ def _invalid(rid: str, field: str, why: str, code: ErrorCode = ErrorCode.INVALID
 
 
 def check_prompt_tempo(rid: str, prompts: tuple[str | None, ...] | list[str | None], field: str = "prompts") -> None:
-    """A tempo named in a prompt ("N bpm") must lie in `tempo.BPM_RANGE`: a model with a beat grid plays it
+    """A tempo named in a prompt ("N bpm") must lie in PROMPT_BPM_RANGE: a model with a beat grid plays it
     (magnet_rt/tempo.py); refused for every model, so a typo never depends on which model is resident."""
-    try:
-        for p in prompts:
-            prompt_bpm(p)
-    except InvalidParams as exc:
-        raise _invalid(rid, field, str(exc)) from None
+    lo, hi = PROMPT_BPM_RANGE
+    for p in prompts:
+        try:
+            bpm = prompt_bpm(p)
+        except InvalidParams as exc:
+            raise _invalid(rid, field, str(exc)) from None
+        if bpm is not None and not lo <= bpm <= hi:
+            raise _invalid(rid, field, f"the tempo {bpm:g} bpm is outside {lo:g}..{hi:g} bpm")
 
 
 def offered_presets(rescorer) -> list[str]:

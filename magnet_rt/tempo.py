@@ -24,24 +24,22 @@ from torch import Tensor
 
 from .errors import InvalidParams
 
-__all__ = ["BEAT_HARMONICS", "BEAT_FEATURES", "BPM_RANGE", "TEMPO_PHRASE", "prompt_bpm", "beat_grid", "beat_grids"]
+__all__ = ["BEAT_HARMONICS", "BEAT_FEATURES", "TEMPO_PHRASE", "prompt_bpm", "beat_grid", "beat_grids"]
 
 BEAT_HARMONICS = (0.25, 0.5, 1.0, 2.0, 4.0)  # cycles per beat
 BEAT_FEATURES = 2 * len(BEAT_HARMONICS)
-BPM_RANGE = (20.0, 400.0)
 TEMPO_PHRASE = re.compile(r"\b(\d{1,3}(?:\.\d+)?) ?bpm\b", re.IGNORECASE)
 
 
 def prompt_bpm(prompt: str | None) -> float | None:
-    """The first "N bpm" (or "Nbpm") of a prompt, None when it names no tempo; a tempo outside BPM_RANGE is
-    an InvalidParams."""
+    """The first "N bpm" (or "Nbpm") of a prompt, None when it names no tempo (0 bpm: InvalidParams). Which
+    tempi a service accepts is its own call (the daemon: protocol.PROMPT_BPM_RANGE)."""
     m = TEMPO_PHRASE.search(prompt or "")
     if m is None:
         return None
     bpm = float(m.group(1))
-    lo, hi = BPM_RANGE
-    if not lo <= bpm <= hi:
-        raise InvalidParams(f"prompt tempo {m.group(0)!r} is outside {lo:g}..{hi:g} bpm")
+    if bpm <= 0:
+        raise InvalidParams(f"prompt tempo {m.group(0)!r} must be above 0 bpm")
     return bpm
 
 

@@ -30,6 +30,7 @@ MAX_OUTPUTS = 16  # prompts x variations in one request
 MAX_DURATION_S = 30.0  # one window: inpaint, continue, chunk_s, hybrid_s
 MAX_LONG_DURATION_S = 600.0  # generate: beyond the model's segment it is long-form (window by window)
 MAX_SOURCE_S = 600.0  # inpaint / continue: the longest source, and the longest continuation
+PROMPT_BPM_RANGE = (20.0, 400.0)  # a tempo a prompt names ("N bpm"), which a model with a beat grid plays
 MAX_SEED = 2**63 - 1  # any seed the daemon reports
 MAX_REQUEST_SEED = 2**63 - 1025  # a request's base seed: the engine adds the output's and the window's index
 PICKED_SEED_BITS = 52  # seeds the daemon picks (and seed + k) stay exact in a double, e.g. in JavaScript
