@@ -196,5 +196,9 @@ def test_training_reads_the_caption_tempo_at_each_crops_place(beat_pipe):
     info = dropped.train_step(codes, caps, first_frames=torch.tensor([0, 5]))
     assert math.isfinite(info.loss)
     assert not dropped.lm.beat_proj.weight.grad.any()  # every grid dropped: nothing to learn from it
+    groups = dropped.optimizer.param_groups  # the new grid learns faster than the rest of the model
+    assert len(groups) == 3 and groups[2]["params"] == [dropped.lm.beat_proj.weight]
+    assert groups[2]["initial_lr"] == pytest.approx(20 * groups[0]["initial_lr"])
+    assert len(no_grid.optimizer.param_groups) == 2  # a model without a grid trains exactly as before
     held = [(codes, caps, torch.tensor([0, 5]))]
     assert set(trainer.evaluate(held)) >= {"loss", "loss_stage0"}

@@ -54,6 +54,8 @@ def build_parser(prog: str = "magnet-rt train", defaults: dict | None = None) ->
                         "--init, added to the initial LM at zero (it starts computing exactly as before)")
     p.add_argument("--beat-dropout", type=float, default=0.3,
                    help="with a beat grid: probability of training a row without it (prompts with no tempo)")
+    p.add_argument("--beat-lr-scale", type=float, default=20.0,
+                   help="with a beat grid: its projection learns at --lr times this")
     p.add_argument("--valid", type=int, default=32, help="files held out for evaluation")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--ckpt-every", type=int, default=200)
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None, prog: str = "magnet-rt train", defaults:
                           grad_clip=args.grad_clip, ema_decay=args.ema_decay, cfg_dropout=args.cfg_dropout,
                           seed=args.seed, hybrid=args.hybrid, ar_weight=args.ar_weight,
                           contrast_weight=args.contrast_weight, contrast_margin=args.contrast_margin,
-                          beat_dropout=args.beat_dropout)
+                          beat_dropout=args.beat_dropout, beat_lr_scale=args.beat_lr_scale)
         trainer = LMTrainer(lm, te, cfg, amp_dtype=torch.bfloat16 if device.type == "cuda" else None)
         n_params = sum(p.numel() for p in lm.parameters())
         log.info("LM %.2fM params, %d train / %d held-out files, %d steps of batch %d", n_params / 1e6, len(train),

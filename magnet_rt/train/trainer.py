@@ -61,6 +61,8 @@ class TrainConfig:
     contrast_weight: float = 0.0  # weight of the counterfactual-caption hinge (train/contrast.py); 0 = off
     contrast_margin: float = 0.5  # nats by which the true caption must beat the counterfactual
     beat_dropout: float = 0.3  # with a beat grid: each row's grid is zeroed with this probability ("no tempo")
+    beat_lr_scale: float = 20.0  # the beat grid's projection learns at lr x this (it starts at zero, and its
+    # 10 inputs compete with a sinusoidal position of norm sqrt(dim / 2) in the input embedding)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -127,11 +129,17 @@ class EMA:
         self.shadow = {k: v.float().clone() for k, v in state["shadow"].items()}
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and embedding tables; none on LayerNorm weights and biases."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, lr: float, beat_lr_scale: float = 1.0) -> list[dict]:
+    """Weight decay on matrices and embedding tables; none on LayerNorm weights and biases. A beat grid's
+    projection (`MagnetLM.beat_proj`), when the model has one, is a third group at lr x `beat_lr_scale`."""
+    beat = getattr(model, "beat_proj", None)
+    beat_ids = {id(p) for p in beat.parameters()} if beat is not None else set()
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in beat_ids]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    if beat is not None:
+        groups.append({"params": list(beat.parameters()), "weight_decay": weight_decay, "lr": lr * beat_lr_scale})
+    return groups
 
 
 @dataclass
@@ -160,7 +168,8 @@ class LMTrainer:
         self.amp_dtype = amp_dtype  # e.g. torch.bfloat16 on CUDA; None = fp32
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(param_groups(self.lm, self.cfg.weight_decay), lr=self.cfg.lr,
+        groups = param_groups(self.lm, self.cfg.weight_decay, self.cfg.lr, self.cfg.beat_lr_scale)
+        self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr,
                                            betas=self.cfg.betas, fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_with_warmup(self.cfg.warmup_steps, self.cfg.total_steps, self.cfg.min_lr_ratio))
