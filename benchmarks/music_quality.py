@@ -273,6 +273,15 @@ def drum_twins(captions: list[CaptionedFile]) -> list[str | None]:
     return [with_drums(c.caption, not c.labels["drums"]) for c in captions]
 
 
+def clip_drum_twins(captions: list[CaptionedFile], seconds: float, tmp: Path) -> dict[int, np.ndarray]:
+    """The ceiling of the minimal pairs: each held-out clip re-rendered by the datagen with its drums turned
+    over (same notes), where its labels carry the datagen seed."""
+    from magnet_rt.train.datagen import render_drum_twin
+
+    return {i: render_drum_twin(c.labels["seed"], seconds, tmp) for i, c in enumerate(captions)
+            if isinstance(c.labels.get("seed"), str)}
+
+
 def drum_pairs(row: dict, twins: list[str | None], twin_takes: dict[int, np.ndarray]) -> None:
     """Minimal pairs: a caption's take against its drum twin's take (same seed); separated when the one
     whose caption has drums has the larger percussive share. Adds `drum_pairs` and `drum_pairs_separated`."""
@@ -350,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bundle:
         result["training_clips"] = training_buzz_range(data, args.range_every, args.seconds)
         result["takes"]["clips"] = takes_row(sources, sr, captions, ear, out)
+        drum_pairs(result["takes"]["clips"], drum_twins(captions), clip_drum_twins(captions, args.seconds, out))
     panels = [("training clip (FluidSynth)", sources[0])]
     source_notes: dict = {}
     codec_panels: list[tuple[str, np.ndarray]] = []

@@ -72,6 +72,7 @@ def test_small_run_on_the_shipped_model(tmp_path, small_data):
     assert len(takes["min_distinct_tokens"]) == 4 and min(takes["min_distinct_tokens"]) >= 1
     # minimal drum pairs: each caption against itself with the drums phrase turned over, same seed
     assert takes["drum_pairs"] == 2 and takes["drum_pairs_separated"] in (0.0, 0.5, 1.0)
+    assert clips["drum_pairs"] == 2 and clips["drum_pairs_separated"] == 1.0  # the datagen's own twins: ceiling
     assert all(p["twin_percussive_share"] >= 0 for p in takes["per_item"])
 
 

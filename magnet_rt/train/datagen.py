@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -398,6 +398,21 @@ def _write_clip(job: tuple[Path, int, int, float, Path, bool]) -> dict:
         if (i + 1) % 100 == 0:
             log.info("clip %d written", i + 1)
     return {"file": wav.name, "caption": clip.caption, **clip.labels()}
+
+
+def render_drum_twin(clip_seed: str, seconds: float, tmp: Path) -> np.ndarray:
+    """The clip with seed `clip_seed` ("seed:index", its captions.jsonl label) rendered with its drums turned
+    over: the same notes (the drum part is composed last and draws nothing the others use), plus or minus
+    the drums. float32 mono at SAMPLE_RATE."""
+    seed, index = (int(v) for v in clip_seed.split(":"))
+    clip = draw_clip(seed, index)
+    clip = replace(clip, drums=not clip.drums)
+    notes, programs = compose(clip, seconds)
+    mid = write_midi(Path(tmp) / f"twin-{seed}-{index}.mid", notes, clip.tempo, programs)
+    try:
+        return render(mid, seconds, find_soundfont())
+    finally:
+        mid.unlink(missing_ok=True)
 
 
 def generate(out: str | Path, n: int, seed: int = 0, seconds: float = 10.0, start: int = 0,
