@@ -159,7 +159,8 @@ class SourcePlan(BatchPlan):
     def prepare(self, pipe: Pipeline, cancelled: Callable[[], bool] | None = None) -> None:
         msg, (audio, sr) = self.msg, self.source
         if isinstance(msg, Inpaint):
-            prep = pipe.prepare_inpaint(audio, sr, *self.region, msg.prompt, self.params, self.seed, msg.variations)
+            prep = pipe.prepare_inpaint(audio, sr, *self.region, msg.prompt, self.params, self.seed, msg.variations,
+                                        downbeat_s=msg.downbeat_s)
         else:
             duration = msg.duration_s if msg.duration_s is not None else float(pipe.segment_duration)
             prep = pipe.prepare_continue(audio, sr, msg.prompt, duration, self.params, self.seed, msg.variations)

@@ -40,7 +40,7 @@ class Job:
     variations: int = 1
     fixed: Tensor | None = None  # [K, frames] bool: pinned positions
     init_codes: Tensor | None = None  # [K, frames] (or [variations, K, frames]) codes at the pinned positions
-    first_frame: int = 0  # where frame 0 sits on the beat grid: frames since the take's first frame (`tempo.py`)
+    first_frame: float = 0.0  # where frame 0 sits on the beat grid: frames since the first downbeat (`tempo.py`)
 
     @property
     def rows(self) -> int:
@@ -111,7 +111,8 @@ class Pipeline(Protocol):
                   is_cancelled: Callable[[int], bool] | None = None) -> list[JobResult | None]: ...
 
     def prepare_inpaint(self, audio, sample_rate: int, start_s: float, end_s: float, prompt: str | None,
-                        params=None, seed: int | None = None, variations: int = 1, fade_s: float = ...) -> Prepared: ...
+                        params=None, seed: int | None = None, variations: int = 1, fade_s: float = ...,
+                        downbeat_s: float = 0.0) -> Prepared: ...
 
     def prepare_continue(self, audio, sample_rate: int, prompt: str | None, duration_s: float, params=None,
                          seed: int | None = None, variations: int = 1, fade_s: float = ...) -> Prepared: ...

@@ -252,10 +252,12 @@ class MagnetPipeline:
 
     def inpaint(self, audio, sample_rate: int, start_s: float, end_s: float, prompt: str | None,
                 params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
-                progress=None, cancelled=None, fade_s: float = DEFAULT_FADE_S) -> JobResult:
+                progress=None, cancelled=None, fade_s: float = DEFAULT_FADE_S, downbeat_s: float = 0.0) -> JobResult:
         """Regenerate [start_s, end_s) of `audio` ([N] or [C, N], up to 10 minutes); everything outside is kept
-        exactly. Returns audio [variations, C, N] at the source's sample rate and channels."""
-        prepared = self.prepare_inpaint(audio, sample_rate, start_s, end_s, prompt, params, seed, variations, fade_s)
+        exactly. Returns audio [variations, C, N] at the source's sample rate and channels. `downbeat_s`: see
+        `prepare_inpaint`."""
+        prepared = self.prepare_inpaint(audio, sample_rate, start_s, end_s, prompt, params, seed, variations, fade_s,
+                                        downbeat_s)
         return self.run_prepared(prepared, progress, cancelled)
 
     def continue_from(self, audio, sample_rate: int, prompt: str | None, duration_s: float,
@@ -269,10 +271,12 @@ class MagnetPipeline:
     # ---- inpaint / continue as (job, step, finish), so a scheduler can batch their windows ------------------
     def prepare_inpaint(self, audio, sample_rate: int, start_s: float, end_s: float, prompt: str | None,
                         params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,
-                        fade_s: float = DEFAULT_FADE_S) -> Prepared:
+                        fade_s: float = DEFAULT_FADE_S, downbeat_s: float = 0.0) -> Prepared:
         """Validate and encode the source around the region; the jobs pin everything outside it
-        (`magnet_rt.regions`: window placement for sources of any length)."""
-        return prepare_inpaint(self, audio, sample_rate, start_s, end_s, prompt, params, seed, variations, fade_s)
+        (`magnet_rt.regions`: window placement for sources of any length). `downbeat_s`: the source's first
+        downbeat, where a model with a beat grid starts counting the prompt's tempo."""
+        return prepare_inpaint(self, audio, sample_rate, start_s, end_s, prompt, params, seed, variations, fade_s,
+                               downbeat_s)
 
     def prepare_continue(self, audio, sample_rate: int, prompt: str | None, duration_s: float,
                          params: DecodeParams | None = None, seed: int | None = None, variations: int = 1,

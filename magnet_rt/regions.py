@@ -141,6 +141,7 @@ class RegionTask:
     timings: dict[str, float] = field(default_factory=dict)
     pieces: list[tuple[int, np.ndarray]] = field(default_factory=list)
     i: int = 0
+    downbeat: float = 0.0  # the clip frame the beat grid's first downbeat falls on (`tempo.py`)
 
     def job(self) -> Job:
         a, b = self.tl.windows[self.i]
@@ -148,7 +149,7 @@ class RegionTask:
         fixed = torch.ones(self.codes.shape[1], b - a, dtype=torch.bool)
         fixed[:, lo - a:hi - a] = False
         return Job([self.prompt], b - a, self.params, window_seed(self.seed, self.i), self.variations, fixed,
-                   self.codes[:, :, a:b].clone(), first_frame=self.tl.start + a)
+                   self.codes[:, :, a:b].clone(), first_frame=self.tl.start + a - self.downbeat)
 
     def step(self, res: JobResult) -> Job | None:
         a, b = self.tl.windows[self.i]
@@ -208,8 +209,9 @@ def _encode(pipe: Pipeline, x: np.ndarray, sr: int, a: int, frames: int) -> tupl
 
 def prepare_inpaint(pipe: Pipeline, audio, sample_rate: int, start_s: float, end_s: float,
                     prompt: str | None, params: DecodeParams | None, seed: int | None, variations: int,
-                    fade_s: float) -> Prepared:
-    """Regenerate [start_s, end_s) of a source of any length up to MAX_SOURCE_S (module docstring)."""
+                    fade_s: float, downbeat_s: float = 0.0) -> Prepared:
+    """Regenerate [start_s, end_s) of a source of any length up to MAX_SOURCE_S (module docstring).
+    `downbeat_s`: where the source's first downbeat is, for a model with a beat grid (`tempo.py`)."""
     x, sr = _check_source(audio, sample_rate)
     N, fr = x.shape[-1], pipe.frame_rate
     dur, min_len = N / sr, pipe.lm.cfg.span_len / fr
@@ -238,7 +240,8 @@ def prepare_inpaint(pipe: Pipeline, audio, sample_rate: int, start_s: float, end
         return np.stack(outs), sr
 
     task = RegionTask(pipe, tl, prompt, params or pipe.decoding.default_params, pick_seed(seed), variations,
-                      known.expand(variations, -1, -1).clone(), render, {"codec_encode": t_enc})
+                      known.expand(variations, -1, -1).clone(), render, {"codec_encode": t_enc},
+                      downbeat=float(downbeat_s) * fr)
     return task.prepared()
 
 

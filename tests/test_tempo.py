@@ -147,6 +147,9 @@ def test_windows_of_long_takes_and_regions_carry_their_place_on_the_grid(beat_pi
     firsts = [f for f, _ in seen]
     assert firsts == sorted(firsts) and all(f >= 0 for f in firsts)
     seen.clear()
+    beat_pipe.inpaint(src, 32000, 0.4, 2.6, "funk 100 bpm", params=p, seed=1, downbeat_s=0.5)
+    assert [f for f, _ in seen] == [f - 25 for f in firsts]  # counted from the downbeat 0.5 s (25 frames) in
+    seen.clear()
     from magnet_rt import longform
 
     list(longform.stream_long(beat_pipe, "funk 100 bpm", 2.5, p, 7, overlap_s=0.3))
