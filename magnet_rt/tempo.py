@@ -28,7 +28,7 @@ __all__ = ["BEAT_HARMONICS", "BEAT_FEATURES", "TEMPO_PHRASE", "prompt_bpm", "bea
 
 BEAT_HARMONICS = (0.25, 0.5, 1.0, 2.0, 4.0)  # cycles per beat
 BEAT_FEATURES = 2 * len(BEAT_HARMONICS)
-TEMPO_PHRASE = re.compile(r"\b(\d{1,3}(?:\.\d+)?) ?bpm\b", re.IGNORECASE)
+TEMPO_PHRASE = re.compile(r"\b(\d+(?:\.\d+)?) ?bpm\b", re.IGNORECASE)
 
 
 def prompt_bpm(prompt: str | None) -> float | None:

@@ -8,6 +8,7 @@ import torch
 
 from magnet_rt import registry
 from magnet_rt.bundle import read_bundle_config
+from magnet_rt.errors import CheckpointError
 from magnet_rt.presets import resolve_params
 
 
@@ -97,10 +98,16 @@ def test_inpaint_and_continue_follow_the_source_level(demo, live_params, gain_db
 
 
 def test_the_released_export_of_the_demo_lm_round_trips(demo, tmp_path):
-    """The demo LM saved in the released audiocraft format loads back to the same logits."""
+    """The demo LM has a beat grid, which the released audiocraft format cannot hold: its export is refused.
+    Without the grid (the same weights; what a prompt with no tempo computes) it loads back to the same logits."""
     from magnet_rt.checkpoints import load_audiocraft_lm, save_audiocraft_lm
+    from magnet_rt.lm import MagnetConfig, MagnetLM
 
-    path = save_audiocraft_lm(demo.lm, tmp_path / "exp", dtype=torch.float32, text_encoder="minilm")
+    with pytest.raises(CheckpointError, match="beat grid"):
+        save_audiocraft_lm(demo.lm, tmp_path / "refused", dtype=torch.float32, text_encoder="minilm")
+    plain = MagnetLM(MagnetConfig(**{**demo.lm.cfg.to_dict(), "beat_features": 0}))
+    plain.load_state_dict({k: v for k, v in demo.lm.state_dict().items() if not k.startswith("beat_proj.")})
+    path = save_audiocraft_lm(plain.eval(), tmp_path / "exp", dtype=torch.float32, text_encoder="minilm")
     back = load_audiocraft_lm(path)
     text = demo.text_encoder.encode(["folk with banjo"])
     codes = torch.randint(2048, (1, 4, 50), generator=torch.Generator().manual_seed(0))

@@ -37,6 +37,7 @@ def test_prompt_bpm_reads_the_tempo_musicians_write():
     assert prompt_bpm("Drum And Bass 174 BPM") == 174
     assert prompt_bpm("calm piano") is None and prompt_bpm(None) is None and prompt_bpm("") is None
     assert prompt_bpm("gabber at 999 bpm") == 999  # which tempi to serve is the daemon's call
+    assert prompt_bpm("1000 bpm") == 1000 and prompt_bpm("x1000 bpm") is None
     with pytest.raises(InvalidParams, match="0 bpm"):
         prompt_bpm("silence at 0 bpm")
 
