@@ -216,7 +216,8 @@ def _stream(args: argparse.Namespace, client: MagnetClient) -> RequestStream:
     except RuntimeError as exc:  # soundfile cannot read it
         raise UsageError(f"INPUT {args.input!r}: cannot read it as audio ({exc})") from None
     if args.command == "inpaint":
-        return client.inpaint(source, args.start, args.end, args.prompt, **bars, **render)
+        prompt = P.prompt_with_tempo(args.prompt, bars.get("bpm"))  # a beat-grid model plays it (README)
+        return client.inpaint(source, args.start, args.end, prompt, **bars, **render)
     return client.continue_(source, args.prompt, duration_s=args.duration, **render)
 
 

@@ -298,13 +298,9 @@ class OscJob:
 
     @property
     def prompt(self) -> str:
-        """The prompt, with the job's tempo appended when it is given in bars at a bpm and the prompt names no
-        tempo ("N bpm"): a model with a beat grid plays the prompt's tempo (OSC.md §2), so a loop lands on
-        the host's grid, as DAW bridges append the host tempo."""
-        p, bpm = self.values["prompt"], self.values.get("bpm")
-        if bpm is None or "bpm" in p.lower() or not P.PROMPT_BPM_RANGE[0] <= bpm <= P.PROMPT_BPM_RANGE[1]:
-            return p
-        return f"{p}, {bpm:g} bpm" if p.strip() else f"{bpm:g} bpm"
+        """The prompt, with the job's tempo appended when it is given in bars at a bpm (`prompt_with_tempo`):
+        a model with a beat grid plays the prompt's tempo (OSC.md §2)."""
+        return P.prompt_with_tempo(self.values["prompt"], self.values.get("bpm"))
 
     def render(self) -> dict[str, Any]:
         """The fields every request of this job carries."""

@@ -130,6 +130,7 @@ def test_inpaint_sends_the_file_and_keeps_the_rest(daemon, tmp_path, capsys):
     sent = daemon.received[-1]
     assert code == 0, stderr
     assert (sent.start_s, sent.start_bar, sent.end_bar, sent.bpm, sent.downbeat_s) == (None, 1.0, 2.5, 123.4, 0.25)
+    assert sent.prompt == "p, 123.4 bpm"  # the region's tempo joins a prompt that names none
     code, _, stderr = run(capsys, "inpaint", str(src), "--start", "1", "--end-bar", "2", "p", "--connect",
                           daemon.endpoint, "-o", str(out))
     assert code == 2 and "--start-bar, --end-bar and --bpm" in stderr

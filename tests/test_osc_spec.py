@@ -108,13 +108,16 @@ def test_options_prompts_and_reply_routes():
 
 
 def test_a_tempo_in_bars_joins_the_prompt_unless_it_names_one():
+    from protocol import prompt_with_tempo
+
+    assert prompt_with_tempo(None, 120.0) is None and prompt_with_tempo("x", None) == "x"
     def prompt(address, *args):
         return OscJob(("127.0.0.1", 9001), "j", address, parse(address, args), seed=1).prompt
 
     assert prompt("/magnet/loop", "l", "warm pad", 2, 97.5, "live", 1) == "warm pad, 97.5 bpm"
     assert prompt("/magnet/generate", "g", "pad", "live", 7, 4, 120.0) == "pad, 120 bpm"
     assert prompt("/magnet/loop", "l", "techno at 130 BPM", 2, 97.5, "live", 1) == "techno at 130 BPM"
-    assert prompt("/magnet/loop", "l", "@unconditioned", 1, 90.0, "live", 1) == "90 bpm"
+    assert prompt("/magnet/loop", "l", "@unconditioned", 1, 90.0, "live", 1) == ""  # stays unconditioned
     assert prompt("/magnet/generate", "g", "pad", "live", 7, 2.0) == "pad"  # seconds: no tempo to add
     assert prompt("/magnet/loop", "l", "pad", 1, 600.0, "live", 1) == "pad"  # beyond PROMPT_BPM_RANGE: not added
 
