@@ -204,5 +204,7 @@ def test_training_reads_the_caption_tempo_at_each_crops_place(beat_pipe):
     assert len(groups) == 3 and groups[2]["params"] == [dropped.lm.beat_proj.weight]
     assert groups[2]["initial_lr"] == pytest.approx(20 * groups[0]["initial_lr"])
     assert len(no_grid.optimizer.param_groups) == 2  # a model without a grid trains exactly as before
+    with pytest.raises(ValueError, match="hybrid"):  # the delayed layout has no single frame for the grid
+        LMTrainer(beat_lm(2, segment_duration=1.0), beat_pipe.text_encoder, TrainConfig(hybrid=True))
     held = [(codes, caps, torch.tensor([0, 5]))]
     assert set(trainer.evaluate(held)) >= {"loss", "loss_stage0"}

@@ -162,6 +162,9 @@ class LMTrainer:
     def __init__(self, lm: MagnetLM, text_encoder, cfg: TrainConfig | None = None,
                  amp_dtype: torch.dtype | None = None):
         self.cfg = cfg or TrainConfig()
+        if self.cfg.hybrid and lm.beat_proj is not None:
+            raise ValueError("the hybrid objective's delayed layout shifts each codebook by one frame, so a beat "
+                             "grid has no single frame to sit on: train a beat-grid LM without --hybrid")
         self.lm = lm.float().train()
         self.lm.compute_dtype = torch.float32
         self.text_encoder = text_encoder
