@@ -152,8 +152,10 @@ class Bucket:
             k.copy_(k2)
             v.copy_(v2)
         b.cross.bias.copy_(cross.bias)
-        if b.cross.beat is not None:
-            b.cross.beat.copy_(cross.beat) if cross.beat is not None else b.cross.beat.zero_()
+        if b.cross.beat is not None and cross.beat is not None:
+            b.cross.beat.copy_(cross.beat)
+        elif b.cross.beat is not None:
+            b.cross.beat.zero_()  # no grid: no tempo
 
     def step(self, stage: int, cfg: bool, form: StepForm) -> None:
         if self.stream is None:  # not CUDA: eager

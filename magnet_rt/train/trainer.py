@@ -199,7 +199,7 @@ class LMTrainer:
         only for a model with a grid, so a model without one trains exactly as before)."""
         if self.lm.beat_proj is None:
             return None
-        starts = [0.0] * len(captions) if first_frames is None else [float(f) for f in first_frames]
+        starts = 0.0 if first_frames is None else first_frames.tolist()
         grid = beat_grids(captions, frames, starts, self.lm.cfg.frame_rate).to(self.device)
         if dropout:
             keep = torch.rand(len(captions), generator=self.generator) >= self.cfg.beat_dropout
