@@ -220,14 +220,22 @@ def finish_takes(audio: np.ndarray, sr: int, loudness: float | None = DEFAULT_LO
 
 
 def level_gain(reference: np.ndarray, rendering: np.ndarray, max_boost_db: float = 20.0,
-               max_cut_db: float = 60.0) -> float:
+               max_cut_db: float = 60.0, peak_db: float | None = -1.0) -> float:
     """The gain that brings `rendering` to the RMS of `reference`, at most `max_boost_db` up (a near-silent
-    rendering is not blown up) and `max_cut_db` down; 1 where either is silent."""
+    rendering is not blown up) and `max_cut_db` down; 1 where either is silent. With `peak_db`, lowered where
+    needed so the rendering's sample peak stays under the reference's own peak or `peak_db` dBFS, whichever
+    is higher: a peakier rendering matched in RMS would otherwise clip where the reference does not."""
     ref = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64)))) if reference.size else 0.0
     ren = float(np.sqrt(np.mean(np.square(rendering, dtype=np.float64)))) if rendering.size else 0.0
     if ref < 1e-6 or ren < 1e-6:
         return 1.0
-    return float(np.clip(ref / ren, 10.0 ** (-max_cut_db / 20.0), 10.0 ** (max_boost_db / 20.0)))
+    gain = float(np.clip(ref / ren, 10.0 ** (-max_cut_db / 20.0), 10.0 ** (max_boost_db / 20.0)))
+    if peak_db is not None:
+        ceiling = max(float(np.max(np.abs(reference))), 10.0 ** (peak_db / 20.0))
+        peak = float(np.max(np.abs(rendering)))
+        if peak * gain > ceiling:
+            gain = ceiling / peak * (1.0 - 1e-6)  # margin so float32 rounding cannot cross the ceiling
+    return gain
 
 
 def seconds_to_samples(seconds: float, sr: int) -> int:

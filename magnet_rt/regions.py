@@ -176,7 +176,8 @@ class RegionTask:
 def _neighbour_gain(x: np.ndarray, new: np.ndarray, a: int, b: int, sr: int) -> np.float32:
     """The gain that gives new audio for [a, b) the RMS of the source's NEIGHBOUR_S on either side of it
     (at most +20 dB up, 60 dB down): a regenerated region or a continuation sits at the level of the music around it,
-    whatever level the model renders at (the source may be a take normalised to -14 LUFS, or any clip)."""
+    whatever level the model renders at (the source may be a take normalised to -14 LUFS, or any clip). Lowered
+    where needed so its peaks stay under the neighbours' peak or -1 dBFS, whichever is higher: no clipping."""
     n = round(NEIGHBOUR_S * sr)
     around = np.concatenate([x[:, max(0, a - n):a], x[:, b:b + n]], axis=-1)
     return np.float32(audio_ops.level_gain(around, new))

@@ -217,3 +217,18 @@ def test_level_gain_matches_rms_within_bounds():
     assert level_gain(x, 100 * x) == pytest.approx(0.01, rel=1e-6)  # down: as far as needed (to -60 dB)
     assert level_gain(1000 * x, x) == pytest.approx(10.0, rel=1e-6)  # up: +20 dB at most
     assert level_gain(np.zeros(10, np.float32), x) == 1.0 and level_gain(x, np.zeros(10, np.float32)) == 1.0
+
+
+def test_level_gain_never_lifts_peaks_past_the_reference_or_minus_1_dbfs():
+    from magnet_rt.audio import level_gain
+
+    t = np.arange(32000) / 32000
+    sine = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # RMS 0.35, peak 0.5
+    clicks = np.zeros(32000, np.float32)
+    clicks[::4000] = 0.2  # RMS 0.003, peak 0.2: +20 dB (the most level matching lifts) would peak at 2.0
+    g = level_gain(sine, clicks)
+    assert 0.2 * g <= 10 ** (-1 / 20) and 0.2 * g == pytest.approx(10 ** (-1 / 20), rel=1e-5)
+    hot = sine * np.float32(1.9)  # a float source above full scale: the new part may match its peak
+    assert 0.2 * level_gain(hot, clicks) == pytest.approx(0.95, rel=1e-5)
+    assert level_gain(sine, clicks, peak_db=None) == pytest.approx(10.0)  # RMS alone: +20 dB
+    assert level_gain(sine, 0.5 * sine) == pytest.approx(2.0, rel=1e-6)  # a sound of the same crest: RMS alone

@@ -97,6 +97,17 @@ def test_inpaint_and_continue_follow_the_source_level(demo, live_params, gain_db
     assert abs(db(c[:, src.shape[-1]:], src)) < 6.0
 
 
+def test_new_audio_never_peaks_above_the_source_or_minus_1_dbfs(demo):
+    """A continuation matched to its neighbours' RMS peaked at 1.19 (this prompt and seed, before the gain
+    learnt a peak ceiling): written as PCM it would have clipped. Its peaks stay under the source's now."""
+    src = demo.generate("jazz trio with piano and drums at 120 bpm", duration_s=4.0, seed=1).audio[0]
+    c = demo.continue_from(src, 32000, "jazz trio with piano and drums at 120 bpm", 4.0, seed=1).audio[0]
+    assert np.array_equal(c[:, :src.shape[-1]], src)
+    ceiling = max(float(np.abs(src).max()), 10 ** (-1 / 20))
+    assert float(np.abs(c[:, src.shape[-1]:]).max()) <= ceiling * (1 + 1e-6)
+    assert float(np.abs(c[:, src.shape[-1]:]).max()) > 0.5 * ceiling  # lowered to the ceiling, not silenced
+
+
 def test_the_released_export_of_the_demo_lm_round_trips(demo, tmp_path):
     """The demo LM has a beat grid, which the released audiocraft format cannot hold: its export is refused.
     Without the grid (the same weights; what a prompt with no tempo computes) it loads back to the same logits."""
