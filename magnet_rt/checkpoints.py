@@ -269,10 +269,10 @@ def audiocraft_xp_cfg(cfg: MagnetConfig, text_encoder: str = "t5-base") -> str:
 
 def save_audiocraft_lm(model: MagnetLM, path: str | Path, dtype: torch.dtype = torch.float16,
                        text_encoder: str = "t5-base") -> Path:
-    """Write `model` as a released `state_dict.bin` (fp16 tensors by default, like the release). A model with a
-    beat grid (`tempo.py`) has no released form: CheckpointError."""
-    if model.beat_proj is not None:
-        raise CheckpointError("the released format has no beat grid input; this model lives in a bundle only")
+    """Write `model` as a released `state_dict.bin` (fp16 tensors by default, like the release). A model with
+    musical controls (a beat grid, `tempo.py`; a key input, `tonality.py`) has no released form: CheckpointError."""
+    if model.has_controls:
+        raise CheckpointError("the released format has no beat grid or key input; this model lives in a bundle only")
     path = Path(path)
     if path.suffix != ".bin":
         path.mkdir(parents=True, exist_ok=True)

@@ -160,9 +160,10 @@ class _Batch:
     On the static path `gen` is the bound bucket's buffer, updated in place by each step."""
 
     def __init__(self, gen: Tensor, fixed: Tensor, init: Tensor, cond: Tensor, cross_len: Tensor | None,
-                 groups: list[RowGroup], beat: Tensor | None = None):
+                 groups: list[RowGroup], beat: Tensor | None = None, key: Tensor | None = None):
         self.gen, self.fixed, self.init, self.cond, self.cross_len = gen, fixed, init, cond, cross_len
         self.beat = beat  # [B, T, F] the rows' beat grids, or None
+        self.key = key  # [B, F] the rows' key inputs, or None
         self.groups = list(enumerate(groups))  # (group index, RowGroup) still decoding
         self.cross: CrossInputs | None = None  # dynamic step: the text k/v of every layer, once per batch
         self.rows = torch.arange(gen.shape[0])  # each live row's index in the original batch
@@ -188,6 +189,8 @@ class _Batch:
             self.cross_len = self.cross_len.index_select(0, idx)
         if self.beat is not None:
             self.beat = self.beat.index_select(0, idx)
+        if self.key is not None:
+            self.key = self.key.index_select(0, idx)
         if self.cross is not None:
             self.cross = self.cross.select(idx)
         self.rows = self.rows.index_select(0, idx.cpu())
@@ -225,7 +228,7 @@ class EagerStep(DecodeStep):
 
     def bind(self, batch: _Batch) -> None:
         if not self.everywhere:
-            batch.cross = self.lm.cross_inputs(batch.cond, batch.cross_len, batch.beat)
+            batch.cross = self.lm.cross_inputs(batch.cond, batch.cross_len, batch.beat, batch.key)
 
     def __call__(self, batch: _Batch, stage: int, s: StepScalars, scores: Tensor, n_units: Tensor) -> Tensor:
         if not bool((n_units > 0).any()):
@@ -272,8 +275,10 @@ class EagerStep(DecodeStep):
         if self.everywhere:
             both = torch.cat([batch.cond, torch.zeros_like(batch.cond)])
             both_len = None if batch.cross_len is None else torch.cat([batch.cross_len, batch.cross_len])
-            both_beat = None if batch.beat is None else torch.cat([batch.beat, torch.zeros_like(batch.beat)])
-            cond_l, uncond_l = lm(torch.cat([gen, gen]), lm.cross_inputs(both, both_len, both_beat), stage).split(B)
+            both_beat, both_key = (None if t is None else torch.cat([t, torch.zeros_like(t)])
+                                   for t in (batch.beat, batch.key))  # the null rows: no controls
+            cross = lm.cross_inputs(both, both_len, both_beat, both_key)
+            cond_l, uncond_l = lm(torch.cat([gen, gen]), cross, stage).split(B)
             return (uncond_l + (cond_l - uncond_l) * coef)[:, stage][at]
         head, form = lm.linears[stage], self.choice.attention
         if coef == 1.0:  # the null half cannot change the result
@@ -302,7 +307,8 @@ class StaticStep(DecodeStep):
         if batch.bucket is None:
             rows, frames = batch.gen.shape[0], batch.gen.shape[-1]
             batch.bucket = self.graphs.bucket(rows, frames, batch.cond.shape[1], self.form.unit)
-            batch.bucket.load(batch.gen, batch.fixed, batch.init, batch.cond, batch.cross_len, batch.beat)
+            batch.bucket.load(batch.gen, batch.fixed, batch.init, batch.cond, batch.cross_len, batch.beat,
+                              batch.key)
             batch.gen = batch.bucket.buf.gen
         b = batch.bucket.buf
         if scores is not b.scores:
@@ -335,12 +341,13 @@ class _Progress:
 
 def decode(lm: MagnetLM, cond: Tensor, frames: int, params: DecodeParams, groups: list[RowGroup], *,
            fixed: Tensor | None = None, init_codes: Tensor | None = None, cross_len: Tensor | None = None,
-           beat: Tensor | None = None, on_step: Callable[[StepEvent], None] | None = None,
+           beat: Tensor | None = None, key: Tensor | None = None, on_step: Callable[[StepEvent], None] | None = None,
            is_cancelled: Callable[[int], bool] | None = None, rescorer: Rescorer | None = None,
            path: DecodePath | None = None, graphs: StepGraphs | None = None) -> list[Tensor | None]:
     """Decode a batch of request groups. cond [B, S, D] is the projected text (`lm.project_text`);
     rows are ordered group by group. Returns codes [rows, K, frames] per group, None if cancelled.
-    `beat` [B, frames, F]: the rows' beat grids (`tempo.beat_grids`) for a model with a beat grid.
+    `beat` [B, frames, F]: the rows' beat grids (`tempo.beat_grids`) for a model with a beat grid; `key`
+    [B, F]: their key inputs (`tonality.key_vectors`) for a model with a key input.
 
     With a `rescorer` and `params.rescore_weight` w > 0, the confidence of each sampled token becomes
     w * p_rescorer + (1 - w) * p_magnet before spans are scored (Ziv et al., Eq. 5).
@@ -360,12 +367,16 @@ def decode(lm: MagnetLM, cond: Tensor, frames: int, params: DecodeParams, groups
         beat = None  # a model without a beat grid reads the tempo from the prompt's words only
     if beat is not None and tuple(beat.shape[:2]) != (B, frames):
         raise InvalidParams(f"beat grid must be [{B}, {frames}, F], got {list(beat.shape)}")
+    if key is not None and lm.key_proj is None:
+        key = None  # a model without a key input reads the key from the prompt's words only
+    if key is not None and key.shape[0] != B:
+        raise InvalidParams(f"key inputs must be [{B}, F], got {list(key.shape)}")
     rescoring = rescorer is not None and params.rescore_weight > 0
     choice = choose_path(device, params, rescoring=rescoring, graphs=graphs is not None, requested=path)
     log.debug("decode: %s steps, %s attention: %s", choice.path.value, choice.attention.value, choice.reason)
     step = make_step(lm, params, choice, rescorer, graphs)
     batch = _Batch(torch.where(fixed, init, torch.full_like(init, C)), fixed, init, cond.to(device), cross_len,
-                   groups, None if beat is None else beat.to(device))
+                   groups, None if beat is None else beat.to(device), None if key is None else key.to(device))
     step.bind(batch)
     progress = _Progress(params.total_steps, on_step)
     for stage, steps in enumerate(params.decoding_steps):
@@ -414,9 +425,10 @@ def decode_single(lm: MagnetLM, text_hidden: Tensor, text_mask: Tensor, frames: 
                   seed: int | None = None, fixed: Tensor | None = None, init_codes: Tensor | None = None,
                   progress: Callable[[StepEvent], None] | None = None, generator: torch.Generator | None = None,
                   path: DecodePath | None = None, graphs: StepGraphs | None = None,
-                  cancelled: Callable[[], bool] | None = None, beat: Tensor | None = None) -> Tensor:
+                  cancelled: Callable[[], bool] | None = None, beat: Tensor | None = None,
+                  key: Tensor | None = None) -> Tensor:
     """One request of B text rows, padded as released (all rows attend to every padded text position).
-    `cancelled()` -> True stops between steps and raises DecodeCancelled; `beat`: see `decode`."""
+    `cancelled()` -> True stops between steps and raises DecodeCancelled; `beat`, `key`: see `decode`."""
     if generator is None:
         generator = torch.Generator(device=lm.device)
         generator.manual_seed(pick_seed(None if seed is None else int(seed)))
@@ -425,7 +437,7 @@ def decode_single(lm: MagnetLM, text_hidden: Tensor, text_mask: Tensor, frames: 
         if fixed is not None and fixed.dim() == 2:
             fixed, init_codes = fixed.unsqueeze(0), init_codes.unsqueeze(0)
         out = decode(lm, cond, frames, params, [RowGroup(cond.shape[0], generator)], fixed=fixed,
-                     init_codes=init_codes, beat=beat, on_step=progress, path=path, graphs=graphs,
+                     init_codes=init_codes, beat=beat, key=key, on_step=progress, path=path, graphs=graphs,
                      is_cancelled=(lambda _: cancelled()) if cancelled else None)[0]
     if out is None:
         raise DecodeCancelled("generation cancelled")

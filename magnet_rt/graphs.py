@@ -95,8 +95,9 @@ class Buffers:
         dt = lm.compute_dtype
         kv = [(torch.zeros(rows, H, text, D // H, dtype=dt, device=dev),
                torch.zeros(rows, H, text, D // H, dtype=dt, device=dev)) for _ in lm.layers]
-        beat = torch.zeros(rows, frames, D, device=dev) if lm.beat_proj is not None else None  # zeros: no tempo
-        self.cross = CrossInputs(kv=kv, rows=rows, bias=torch.zeros(rows, 1, 1, text, dtype=dt, device=dev), beat=beat)
+        controls = torch.zeros(rows, frames, D, device=dev) if lm.has_controls else None  # zeros: none given
+        self.cross = CrossInputs(kv=kv, rows=rows, bias=torch.zeros(rows, 1, 1, text, dtype=dt, device=dev),
+                                 controls=controls)
 
 
 def static_step(lm: MagnetLM, b: Buffers, stage: int, cfg: bool, form: StepForm) -> None:
@@ -139,23 +140,23 @@ class Bucket:
         self.graphs: dict[tuple[int, bool, StepForm], torch.cuda.CUDAGraph] = {}
 
     def load(self, gen: Tensor, fixed: Tensor, init: Tensor, cond: Tensor, cross_len: Tensor | None,
-             beat: Tensor | None = None) -> None:
-        """Copy a batch's state, text and beat grids into the buffers (once per batch, and after rows leave)."""
+             beat: Tensor | None = None, key: Tensor | None = None) -> None:
+        """Copy a batch's state, text and controls into the buffers (once per batch, and after rows leave)."""
         b, S = self.buf, cond.shape[1]
         b.gen.copy_(gen)
         b.fixed.copy_(fixed)
         b.init.copy_(init)
         padded = F.pad(cond, (0, 0, 0, b.cross.bias.shape[-1] - S))
         lengths = cross_len if cross_len is not None else torch.full((cond.shape[0],), S, device=cond.device)
-        cross = self.lm.cross_inputs(padded, lengths, beat)
+        cross = self.lm.cross_inputs(padded, lengths, beat, key)
         for (k, v), (k2, v2) in zip(b.cross.kv, cross.kv, strict=True):
             k.copy_(k2)
             v.copy_(v2)
         b.cross.bias.copy_(cross.bias)
-        if b.cross.beat is not None and cross.beat is not None:
-            b.cross.beat.copy_(cross.beat)
-        elif b.cross.beat is not None:
-            b.cross.beat.zero_()  # no grid: no tempo
+        if b.cross.controls is not None and cross.controls is not None:
+            b.cross.controls.copy_(cross.controls)  # a key alone ([R, 1, D]) broadcasts over the frames
+        elif b.cross.controls is not None:
+            b.cross.controls.zero_()  # none given
 
     def step(self, stage: int, cfg: bool, form: StepForm) -> None:
         if self.stream is None:  # not CUDA: eager

@@ -4,7 +4,8 @@ One non-autoregressive transformer over the K=4 RVQ codebooks of EnCodec (Ziv et
 arXiv 2401.04577; reference: audiocraft `lm.py`, `lm_magnet.py`, `transformer.py`):
 
     x = sum_k emb[k](codes[:, k]) + sinusoid(t)                     # [B, T, D]
-      (+ beat_proj(grid) on the conditioned rows, when the config has a beat grid: `tempo.py`)
+      (+ beat_proj(grid) + key_proj(key) on the conditioned rows, when the config has them: `tempo.py`,
+         `tonality.py`: the prompt's musical controls)
     for each layer:  x += SelfAttn(LN1(x), window(stage))           # full for stage 0, |dt| <= ctx else
                      x += CrossAttn(LN_cross(x), cond)              # cond = output_proj(T5) * mask
                      x += Linear2(GELU(Linear1(LN2(x))))
@@ -58,6 +59,7 @@ class MagnetConfig:
     max_period: float = 10000.0  # sinusoidal positions
     norm_eps: float = 1e-5
     beat_features: int = 0  # width of the beat grid input (`tempo.BEAT_FEATURES`); 0: none, as released
+    key_features: int = 0  # width of the key input (`tonality.KEY_FEATURES`); 0: none, as released
 
     @property
     def head_dim(self) -> int:
@@ -188,34 +190,34 @@ class Block(nn.Module):
 @dataclass
 class CrossInputs:
     """The condition side of a forward: per-layer k/v of the projected text for the first `rows` rows, and
-    their projected beat grid when the model has one.
+    their projected musical controls (beat grid, key) when the model reads them.
 
     Rows beyond `rows` (the CFG null half) have an all-zero condition, whose cross-attention output
-    is exactly 0 (zero values), so they skip it, and no beat grid. `bias` [rows, 1, 1, S] excludes batch
-    padding beyond a row's own text length (None: every position attends, as released). `beat` [rows, T, D]
-    is added to those rows' input embeddings (None: no grid).
+    is exactly 0 (zero values), so they skip it, and no controls. `bias` [rows, 1, 1, S] excludes batch
+    padding beyond a row's own text length (None: every position attends, as released). `controls`
+    [rows, T or 1, D] is added to those rows' input embeddings (None: none).
     """
 
     kv: list[tuple[Tensor, Tensor]]
     rows: int
     bias: Tensor | None = None
-    beat: Tensor | None = None
+    controls: Tensor | None = None
 
     def select(self, idx: Tensor) -> CrossInputs:
         """The same inputs for the rows `idx` (when cancelled rows leave a batch)."""
         kv = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self.kv]
         bias = None if self.bias is None else self.bias.index_select(0, idx)
-        beat = None if self.beat is None else self.beat.index_select(0, idx)
-        return CrossInputs(kv=kv, rows=len(idx), bias=bias, beat=beat)
+        controls = None if self.controls is None else self.controls.index_select(0, idx)
+        return CrossInputs(kv=kv, rows=len(idx), bias=bias, controls=controls)
 
-    def add_beat(self, x: Tensor) -> Tensor:
-        """x [B, T, D] (B >= rows) plus the beat grid on the first `rows` rows."""
-        if self.beat is None:
+    def add_controls(self, x: Tensor) -> Tensor:
+        """x [B, T, D] (B >= rows) plus the controls on the first `rows` rows."""
+        if self.controls is None:
             return x
-        beat = self.beat.to(x.dtype)
+        c = self.controls.to(x.dtype)
         if x.shape[0] > self.rows:
-            beat = torch.cat([beat, beat.new_zeros((x.shape[0] - self.rows, *beat.shape[1:]))])
-        return x + beat
+            c = torch.cat([c, c.new_zeros((x.shape[0] - self.rows, *c.shape[1:]))])
+        return x + c
 
     def attend(self, attn: CrossAttention, i: int, xq: Tensor) -> Tensor:
         k, v = self.kv[i]
@@ -236,6 +238,7 @@ class MagnetLM(nn.Module):
         self.out_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.linears = nn.ModuleList([nn.Linear(cfg.dim, cfg.card, bias=False) for _ in range(cfg.n_q)])
         self.beat_proj = nn.Linear(cfg.beat_features, cfg.dim, bias=False) if cfg.beat_features else None
+        self.key_proj = nn.Linear(cfg.key_features, cfg.dim, bias=False) if cfg.key_features else None
         self.compute_dtype = torch.float32  # the transformer blocks' dtype; see `set_precision`
         self._masks: dict[tuple[int, str], Tensor] = {}
         self.text_encoder_name = ""  # the checkpoint's T5 name (xp.cfg), set by the loaders
@@ -264,21 +267,29 @@ class MagnetLM(nn.Module):
                     p.fill_(1.0 if name.endswith("weight") else 0.0)
         self.out_norm.weight.fill_(1.0)
         self.out_norm.bias.zero_()
-        if self.beat_proj is not None:
-            self.beat_proj.weight.zero_()  # a new grid starts as "no effect" (see `with_beat_grid`)
+        for proj in (self.beat_proj, self.key_proj):
+            if proj is not None:
+                proj.weight.zero_()  # a new control starts as "no effect" (see `with_control`)
         return self
 
-    def with_beat_grid(self, features: int) -> MagnetLM:
-        """A copy of this LM with a beat grid input of width `features`, initialised to zero: it computes
-        exactly what this LM does until training moves the projection."""
-        if self.beat_proj is not None:
-            raise ValueError("this LM already has a beat grid")
-        cfg = MagnetConfig(**{**self.cfg.to_dict(), "beat_features": features})
+    def with_control(self, field: str, features: int) -> MagnetLM:
+        """A copy of this LM with a new control input (`field`: "beat_features" or "key_features") of width
+        `features`, initialised to zero: it computes exactly what this LM does until training moves it."""
+        if field not in ("beat_features", "key_features"):
+            raise ValueError(f"no control input called {field!r}")
+        if getattr(self.cfg, field):
+            raise ValueError(f"this LM already has {field} = {getattr(self.cfg, field)}")
+        cfg = MagnetConfig(**{**self.cfg.to_dict(), field: features})
         lm = MagnetLM(cfg).to(self.device)
         lm.load_state_dict(self.state_dict(), strict=False)
-        torch.nn.init.zeros_(lm.beat_proj.weight)
+        torch.nn.init.zeros_((lm.beat_proj if field == "beat_features" else lm.key_proj).weight)
         lm.text_encoder_name = self.text_encoder_name
         return lm
+
+    @property
+    def has_controls(self) -> bool:
+        """Whether the LM reads musical controls (beat grid, key) beside the text."""
+        return self.beat_proj is not None or self.key_proj is not None
 
     # ---- precision and device -------------------------------------------------------------------
     def set_precision(self, dtype: torch.dtype) -> MagnetLM:
@@ -300,11 +311,13 @@ class MagnetLM(nn.Module):
         cond = self.output_proj(text_hidden.to(self.output_proj.weight.dtype))
         return cond * text_mask.to(cond.dtype).unsqueeze(-1)
 
-    def cross_inputs(self, cond: Tensor, cross_len: Tensor | None = None, beat: Tensor | None = None) -> CrossInputs:
+    def cross_inputs(self, cond: Tensor, cross_len: Tensor | None = None, beat: Tensor | None = None,
+                     key: Tensor | None = None) -> CrossInputs:
         """Every layer's cross-attention k/v for `cond` [R, S, D]. A forward over more than R rows
         treats the rows beyond R as the all-zero null condition. `cross_len` [R]: see CrossInputs.
-        `beat` [R, T, beat_features]: the rows' beat grids (`tempo.beat_grids`); ignored by a model without
-        a beat grid, as the prompt's tempo words are all such a model reads."""
+        `beat` [R, T, beat_features]: the rows' beat grids (`tempo.beat_grids`); `key` [R, key_features]: their
+        key inputs (`tonality.key_vectors`); each ignored by a model without that input, as the prompt's
+        words are all such a model reads."""
         dtype = self.compute_dtype
         kv = [blk.cross_attention.kv(cond.to(dtype)) for blk in self.layers]
         bias = None
@@ -313,10 +326,17 @@ class MagnetLM(nn.Module):
             keep = torch.arange(S, device=cond.device)[None, :] < cross_len[:, None].to(cond.device)
             bias = torch.zeros(keep.shape, dtype=dtype, device=cond.device)
             bias = bias.masked_fill(~keep, float("-inf")).view(-1, 1, 1, S)
-        grid = None
+        return CrossInputs(kv=kv, rows=cond.shape[0], bias=bias, controls=self.controls(beat, key, cond.device))
+
+    def controls(self, beat: Tensor | None, key: Tensor | None, device: torch.device) -> Tensor | None:
+        """The projected controls [R, T or 1, D] (None: the model reads neither, or none was given)."""
+        out = None
         if beat is not None and self.beat_proj is not None:
-            grid = self.beat_proj(beat.to(device=cond.device, dtype=self.beat_proj.weight.dtype))
-        return CrossInputs(kv=kv, rows=cond.shape[0], bias=bias, beat=grid)
+            out = self.beat_proj(beat.to(device=device, dtype=self.beat_proj.weight.dtype))
+        if key is not None and self.key_proj is not None:
+            k = self.key_proj(key.to(device=device, dtype=self.key_proj.weight.dtype))[:, None, :]
+            out = k if out is None else out + k
+        return out
 
     # ---- forward --------------------------------------------------------------------------------
     def self_attn_mask(self, T: int, stage: int, form: Attention) -> tuple[Tensor | None, int | None]:
@@ -339,7 +359,7 @@ class MagnetLM(nn.Module):
         the hybrid training objective uses it for causal attention before a split point."""
         B, K, T = codes.shape
         x = sum(self.emb[k](codes[:, k]) for k in range(K))  # [B, T, D]
-        x = cross.add_beat(x + sinusoidal_positions(T, self.cfg.dim, self.cfg.max_period, codes.device))
+        x = cross.add_controls(x + sinusoidal_positions(T, self.cfg.dim, self.cfg.max_period, codes.device))
         mask, ctx = (attn_mask, None) if attn_mask is not None else self.self_attn_mask(T, stage, form)
         low = self.compute_dtype != torch.float32
         # no cast cache: the block matrices are already in compute_dtype, and a cache must not outlive a

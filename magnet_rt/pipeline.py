@@ -39,6 +39,7 @@ from .params import DecodeParams, pick_seed
 from .presets import ModelDecoding
 from .regions import prepare_continue, prepare_inpaint
 from .tempo import beat_grids
+from .tonality import key_vectors
 
 if TYPE_CHECKING:
     from .spectral_codec import SpectralCodec
@@ -161,6 +162,7 @@ class MagnetPipeline:
         beat = None
         if self.lm.beat_proj is not None:  # the tempo each prompt names, on each job's stretch of its grid
             beat = beat_grids(prompts, frames, [jobs[ji].first_frame for ji in row_job], self.frame_rate)
+        key = key_vectors(prompts) if self.lm.key_proj is not None else None  # the key each prompt names
         fixed, init = self._pinned(jobs, row_job, frames)
         clock.mark("text")
         job_rows = [[r for r, jj in enumerate(row_job) if jj == ji] for ji in range(len(jobs))]
@@ -181,7 +183,7 @@ class MagnetPipeline:
         if params.rescore_weight > 0 and isinstance(rescorer, BindableRescorer):
             rescorer = rescorer.bind(text.hidden, text.mask)  # condition the rescorer on each row's text
         out = decode(self.lm, cond, frames, params, self._row_groups(jobs), fixed=fixed, init_codes=init,
-                     cross_len=cross_len, beat=beat, on_step=step, is_cancelled=cancelled, rescorer=rescorer,
+                     cross_len=cross_len, beat=beat, key=key, on_step=step, is_cancelled=cancelled, rescorer=rescorer,
                      path=self.path, graphs=self.graphs)
         clock.mark("decode_tail")
         alive = [ji for ji, rows in enumerate(job_rows) if all(out[r] is not None for r in rows)]

@@ -24,7 +24,7 @@ PARAMS = DecodeParams(decoding_steps=(4, 2, 2, 2))
 
 def beat_lm(seed: int = 0, **kw):
     """A small LM with a beat grid whose projection is not zero (so the grid matters)."""
-    lm = small_lm(seed, **kw).with_beat_grid(BEAT_FEATURES).eval()
+    lm = small_lm(seed, **kw).with_control("beat_features", BEAT_FEATURES).eval()
     with torch.no_grad():
         lm.beat_proj.weight.copy_(torch.randn(lm.beat_proj.weight.shape, generator=torch.Generator().manual_seed(9)))
     return lm
@@ -59,7 +59,7 @@ def test_the_grid_is_the_beat_phase_and_runs_on_across_windows():
 # ---- the model -------------------------------------------------------------------------------------------
 def test_a_new_grid_starts_at_zero_and_changes_nothing():
     lm = small_lm(3)
-    withgrid = lm.with_beat_grid(BEAT_FEATURES).eval()
+    withgrid = lm.with_control("beat_features", BEAT_FEATURES).eval()
     h, m = random_text(2, 5, 16, lengths=[5, 3])
     beat = beat_grids(["90 bpm", "140 bpm"], 60)
     a = decode(lm, lm.project_text(h, m), 60, PARAMS, [RowGroup(2, torch.Generator().manual_seed(1))])[0]
@@ -67,7 +67,7 @@ def test_a_new_grid_starts_at_zero_and_changes_nothing():
                beat=beat)[0]
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="already"):
-        withgrid.with_beat_grid(BEAT_FEATURES)
+        withgrid.with_control("beat_features", BEAT_FEATURES)
 
 
 def test_the_grid_reaches_the_conditioned_rows_only():

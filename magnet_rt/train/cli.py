@@ -54,8 +54,13 @@ def build_parser(prog: str = "magnet-rt train", defaults: dict | None = None) ->
                         "--init, added to the initial LM at zero (it starts computing exactly as before)")
     p.add_argument("--beat-dropout", type=float, default=0.3,
                    help="with a beat grid: probability of training a row without it (prompts with no tempo)")
-    p.add_argument("--beat-lr-scale", type=float, default=20.0,
-                   help="with a beat grid: its projection learns at --lr times this")
+    p.add_argument("--key-input", action="store_true",
+                   help="give the LM a key input from the captions' 'E minor' (magnet_rt/tonality.py); with "
+                        "--init, added to the initial LM at zero")
+    p.add_argument("--key-dropout", type=float, default=0.3,
+                   help="with a key input: probability of training a row without it (prompts with no key)")
+    p.add_argument("--control-lr-scale", type=float, default=20.0,
+                   help="the beat grid's and key input's projections learn at --lr times this")
     p.add_argument("--valid", type=int, default=32, help="files held out for evaluation")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--ckpt-every", type=int, default=200)
@@ -111,6 +116,7 @@ def main(argv: list[str] | None = None, prog: str = "magnet-rt train", defaults:
     from ..devices import pick_device
     from ..errors import MagnetError
     from ..tempo import BEAT_FEATURES
+    from ..tonality import KEY_FEATURES
     from .data import encode_folder
     from .loop import fit_lm
     from .trainer import LMTrainer, TrainConfig
@@ -122,7 +128,9 @@ def main(argv: list[str] | None = None, prog: str = "magnet-rt train", defaults:
         else:
             lm, te, codec, te_name = build_scratch(args, device)
         if args.beat_grid and lm.beat_proj is None:
-            lm = lm.with_beat_grid(BEAT_FEATURES)
+            lm = lm.with_control("beat_features", BEAT_FEATURES)
+        if args.key_input and lm.key_proj is None:
+            lm = lm.with_control("key_features", KEY_FEATURES)
         workers = args.encode_workers if args.codec and not args.init else 1
         tokens = encode_folder(codec, args.data, workers=workers, codec_path=args.codec)
         n_valid = min(args.valid, max(0, len(tokens) // 10))
@@ -133,7 +141,8 @@ def main(argv: list[str] | None = None, prog: str = "magnet-rt train", defaults:
                           grad_clip=args.grad_clip, ema_decay=args.ema_decay, cfg_dropout=args.cfg_dropout,
                           seed=args.seed, hybrid=args.hybrid, ar_weight=args.ar_weight,
                           contrast_weight=args.contrast_weight, contrast_margin=args.contrast_margin,
-                          beat_dropout=args.beat_dropout, beat_lr_scale=args.beat_lr_scale)
+                          beat_dropout=args.beat_dropout, key_dropout=args.key_dropout,
+                          control_lr_scale=args.control_lr_scale)
         trainer = LMTrainer(lm, te, cfg, amp_dtype=torch.bfloat16 if device.type == "cuda" else None)
         n_params = sum(p.numel() for p in lm.parameters())
         log.info("LM %.2fM params, %d train / %d held-out files, %d steps of batch %d", n_params / 1e6, len(train),

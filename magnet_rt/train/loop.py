@@ -62,8 +62,8 @@ def export_run(trainer: LMTrainer, codec, out: Path, provenance: dict, metrics: 
     pipe = MagnetPipeline(ema, te, codec, name=provenance.get("name", out.name))
     bundle = save_bundle(pipe, out / "bundle", lm_dtype=lm_dtype, text_encoder=spec, provenance=provenance,
                          metrics=metrics)
-    if ema.beat_proj is not None:  # audiocraft's LM has no beat grid input: a bundle only
-        log.info("no released-format export: the LM has a beat grid")
+    if ema.has_controls:  # audiocraft's LM has no beat grid or key input: a bundle only
+        log.info("no released-format export: the LM has a beat grid or key input")
     else:
         (out / "export").mkdir(parents=True, exist_ok=True)
         save_audiocraft_lm(ema, out / "export" / "state_dict.bin", text_encoder=text_encoder_name)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError
 from ..lm import MagnetConfig, MagnetLM
 from ..tempo import beat_grids
+from ..tonality import key_vectors
 from .contrast import contrast_hinge, counterfactual
 from .hybrid import hybrid_loss, make_hybrid_batch
 from .masking import make_masked_batch
@@ -61,8 +62,9 @@ class TrainConfig:
     contrast_weight: float = 0.0  # weight of the counterfactual-caption hinge (train/contrast.py); 0 = off
     contrast_margin: float = 0.5  # nats by which the true caption must beat the counterfactual
     beat_dropout: float = 0.3  # with a beat grid: each row's grid is zeroed with this probability ("no tempo")
-    beat_lr_scale: float = 20.0  # the beat grid's projection learns at lr x this (it starts at zero, and its
-    # 10 inputs compete with a sinusoidal position of norm sqrt(dim / 2) in the input embedding)
+    key_dropout: float = 0.3  # with a key input: each row's key is zeroed with this probability ("no key")
+    control_lr_scale: float = 20.0  # the controls' projections (beat grid, key) learn at lr x this (they start
+    # at zero, and their few inputs compete with a sinusoidal position of norm sqrt(dim / 2) in the embedding)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -129,16 +131,18 @@ class EMA:
         self.shadow = {k: v.float().clone() for k, v in state["shadow"].items()}
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float, beat_lr_scale: float = 1.0) -> list[dict]:
-    """Weight decay on matrices and embedding tables; none on LayerNorm weights and biases. A beat grid's
-    projection (`MagnetLM.beat_proj`), when the model has one, is a third group at lr x `beat_lr_scale`."""
-    beat = getattr(model, "beat_proj", None)
-    beat_ids = {id(p) for p in beat.parameters()} if beat is not None else set()
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in beat_ids]
+def param_groups(model: nn.Module, weight_decay: float, lr: float, control_lr_scale: float = 1.0) -> list[dict]:
+    """Weight decay on matrices and embedding tables; none on LayerNorm weights and biases. The controls'
+    projections (`MagnetLM.beat_proj`, `key_proj`), when the model has them, are a third group at lr x
+    `control_lr_scale`."""
+    controls = [p for name in ("beat_proj", "key_proj") if getattr(model, name, None) is not None
+                for p in getattr(model, name).parameters()]
+    control_ids = {id(p) for p in controls}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in control_ids]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-    if beat is not None:
-        groups.append({"params": list(beat.parameters()), "weight_decay": weight_decay, "lr": lr * beat_lr_scale})
+    if controls:
+        groups.append({"params": controls, "weight_decay": weight_decay, "lr": lr * control_lr_scale})
     return groups
 
 
@@ -171,7 +175,7 @@ class LMTrainer:
         self.amp_dtype = amp_dtype  # e.g. torch.bfloat16 on CUDA; None = fp32
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         fused = self.device.type == "cuda"
-        groups = param_groups(self.lm, self.cfg.weight_decay, self.cfg.lr, self.cfg.beat_lr_scale)
+        groups = param_groups(self.lm, self.cfg.weight_decay, self.cfg.lr, self.cfg.control_lr_scale)
         self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr,
                                            betas=self.cfg.betas, fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -184,13 +188,25 @@ class LMTrainer:
         return self.lm.device
 
     # ---- one step ------------------------------------------------------------------------------
-    def condition(self, captions: list[str | None], drop: bool, grid: Tensor | None = None):
-        """captions -> CrossInputs; `drop` replaces them all with the null condition (and no beat grid).
-        `grid` [B, T, F]: the rows' beat grids (`beat_grid`), for a model with one."""
+    def condition(self, captions: list[str | None], drop: bool, grid: Tensor | None = None,
+                  key: Tensor | None = None):
+        """captions -> CrossInputs; `drop` replaces them all with the null condition (and no controls).
+        `grid` [B, T, F]: the rows' beat grids (`beat_grid`); `key` [B, F]: their key inputs (`key_input`)."""
         text = self.text_encoder.encode([None] * len(captions) if drop else list(captions))
         hidden, mask = text.hidden.to(self.device), text.mask.to(self.device)
         cond = self.lm.project_text(hidden, mask)
-        return self.lm.cross_inputs(cond, mask.sum(-1).clamp(min=1), None if drop else grid)
+        return self.lm.cross_inputs(cond, mask.sum(-1).clamp(min=1), None if drop else grid, None if drop else key)
+
+    def key_input(self, captions: list[str | None], dropout: bool) -> Tensor | None:
+        """Each row's key input from its caption's key; with `dropout`, each row's is zeroed with probability
+        `key_dropout` (drawn only for a model with a key input, so one without trains exactly as before)."""
+        if self.lm.key_proj is None:
+            return None
+        key = key_vectors(captions).to(self.device)
+        if dropout:
+            keep = torch.rand(len(captions), generator=self.generator) >= self.cfg.key_dropout
+            key = key * keep.to(key).view(-1, 1)
+        return key
 
     def beat_grid(self, captions: list[str | None], frames: int, first_frames: Tensor | None,
                   dropout: bool) -> Tensor | None:
@@ -212,18 +228,19 @@ class LMTrainer:
         """Draw masks (and the CFG coin unless `drop` is given) from the trainer's generator, forward, loss.
         `contrast`: add the counterfactual-caption hinge when the config asks for it (evaluation does not).
         `first_frames` [B]: each crop's first frame in its clip (the beat grid's phase; None: 0). Evaluation
-        (`drop` given) keeps every grid."""
+        (`drop` given) keeps every control."""
         training = drop is None
         if drop is None:
             drop = bool(torch.rand(1, generator=self.generator) < self.cfg.cfg_dropout)
         codes = codes.to(self.device)
         grid = self.beat_grid(captions, codes.shape[-1], first_frames, dropout=training)
+        key = self.key_input(captions, dropout=training)
         if self.cfg.hybrid:
-            return self._hybrid_loss(codes, captions, valid, stage, drop, grid)
+            return self._hybrid_loss(codes, captions, valid, stage, drop, grid, key)
         batch = make_masked_batch(codes, self.lm.card, self.lm.cfg.span_len, self.generator, stage=stage, valid=valid)
         amp = self.amp_dtype is not None
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
-            logits = self.lm.stage_logits(batch.inputs, self.condition(captions, drop, grid), batch.stage)
+            logits = self.lm.stage_logits(batch.inputs, self.condition(captions, drop, grid, key), batch.stage)
         loss = masked_stage_loss(logits, batch.targets, batch.mask, batch.stage)
         info = {"stage": batch.stage, "dropped": drop, "masked": int(batch.mask.sum()),
                 "accuracy": masked_stage_accuracy(logits, batch.targets, batch.mask, batch.stage)}
@@ -235,7 +252,7 @@ class LMTrainer:
 
     def _contrast(self, batch, logits: Tensor, captions: list[str | None], first_frames: Tensor | None) -> Tensor:
         """The counterfactual-caption hinge (train/contrast.py) on this masked batch (the counterfactual's own
-        beat grid, never dropped)."""
+        controls, never dropped)."""
         counter = [counterfactual(c, self.generator) for c in captions]
         rows = torch.tensor([c is not None for c in counter], device=self.device)
         if not bool(rows.any()):
@@ -243,20 +260,21 @@ class LMTrainer:
         amp = self.amp_dtype is not None
         counter = [c or t for c, t in zip(counter, captions, strict=True)]
         grid = self.beat_grid(counter, batch.inputs.shape[-1], first_frames, dropout=False)
+        key = self.key_input(counter, dropout=False)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
-            counter_logits = self.lm.stage_logits(batch.inputs, self.condition(counter, False, grid), batch.stage)
+            counter_logits = self.lm.stage_logits(batch.inputs, self.condition(counter, False, grid, key), batch.stage)
         ce_true = masked_stage_loss_per_row(logits, batch.targets, batch.mask, batch.stage)
         ce_counter = masked_stage_loss_per_row(counter_logits, batch.targets, batch.mask, batch.stage)
         return contrast_hinge(ce_true, ce_counter, rows, self.cfg.contrast_margin)
 
-    def _hybrid_loss(self, codes, captions, valid, stage, drop, grid) -> tuple[Tensor, dict]:
+    def _hybrid_loss(self, codes, captions, valid, stage, drop, grid, key) -> tuple[Tensor, dict]:
         """The hybrid objective: delayed layout, causal attention and every head's AR loss before a split
         drawn per row, MAGNeT's span masking and loss after it (train/hybrid.py)."""
         hb = make_hybrid_batch(codes, self.lm.card, self.lm.cfg.span_len, self.generator, stage=stage,
                                context=self.lm.cfg.subcodes_context, valid=valid)
         amp = self.amp_dtype is not None
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
-            logits = self.lm(hb.inputs, self.condition(captions, drop, grid), hb.stage, attn_mask=hb.allowed)
+            logits = self.lm(hb.inputs, self.condition(captions, drop, grid, key), hb.stage, attn_mask=hb.allowed)
         loss, parts = hybrid_loss(logits, hb, self.cfg.ar_weight)
         info = {"stage": hb.stage, "dropped": drop, "masked": int(hb.mask.sum()),
                 "accuracy": masked_stage_accuracy(logits, hb.targets, hb.mask, hb.stage),
