@@ -95,6 +95,7 @@ class Client:
         self.sock.linger = 0
         self.sock.connect(endpoint)
         self.ping_every_s = ping_every_s  # heartbeat while waiting, as a real client does
+        self._last_sent = time.monotonic()
         self._pending: dict[str | None, deque[Message]] = defaultdict(deque)
         self.received: list[Message] = []  # every message in arrival order (heartbeat pongs left out)
         self._n = 0
@@ -104,9 +105,11 @@ class Client:
 
     def send(self, msg: Message) -> None:
         self.sock.send(pack(msg))
+        self._last_sent = time.monotonic()
 
     def send_raw(self, *frames: bytes) -> None:
         self.sock.send_multipart(list(frames))
+        self._last_sent = time.monotonic()
 
     def _recv(self, timeout: float) -> Message | None:
         if not self.sock.poll(max(0, int(timeout * 1000))):
@@ -114,18 +117,22 @@ class Client:
         return unpack(self.sock.recv())
 
     def next(self, rid: str | None, timeout: float = 30.0) -> Message:
-        """The next message for request `rid` (None: an error with a nil id)."""
+        """The next message for request `rid` (None: an error with a nil id). Pings when this client has sent
+        nothing for `ping_every_s`, counted from its last send, not from this call: a caller reading a stream
+        of progress messages calls often and would otherwise never ping (the daemon drops clients silent for
+        30 s)."""
         deadline = time.monotonic() + timeout
-        next_ping = time.monotonic() + self.ping_every_s
-        while not self._pending[rid]:
+        while True:
             now = time.monotonic()
-            if now >= deadline:
-                raise TimeoutError(f"no message for request {rid!r} within {timeout} s")
-            if self.ping_every_s and now >= next_ping:
+            if self.ping_every_s and now - self._last_sent >= self.ping_every_s:
                 self._n += 1
                 self.send(Ping(id=f"hb-{self._n}"))
-                next_ping = now + self.ping_every_s
-            msg = self._recv(min(deadline, next_ping) - now)
+            if self._pending[rid]:
+                break
+            if now >= deadline:
+                raise TimeoutError(f"no message for request {rid!r} within {timeout} s")
+            wake = deadline if not self.ping_every_s else min(deadline, self._last_sent + self.ping_every_s)
+            msg = self._recv(wake - time.monotonic())
             if msg is not None and not (msg.TYPE == "pong" and msg.id.startswith("hb-")):
                 self._pending[msg.id].append(msg)
                 self.received.append(msg)
