@@ -39,6 +39,20 @@ def smooth(y: np.ndarray, n: int) -> np.ndarray:
     return np.convolve(y, np.ones(n) / n, mode="valid")
 
 
+def chained(runs: list[str]):
+    """(run, train rows, eval rows, step offset) of each run with a log: a run whose count restarted (a new
+    run from --init, not a resume) is drawn after the one before it on a shared step axis."""
+    offset, last = 0, 0
+    for run in runs:
+        train, evals = read_log(run)
+        if not train:
+            continue
+        if train[0]["step"] < last / 2:
+            offset = last
+        yield run, train, evals, offset
+        last = int(train[-1]["step"]) + offset
+
+
 def plot(codec_runs: list[str], lm_runs: list[str], out: str | Path) -> Path:
     import matplotlib
 
@@ -49,13 +63,8 @@ def plot(codec_runs: list[str], lm_runs: list[str], out: str | Path) -> Path:
     fig, axes = plt.subplots(rows, 2, figsize=(12, 3.6 * rows), squeeze=False)
     r = 0
     if codec_runs:
-        offset, last, sdr = 0, 0, []
-        for run in codec_runs:
-            train, evals = read_log(run)
-            if not train:
-                continue
-            if train[0]["step"] < last / 2:  # restarted its count (decoder-only from --init), not a resume
-                offset = last
+        sdr = []
+        for run, train, evals, offset in chained(codec_runs):
             steps = np.array([t["step"] for t in train]) + offset
             for key in (k for k in ("mel", "logmag", "sc", "l1") if k in train[0]):  # the spectral codec: logmag, sc
                 y = smooth(np.array([t[key] for t in train]), 20)
@@ -64,7 +73,6 @@ def plot(codec_runs: list[str], lm_runs: list[str], out: str | Path) -> Path:
                 es = [e["step"] + offset for e in evals]
                 axes[r, 1].plot(es, [e["mel_distance"] for e in evals], "o-", label=f"mel distance ({Path(run).name})")
                 sdr += [(x, e["si_sdr"]) for x, e in zip(es, evals, strict=True)]
-            last = int(steps[-1])
         if sdr:
             ax2 = axes[r, 1].twinx()
             ax2.plot(*zip(*sorted(sdr), strict=True), "s--", color="gray", label="SI-SDR (dB)")
@@ -75,17 +83,23 @@ def plot(codec_runs: list[str], lm_runs: list[str], out: str | Path) -> Path:
         axes[r, 1].legend(fontsize=7, loc="upper center")
         r += 1
     if lm_runs:
-        for run in lm_runs:
-            train, evals = read_log(run)
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (run, train, evals, offset) in enumerate(chained(lm_runs)):
             for s in range(4):
-                pts = [(t["step"], t["loss"]) for t in train if t.get("stage") == s]
+                label = f"stage {s}" if i == 0 else None
+                pts = [(t["step"] + offset, t["loss"]) for t in train if t.get("stage") == s]
                 if pts:
                     x, y = np.array(pts).T
                     k = len(smooth(y, 5))
-                    axes[r, 0].plot(x[len(x) - k:], smooth(y, 5), label=f"stage {s}")
+                    axes[r, 0].plot(x[len(x) - k:], smooth(y, 5), color=colours[s], label=label)
                 if evals:
-                    axes[r, 1].plot([e["step"] for e in evals], [e[f"loss_stage{s}"] for e in evals], "o-",
-                                    label=f"stage {s}")
+                    axes[r, 1].plot([e["step"] + offset for e in evals], [e[f"loss_stage{s}"] for e in evals], "o-",
+                                    color=colours[s], label=label)
+            if offset:
+                for ax in axes[r]:
+                    ax.axvline(offset, color="gray", lw=0.8, ls=":")
+                    ax.annotate(Path(run).name, (offset, 1), xycoords=("data", "axes fraction"), fontsize=7,
+                                va="top", color="gray")
         axes[r, 0].set(title="LM: training loss on masked tokens, per stage", xlabel="step", ylabel="cross-entropy")
         axes[r, 1].set(title="LM: held-out loss per stage (EMA weights)", xlabel="step")
         for ax in axes[r]:
