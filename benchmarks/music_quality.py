@@ -137,6 +137,18 @@ def tempo_ok(measured: float, caption_bpm: float, tolerance: float = 0.08) -> bo
     return any(abs(measured - caption_bpm * k) <= tolerance * caption_bpm * k for k in (0.5, 1.0, 2.0))
 
 
+def beat_phase(x: np.ndarray, sr: int, bpm: float) -> complex:
+    """Where the onsets fall on the caption's beat counted from sample 0: the onset-strength envelope o(t)
+    as a vector, sum of o(t) exp(2 pi i t bpm / 60) over sum of o(t). Its length says how strongly the take
+    pulses at the beat; averaged over takes (`beat_phase_agreement`) only a phase they share survives, which
+    is what a take rendered onto a DAW's bar lines needs (the clips start on beat 1)."""
+    import librosa
+
+    o = librosa.onset.onset_strength(y=x, sr=sr)
+    t = librosa.times_like(o, sr=sr)
+    return complex((o * np.exp(2j * np.pi * t * bpm / 60.0)).sum() / (o.sum() + 1e-9))
+
+
 def percussive_share(x: np.ndarray) -> float:
     import librosa
 
@@ -144,12 +156,25 @@ def percussive_share(x: np.ndarray) -> float:
     return float((percussive ** 2).sum() / ((harmonic ** 2).sum() + (percussive ** 2).sum() + 1e-20))
 
 
+def mean_chroma(x: np.ndarray, sr: int) -> np.ndarray:
+    """[12] librosa's CQT chroma averaged over the take, C first."""
+    import librosa
+
+    return librosa.feature.chroma_cqt(y=x, sr=sr).mean(1)
+
+
+def tonic_shares(x: np.ndarray, sr: int, key: str) -> dict[str, float]:
+    """The shares of the mean chroma on `key`'s tonic and on its fifth: how clearly the music leans on its
+    tonic. With the tonic no stronger than the fifth, a key estimate tends to land a fifth up."""
+    chroma, tonic = mean_chroma(x, sr), KEYS.index(key)
+    total = float(chroma.sum()) or 1.0
+    return {"tonic_share": float(chroma[tonic]) / total, "fifth_share": float(chroma[(tonic + 7) % 12]) / total}
+
+
 def key_ranking(x: np.ndarray, sr: int) -> list[tuple[str, str]]:
     """The 24 (tonic, mode) pairs, best first, by the correlation of the mean chroma with a rotated
     Krumhansl-Kessler profile."""
-    import librosa
-
-    chroma = librosa.feature.chroma_cqt(y=x, sr=sr).mean(1)
+    chroma = mean_chroma(x, sr)
     scored = sorted(((np.corrcoef(chroma, np.roll(profile, tonic))[0, 1], tonic, mode)
                      for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)) for tonic in range(12)),
                     reverse=True)
@@ -217,9 +242,13 @@ def codec_row(codec, clips: list[CaptionedFile], seconds: float, ear: Transcribe
             panels.append(y)
         if c.path not in source_notes:
             source_notes[c.path] = ear.notes(x, sr, tmp)
+        truth = (c.labels["key"], c.labels["mode"])
         per.append({"chroma_cosine": chroma_cosine(x, y, sr), "onset_corr": onset_correlation(x, y, sr),
                     "note_f1": note_f1(source_notes[c.path], ear.notes(y, sr, tmp)), **buzz(y, sr),
-                    **{f"source_{k}": v for k, v in buzz(x, sr).items()}})
+                    "key_ok": float(key_ranking(y, sr)[0] == truth), **tonic_shares(y, sr, truth[0]),
+                    **{f"source_{k}": v for k, v in buzz(x, sr).items()},
+                    "source_key_ok": float(key_ranking(x, sr)[0] == truth),
+                    **{f"source_{k}": v for k, v in tonic_shares(x, sr, truth[0]).items()}})
     return summarise(per)
 
 
@@ -233,14 +262,19 @@ def takes_row(audios: list[np.ndarray], sr: int, captions: list[CaptionedFile], 
         truth = (c.labels["key"], c.labels["mode"])
         iv, _ = ear.notes(x, sr, tmp)
         bpm = tempo(x, sr)
+        phase = beat_phase(x, sr, c.labels["tempo"])
         per.append({**buzz(x, sr), "tempo": bpm, "tempo_ok": tempo_ok(bpm, c.labels["tempo"]),
+                    "beat_phase": [phase.real, phase.imag],
                     "drums": bool(c.labels["drums"]), "percussive_share": percussive_share(x),
                     "key_ok": ranking[0] == truth, "key_rank": float(ranking.index(truth) + 1),
+                    **tonic_shares(x, sr, truth[0]),
                     "notes_per_s": len(iv) / (len(x) / sr), "dc": float(x.mean()),
                     **({"distinct_tokens": [len(np.unique(k)) for k in np.asarray(codes[i])]} if codes else {})})
     row = summarise(per)
     with_drums = [p for p in per if p["drums"]]
     row["tempo_ok_with_drums"] = float(np.mean([p["tempo_ok"] for p in with_drums])) if with_drums else None
+    row["beat_phase_agreement"] = float(abs(np.mean([complex(*p["beat_phase"]) for p in with_drums]))) \
+        if with_drums else None
     pairs = [(a["percussive_share"], b["percussive_share"]) for a in with_drums for b in per if not b["drums"]]
     row["drums_separated"] = float(np.mean([a > b for a, b in pairs])) if pairs else None
     row["key_ok"] = float(np.mean([p["key_ok"] for p in per]))

@@ -109,15 +109,18 @@ def test_new_audio_never_peaks_above_the_source_or_minus_1_dbfs(demo):
 
 
 def test_the_released_export_of_the_demo_lm_round_trips(demo, tmp_path):
-    """The demo LM has a beat grid, which the released audiocraft format cannot hold: its export is refused.
-    Without the grid (the same weights; what a prompt with no tempo computes) it loads back to the same logits."""
+    """The demo LM has a beat grid and a key input, which the released audiocraft format cannot hold: its export
+    is refused. Without them (the same weights; what a prompt with no tempo and no key computes) it loads back
+    to the same logits."""
     from magnet_rt.checkpoints import load_audiocraft_lm, save_audiocraft_lm
     from magnet_rt.lm import MagnetConfig, MagnetLM
 
-    with pytest.raises(CheckpointError, match="beat grid"):
+    assert demo.lm.beat_proj is not None and demo.lm.key_proj is not None
+    with pytest.raises(CheckpointError, match="beat grid or key input"):
         save_audiocraft_lm(demo.lm, tmp_path / "refused", dtype=torch.float32, text_encoder="minilm")
-    plain = MagnetLM(MagnetConfig(**{**demo.lm.cfg.to_dict(), "beat_features": 0}))
-    plain.load_state_dict({k: v for k, v in demo.lm.state_dict().items() if not k.startswith("beat_proj.")})
+    plain = MagnetLM(MagnetConfig(**{**demo.lm.cfg.to_dict(), "beat_features": 0, "key_features": 0}))
+    plain.load_state_dict({k: v for k, v in demo.lm.state_dict().items()
+                           if not k.startswith(("beat_proj.", "key_proj."))})
     path = save_audiocraft_lm(plain.eval(), tmp_path / "exp", dtype=torch.float32, text_encoder="minilm")
     back = load_audiocraft_lm(path)
     text = demo.text_encoder.encode(["folk with banjo"])

@@ -46,8 +46,16 @@ def test_key_and_tempo_helpers():
     t = np.arange(6 * SR) / SR
     a_minor = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 261.6, 329.6)) / 3  # A C E
     assert mq.estimate_key(a_minor.astype(np.float32), SR) == ("A", "minor")
+    on_a, on_d = mq.tonic_shares(a_minor, SR, "A"), mq.tonic_shares(a_minor, SR, "D")
+    assert on_a["tonic_share"] > 0.2 and on_a["fifth_share"] > 0.2  # A and E both sound
+    assert on_d["tonic_share"] < 0.1 and on_d["fifth_share"] > 0.2  # D does not; its fifth (A) does
     assert mq.tempo_ok(121.0, 120) and mq.tempo_ok(60.5, 120) and mq.tempo_ok(236.0, 120)
     assert not mq.tempo_ok(100.0, 120)
+    clicks = np.zeros(8 * SR, np.float32)
+    clicks[:: SR // 2] = 1.0  # 120 bpm, a click on every beat from sample 0
+    on_beat = mq.beat_phase(clicks, SR, 120.0)
+    late = mq.beat_phase(np.roll(clicks, SR // 4), SR, 120.0)  # an eighth late: the opposite phase
+    assert abs(on_beat) > 0.5 and abs(late) > 0.5 and abs(on_beat + late) < 0.3 * abs(on_beat)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +84,10 @@ def test_small_run_on_the_shipped_model(tmp_path, small_data):
     assert clips["corr_20ms_range"][1] < 0.5 and clips["comb_50hz_range"][1] < 0.25  # FluidSynth: music
     assert codec["corr_20ms"] < 0.5 and codec["comb_50hz"] < 0.25  # the codec keeps it music
     assert 0.0 <= codec["note_f1"] <= 1.0 and -1.0 <= codec["chroma_cosine"] <= 1.0
+    assert codec["key_ok"] in (0.0, 1.0) and codec["source_key_ok"] in (0.0, 1.0)  # the round trip keeps the key?
+    assert 0 < codec["tonic_share"] < 1 and 0 < codec["source_tonic_share"] < 1
+    assert all(0 < p["tonic_share"] < 1 and 0 < p["fifth_share"] < 1 for p in takes["per_item"])
+    assert clips["beat_phase_agreement"] is None or 0 <= clips["beat_phase_agreement"] <= 1
     assert takes["corr_20ms_range"][1] < 0.5 and takes["comb_50hz_range"][1] < 0.25  # takes are no buzz
     assert all(abs(p["dc"]) < 1e-3 for p in takes["per_item"])
     assert r["training_clips"]["n"] == 3 and 0 <= takes["inside_training_range"] <= 2  # every 5th of 12 clips
@@ -125,3 +137,16 @@ def test_text_sensitivity_on_the_shipped_model(small_data):
     assert r["files"] == 12 and set(r["ce"]) == {"true", "key", "tempo", "none"}
     assert all(len(v) == 4 and all(np.isfinite(v)) for v in r["ce"].values())
     assert r["delta"]["none"][0] > 0.2  # no text: a worse first codebook
+
+
+@pytest.mark.slow
+def test_decoding_sweep_reports_one_row_per_override(small_data):
+    out = subprocess.run([sys.executable, "-m", "benchmarks.decoding_sweep", "--data", str(small_data), "--bundle",
+                          "demo", "--set", "{}", "--set", '{"min_cfg_coef": 3}', "--seeds", "1", "--takes", "2",
+                          "--seconds", "4", "--preset", "live", "--threads", "1"], cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=600, preexec_fn=sigint_default)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [r["overrides"] for r in rows] == [{}, {"min_cfg_coef": 3}]
+    for r in rows:
+        assert r["takes"] == 2 and 0 <= r["key_ok"] <= 1 and 1 <= r["key_rank"] <= 24
+        assert 0 <= r["tempo_ok_with_drums"] <= 1 and 0 <= r["inside_training_range"] <= 2

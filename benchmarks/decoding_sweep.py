@@ -1,0 +1,68 @@
+"""A quick outside ear for decoding choices: key right, tempo ok and the buzz measures (the part of
+`benchmarks.music_quality` that needs neither basic-pitch nor drum twins) of the held-out captions' takes, for
+each decoding override given, seeds pooled.
+
+    python -m benchmarks.decoding_sweep --data out/data/synth --bundle magnet_rt/assets/demo \
+        --set '{}' --set '{"min_cfg_coef": 3}' [--seeds 1000 2000] [--takes 24]
+
+One line per override (JSON on stdout). The training range is music_quality's constant-free one: every 5th
+training clip, as there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import music_quality as mq
+
+
+def sweep_row(pipe, captions, seeds: list[int], overrides: dict, seconds: float, preset: str, ref: dict) -> dict:
+    key_ok, ranks, tempo_ok, inside = [], [], [], 0
+    for seed in seeds:
+        takes, _ = mq.generate_takes(pipe, [c.caption for c in captions], seconds, preset, seed, overrides)
+        for c, x in zip(captions, takes, strict=True):
+            truth = (c.labels["key"], c.labels["mode"])
+            ranking = mq.key_ranking(x, pipe.sample_rate)
+            key_ok.append(ranking[0] == truth)
+            ranks.append(ranking.index(truth) + 1)
+            if c.labels["drums"]:
+                tempo_ok.append(mq.tempo_ok(mq.tempo(x, pipe.sample_rate), c.labels["tempo"]))
+            inside += mq.inside({"per_item": [mq.buzz(x, pipe.sample_rate)]}, ref)
+    return {"overrides": overrides, "takes": len(key_ok), "key_ok": float(np.mean(key_ok)),
+            "key_rank": float(np.mean(ranks)), "tempo_ok_with_drums": float(np.mean(tempo_ok)),
+            "inside_training_range": inside}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.decoding_sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="JSON", help="decoding overrides (repeat)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1000, 2000])
+    p.add_argument("--takes", type=int, default=24)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--preset", default="balanced")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    import torch
+
+    from magnet_rt.registry import load_pipeline
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    _, captions = mq.held_out(data, 1, args.takes)
+    ref = mq.training_buzz_range(data, 5, args.seconds)
+    pipe = load_pipeline(args.bundle, device="cpu")
+    for raw in args.set or ["{}"]:
+        row = sweep_row(pipe, captions, args.seeds, json.loads(raw), args.seconds, args.preset, ref)
+        print(json.dumps({"bundle": args.bundle, **row}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
