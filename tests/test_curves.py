@@ -22,5 +22,7 @@ def test_runs_from_init_continue_the_step_axis_and_the_png_is_written(tmp_path):
     beat = write_run(tmp_path / "beat", list(range(10, 1210, 10)))  # from --init: counts from 0 again
     got = [(run.split("/")[-1], offset, train[0]["step"]) for run, train, _, offset in chained([base, resumed, beat])]
     assert got == [("lm4", 0, 10), ("lm4b", 0, 4810), ("beat", 4990, 10)]
+    cut = [(offset, train[-1]["step"]) for _, train, _, offset in chained([base, beat + ":600", base])]
+    assert cut == [(0, 4800), (4800, 600), (4800 + 600, 4800)]  # the beat run drawn to step 600 only
     out = plot([], [base, beat], tmp_path / "curves.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

@@ -41,10 +41,15 @@ def smooth(y: np.ndarray, n: int) -> np.ndarray:
 
 def chained(runs: list[str]):
     """(run, train rows, eval rows, step offset) of each run with a log: a run whose count restarted (a new
-    run from --init, not a resume) is drawn after the one before it on a shared step axis."""
+    run from --init, not a resume) is drawn after the one before it on a shared step axis. `RUN:N` draws
+    RUN up to step N only (the step the next run started from, when RUN went on after that)."""
     offset, last = 0, 0
-    for run in runs:
+    for spec in runs:
+        run, _, until = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "")
         train, evals = read_log(run)
+        if until:
+            train = [t for t in train if t["step"] <= int(until)]
+            evals = [e for e in evals if e["step"] <= int(until)]
         if not train:
             continue
         if train[0]["step"] < last / 2:
