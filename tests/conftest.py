@@ -52,6 +52,19 @@ def random_text(B: int, L: int, dim: int, lengths=None, seed: int = 0):
     return hidden, mask
 
 
+def cfg_pair_logits(lm, frames: int = 40):
+    """A function of an LM's musical controls (`beat=`, `key=`): the logits [2, K, T, C] of one conditioned
+    row and its CFG null row, on fixed random codes and text; so a test can see which row hears a control."""
+    h, m = random_text(1, 4, lm.cfg.text_dim)
+    codes = torch.randint(0, lm.card + 1, (1, lm.n_q, frames), generator=torch.Generator().manual_seed(2))
+
+    def logits(**controls):
+        with torch.inference_mode():
+            return lm(torch.cat([codes, codes]), lm.cross_inputs(lm.project_text(h, m), **controls), 0)
+
+    return logits
+
+
 @pytest.fixture(scope="session")
 def pipe(tmp_path_factory):
     """The tiny-random pipeline (random weights, loaded through the released formats), built once."""

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import random_text, small_lm
+from conftest import cfg_pair_logits, random_text, small_lm
 
 from magnet_rt.checkpoints import save_audiocraft_lm
 from magnet_rt.decoding import DecodePath, RowGroup, decode
@@ -71,14 +71,8 @@ def test_a_new_grid_starts_at_zero_and_changes_nothing():
 
 
 def test_the_grid_reaches_the_conditioned_rows_only():
-    lm = beat_lm(1)
-    h, m = random_text(1, 4, 16)
-    codes = torch.randint(0, lm.card + 1, (1, 4, 40), generator=torch.Generator().manual_seed(2))
-    with torch.inference_mode():
-        cond = lm.project_text(h, m)
-        plain = lm(torch.cat([codes, codes]), lm.cross_inputs(cond), 0)
-        gridded = lm(torch.cat([codes, codes]), lm.cross_inputs(cond, beat=beat_grids(["100 bpm"], 40)), 0)
-        silent = lm(torch.cat([codes, codes]), lm.cross_inputs(cond, beat=beat_grids(["no tempo"], 40)), 0)
+    logits = cfg_pair_logits(beat_lm(1), frames=40)
+    plain, gridded, silent = logits(), logits(beat=beat_grids(["100 bpm"], 40)), logits(beat=beat_grids(["x"], 40))
     assert not torch.allclose(plain[0], gridded[0])  # the conditioned row hears the tempo
     assert torch.equal(plain[1], gridded[1])  # the CFG null row never does
     assert torch.equal(plain, silent)  # no tempo in the prompt: an all-zero grid, no effect

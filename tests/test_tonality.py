@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_text, small_lm
+from conftest import cfg_pair_logits, random_text, small_lm
 
 from magnet_rt.checkpoints import save_audiocraft_lm
 from magnet_rt.decoding import DecodePath, RowGroup, decode
@@ -86,15 +86,9 @@ def test_a_new_key_input_starts_at_zero_and_changes_nothing():
 
 
 def test_the_key_reaches_the_conditioned_rows_only():
-    lm = key_lm(1)
-    h, m = random_text(1, 4, 16)
-    codes = torch.randint(0, lm.card + 1, (1, 4, 40), generator=torch.Generator().manual_seed(2))
-    with torch.inference_mode():
-        cond = lm.project_text(h, m)
-        plain = lm(torch.cat([codes, codes]), lm.cross_inputs(cond), 0)
-        keyed = lm(torch.cat([codes, codes]), lm.cross_inputs(cond, key=key_vectors(["in A minor"])), 0)
-        other = lm(torch.cat([codes, codes]), lm.cross_inputs(cond, key=key_vectors(["in C major"])), 0)
-        silent = lm(torch.cat([codes, codes]), lm.cross_inputs(cond, key=key_vectors(["no key"])), 0)
+    logits = cfg_pair_logits(key_lm(1))
+    plain, keyed = logits(), logits(key=key_vectors(["in A minor"]))
+    other, silent = logits(key=key_vectors(["in C major"])), logits(key=key_vectors(["no key"]))
     assert not torch.allclose(plain[0], keyed[0]) and not torch.allclose(keyed[0], other[0])
     assert torch.equal(plain[1], keyed[1])  # the CFG null row never hears it
     assert torch.equal(plain, silent)  # no key in the prompt: an all-zero vector, no effect
