@@ -21,20 +21,24 @@ from benchmarks import music_quality as mq
 
 
 def sweep_row(pipe, captions, seeds: list[int], overrides: dict, seconds: float, preset: str, ref: dict) -> dict:
-    key_ok, ranks, tempo_ok, inside = [], [], [], 0
+    key_ok, ranks, tempo_ok, inside, outside = [], [], [], 0, []
     for seed in seeds:
         takes, _ = mq.generate_takes(pipe, [c.caption for c in captions], seconds, preset, seed, overrides)
-        for c, x in zip(captions, takes, strict=True):
+        for i, (c, x) in enumerate(zip(captions, takes, strict=True)):
             truth = (c.labels["key"], c.labels["mode"])
             ranking = mq.key_ranking(x, pipe.sample_rate)
             key_ok.append(ranking[0] == truth)
             ranks.append(ranking.index(truth) + 1)
             if c.labels["drums"]:
                 tempo_ok.append(mq.tempo_ok(mq.tempo(x, pipe.sample_rate), c.labels["tempo"]))
-            inside += mq.inside({"per_item": [mq.buzz(x, pipe.sample_rate)]}, ref)
+            b = mq.buzz(x, pipe.sample_rate)
+            if mq.inside({"per_item": [b]}, ref):
+                inside += 1
+            else:  # which take, and by which measure
+                outside.append({"seed": seed + i, "caption": c.caption, **b})
     return {"overrides": overrides, "takes": len(key_ok), "key_ok": float(np.mean(key_ok)),
             "key_rank": float(np.mean(ranks)), "tempo_ok_with_drums": float(np.mean(tempo_ok)),
-            "inside_training_range": inside}
+            "inside_training_range": inside, "outside": outside}
 
 
 def main(argv: list[str] | None = None) -> int:

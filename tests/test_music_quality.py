@@ -150,3 +150,4 @@ def test_decoding_sweep_reports_one_row_per_override(small_data):
     for r in rows:
         assert r["takes"] == 2 and 0 <= r["key_ok"] <= 1 and 1 <= r["key_rank"] <= 24
         assert 0 <= r["tempo_ok_with_drums"] <= 1 and 0 <= r["inside_training_range"] <= 2
+        assert len(r["outside"]) == 2 - r["inside_training_range"]  # each take outside, named with its measures
