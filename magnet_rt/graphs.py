@@ -153,10 +153,11 @@ class Bucket:
             k.copy_(k2)
             v.copy_(v2)
         b.cross.bias.copy_(cross.bias)
-        if b.cross.controls is not None and cross.controls is not None:
-            b.cross.controls.copy_(cross.controls)  # a key alone ([R, 1, D]) broadcasts over the frames
-        elif b.cross.controls is not None:
-            b.cross.controls.zero_()  # none given
+        if b.cross.controls is not None:
+            if cross.controls is None:
+                b.cross.controls.zero_()  # none given
+            else:
+                b.cross.controls.copy_(cross.controls)  # a key alone ([R, 1, D]) broadcasts over the frames
 
     def step(self, stage: int, cfg: bool, form: StepForm) -> None:
         if self.stream is None:  # not CUDA: eager

@@ -227,6 +227,8 @@ class CrossInputs:
 
 
 class MagnetLM(nn.Module):
+    CONTROLS = {"beat_features": "beat_proj", "key_features": "key_proj"}  # config width -> its projection
+
     def __init__(self, cfg: MagnetConfig):
         super().__init__()
         self.cfg = cfg
@@ -267,29 +269,32 @@ class MagnetLM(nn.Module):
                     p.fill_(1.0 if name.endswith("weight") else 0.0)
         self.out_norm.weight.fill_(1.0)
         self.out_norm.bias.zero_()
-        for proj in (self.beat_proj, self.key_proj):
-            if proj is not None:
-                proj.weight.zero_()  # a new control starts as "no effect" (see `with_control`)
+        for proj in self.control_projections():
+            proj.weight.zero_()  # a new control starts as "no effect" (see `with_control`)
         return self
 
     def with_control(self, field: str, features: int) -> MagnetLM:
         """A copy of this LM with a new control input (`field`: "beat_features" or "key_features") of width
         `features`, initialised to zero: it computes exactly what this LM does until training moves it."""
-        if field not in ("beat_features", "key_features"):
+        if field not in self.CONTROLS:
             raise ValueError(f"no control input called {field!r}")
         if getattr(self.cfg, field):
             raise ValueError(f"this LM already has {field} = {getattr(self.cfg, field)}")
         cfg = MagnetConfig(**{**self.cfg.to_dict(), field: features})
         lm = MagnetLM(cfg).to(self.device)
         lm.load_state_dict(self.state_dict(), strict=False)
-        torch.nn.init.zeros_((lm.beat_proj if field == "beat_features" else lm.key_proj).weight)
+        torch.nn.init.zeros_(getattr(lm, self.CONTROLS[field]).weight)
         lm.text_encoder_name = self.text_encoder_name
         return lm
+
+    def control_projections(self) -> list[nn.Linear]:
+        """The projections of the musical controls this LM reads (beat grid, key), in `CONTROLS` order."""
+        return [proj for name in self.CONTROLS.values() if (proj := getattr(self, name)) is not None]
 
     @property
     def has_controls(self) -> bool:
         """Whether the LM reads musical controls (beat grid, key) beside the text."""
-        return self.beat_proj is not None or self.key_proj is not None
+        return bool(self.control_projections())
 
     # ---- precision and device -------------------------------------------------------------------
     def set_precision(self, dtype: torch.dtype) -> MagnetLM:

@@ -36,8 +36,7 @@ def prompt_key(prompt: str | None) -> tuple[int, str] | None:
     m = KEY_PHRASE.search(prompt or "")
     if m is None:
         return None
-    accidental = (m.group(2) or "").strip(" -")
-    accidental = accidental if accidental in ("b", "♭", "#", "♯") else accidental.lower()
+    accidental = (m.group(2) or "").strip(" -").lower()  # the letter forms match lower-case only: "b", not "B"
     tonic = (PITCH_CLASSES[m.group(1)] + ACCIDENTALS[accidental]) % 12
     return tonic, m.group(3).lower()
 

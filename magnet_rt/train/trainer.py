@@ -131,12 +131,11 @@ class EMA:
         self.shadow = {k: v.float().clone() for k, v in state["shadow"].items()}
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float, control_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(model: MagnetLM, weight_decay: float, lr: float, control_lr_scale: float = 1.0) -> list[dict]:
     """Weight decay on matrices and embedding tables; none on LayerNorm weights and biases. The controls'
-    projections (`MagnetLM.beat_proj`, `key_proj`), when the model has them, are a third group at lr x
-    `control_lr_scale`."""
-    controls = [p for name in ("beat_proj", "key_proj") if getattr(model, name, None) is not None
-                for p in getattr(model, name).parameters()]
+    projections (`MagnetLM.control_projections`: beat grid, key), when the model has them, are a third group
+    at lr x `control_lr_scale`."""
+    controls = [p for proj in model.control_projections() for p in proj.parameters()]
     control_ids = {id(p) for p in controls}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in control_ids]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
@@ -203,10 +202,7 @@ class LMTrainer:
         if self.lm.key_proj is None:
             return None
         key = key_vectors(captions).to(self.device)
-        if dropout:
-            keep = torch.rand(len(captions), generator=self.generator) >= self.cfg.key_dropout
-            key = key * keep.to(key).view(-1, 1)
-        return key
+        return self._drop_rows(key, self.cfg.key_dropout) if dropout else key
 
     def beat_grid(self, captions: list[str | None], frames: int, first_frames: Tensor | None,
                   dropout: bool) -> Tensor | None:
@@ -217,10 +213,12 @@ class LMTrainer:
             return None
         starts = 0.0 if first_frames is None else first_frames.tolist()
         grid = beat_grids(captions, frames, starts, self.lm.cfg.frame_rate).to(self.device)
-        if dropout:
-            keep = torch.rand(len(captions), generator=self.generator) >= self.cfg.beat_dropout
-            grid = grid * keep.to(grid).view(-1, 1, 1)
-        return grid
+        return self._drop_rows(grid, self.cfg.beat_dropout) if dropout else grid
+
+    def _drop_rows(self, control: Tensor, p: float) -> Tensor:
+        """`control` [B, ...] with each row zeroed with probability `p` (one draw per row from the generator)."""
+        keep = torch.rand(control.shape[0], generator=self.generator) >= p
+        return control * keep.to(control).view(-1, *[1] * (control.dim() - 1))
 
     def compute_loss(self, codes: Tensor, captions: list[str | None], valid: Tensor | None = None,
                      stage: int | None = None, drop: bool | None = None, contrast: bool = True,
