@@ -25,17 +25,16 @@ def sweep_row(pipe, captions, seeds: list[int], overrides: dict, seconds: float,
     for seed in seeds:
         takes, _ = mq.generate_takes(pipe, [c.caption for c in captions], seconds, preset, seed, overrides)
         for i, (c, x) in enumerate(zip(captions, takes, strict=True)):
-            truth = (c.labels["key"], c.labels["mode"])
-            ranking = mq.key_ranking(x, pipe.sample_rate)
-            key_ok.append(ranking[0] == truth)
-            ranks.append(ranking.index(truth) + 1)
-            if c.labels["drums"]:
-                tempo_ok.append(mq.tempo_ok(mq.tempo(x, pipe.sample_rate), c.labels["tempo"]))
-            b = mq.buzz(x, pipe.sample_rate)
-            if mq.inside({"per_item": [b]}, ref):
+            m = mq.key_tempo_buzz(x, pipe.sample_rate, c)
+            key_ok.append(m["key_ok"])
+            ranks.append(m["key_rank"])
+            if m["drums"]:
+                tempo_ok.append(m["tempo_ok"])
+            if mq.inside({"per_item": [m]}, ref):
                 inside += 1
             else:  # which take, and by which measure
-                outside.append({"seed": seed + i, "caption": c.caption, **b})
+                outside.append({"seed": seed + i, "caption": c.caption, "corr_20ms": m["corr_20ms"],
+                                "comb_50hz": m["comb_50hz"]})
     return {"overrides": overrides, "takes": len(key_ok), "key_ok": float(np.mean(key_ok)),
             "key_rank": float(np.mean(ranks)), "tempo_ok_with_drums": float(np.mean(tempo_ok)),
             "inside_training_range": inside, "outside": outside}

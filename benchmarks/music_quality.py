@@ -163,22 +163,43 @@ def mean_chroma(x: np.ndarray, sr: int) -> np.ndarray:
     return librosa.feature.chroma_cqt(y=x, sr=sr).mean(1)
 
 
-def tonic_shares(x: np.ndarray, sr: int, key: str) -> dict[str, float]:
-    """The shares of the mean chroma on `key`'s tonic and on its fifth: how clearly the music leans on its
-    tonic. With the tonic no stronger than the fifth, a key estimate tends to land a fifth up."""
-    chroma, tonic = mean_chroma(x, sr), KEYS.index(key)
+def tonic_shares(chroma: np.ndarray, key: str) -> dict[str, float]:
+    """The shares of a mean chroma (`mean_chroma`) on `key`'s tonic and on its fifth: how clearly the music
+    leans on its tonic. With the tonic no stronger than the fifth, a key estimate tends to land a fifth up."""
+    tonic = KEYS.index(key)
     total = float(chroma.sum()) or 1.0
     return {"tonic_share": float(chroma[tonic]) / total, "fifth_share": float(chroma[(tonic + 7) % 12]) / total}
 
 
-def key_ranking(x: np.ndarray, sr: int) -> list[tuple[str, str]]:
-    """The 24 (tonic, mode) pairs, best first, by the correlation of the mean chroma with a rotated
+def rank_keys(chroma: np.ndarray) -> list[tuple[str, str]]:
+    """The 24 (tonic, mode) pairs, best first, by the correlation of a mean chroma with a rotated
     Krumhansl-Kessler profile."""
-    chroma = mean_chroma(x, sr)
     scored = sorted(((np.corrcoef(chroma, np.roll(profile, tonic))[0, 1], tonic, mode)
                      for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)) for tonic in range(12)),
                     reverse=True)
     return [(KEYS[tonic], mode) for _, tonic, mode in scored]
+
+
+def key_ranking(x: np.ndarray, sr: int) -> list[tuple[str, str]]:
+    """`rank_keys` of the take's mean chroma."""
+    return rank_keys(mean_chroma(x, sr))
+
+
+def key_measures(x: np.ndarray, sr: int, truth: tuple[str, str]) -> dict:
+    """Is the take in `truth` (tonic, mode), where does `truth` rank among the 24, and the tonic and fifth
+    shares: one chroma for all of them."""
+    chroma = mean_chroma(x, sr)
+    ranking = rank_keys(chroma)
+    return {"key_ok": ranking[0] == truth, "key_rank": float(ranking.index(truth) + 1),
+            **tonic_shares(chroma, truth[0])}
+
+
+def key_tempo_buzz(x: np.ndarray, sr: int, c: CaptionedFile) -> dict:
+    """What a take is judged on against its caption without transcription: the buzz measures, the tempo
+    (and whether it is the caption's), and `key_measures`."""
+    bpm = tempo(x, sr)
+    return {**buzz(x, sr), "tempo": bpm, "tempo_ok": tempo_ok(bpm, c.labels["tempo"]),
+            "drums": bool(c.labels["drums"]), **key_measures(x, sr, (c.labels["key"], c.labels["mode"]))}
 
 
 def estimate_key(x: np.ndarray, sr: int) -> tuple[str, str]:
@@ -243,12 +264,12 @@ def codec_row(codec, clips: list[CaptionedFile], seconds: float, ear: Transcribe
         if c.path not in source_notes:
             source_notes[c.path] = ear.notes(x, sr, tmp)
         truth = (c.labels["key"], c.labels["mode"])
+        keys = {"": key_measures(y, sr, truth), "source_": key_measures(x, sr, truth)}
         per.append({"chroma_cosine": chroma_cosine(x, y, sr), "onset_corr": onset_correlation(x, y, sr),
                     "note_f1": note_f1(source_notes[c.path], ear.notes(y, sr, tmp)), **buzz(y, sr),
-                    "key_ok": float(key_ranking(y, sr)[0] == truth), **tonic_shares(y, sr, truth[0]),
                     **{f"source_{k}": v for k, v in buzz(x, sr).items()},
-                    "source_key_ok": float(key_ranking(x, sr)[0] == truth),
-                    **{f"source_{k}": v for k, v in tonic_shares(x, sr, truth[0]).items()}})
+                    **{f"{side}{k}": float(m[k]) for side, m in keys.items()
+                       for k in ("key_ok", "tonic_share", "fifth_share")}})
     return summarise(per)
 
 
@@ -258,16 +279,10 @@ def takes_row(audios: list[np.ndarray], sr: int, captions: list[CaptionedFile], 
     the higher codebooks into a few tokens sounds as steady tones)."""
     per = []
     for i, (x, c) in enumerate(zip(audios, captions, strict=True)):
-        ranking = key_ranking(x, sr)
-        truth = (c.labels["key"], c.labels["mode"])
         iv, _ = ear.notes(x, sr, tmp)
-        bpm = tempo(x, sr)
         phase = beat_phase(x, sr, c.labels["tempo"])
-        per.append({**buzz(x, sr), "tempo": bpm, "tempo_ok": tempo_ok(bpm, c.labels["tempo"]),
-                    "beat_phase": [phase.real, phase.imag],
-                    "drums": bool(c.labels["drums"]), "percussive_share": percussive_share(x),
-                    "key_ok": ranking[0] == truth, "key_rank": float(ranking.index(truth) + 1),
-                    **tonic_shares(x, sr, truth[0]),
+        per.append({**key_tempo_buzz(x, sr, c), "beat_phase": [phase.real, phase.imag],
+                    "percussive_share": percussive_share(x),
                     "notes_per_s": len(iv) / (len(x) / sr), "dc": float(x.mean()),
                     **({"distinct_tokens": [len(np.unique(k)) for k in np.asarray(codes[i])]} if codes else {})})
     row = summarise(per)
