@@ -9,6 +9,7 @@ a missing required field or a wrong type raises `ProtocolError(invalid_field)` n
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
@@ -31,17 +32,21 @@ MAX_DURATION_S = 30.0  # one window: inpaint, continue, chunk_s, hybrid_s
 MAX_LONG_DURATION_S = 600.0  # generate: beyond the model's segment it is long-form (window by window)
 MAX_SOURCE_S = 600.0  # inpaint / continue: the longest source, and the longest continuation
 PROMPT_BPM_RANGE = (20.0, 400.0)  # a tempo a prompt names ("N bpm"), which a model with a beat grid plays
+# how a prompt names its tempo (PROTOCOL.md, `generate`); magnet_rt.tempo.TEMPO_PHRASE reads the same (tested)
+PROMPT_TEMPO_PHRASE = re.compile(r"\b(\d+(?:\.\d+)?) ?bpm\b", re.IGNORECASE)
 
 
 def prompt_with_tempo(prompt: str | None, bpm: float | None) -> str | None:
     """`prompt` with ", <bpm> bpm" appended, as DAW bridges append the host tempo: only when a tempo is given,
     inside PROMPT_BPM_RANGE, and the prompt is not empty (unconditioned stays unconditioned) and names no tempo
-    ("bpm" nowhere in it). A model with a beat grid plays a prompt's tempo (PROTOCOL.md, `generate`)."""
-    if not prompt or not prompt.strip() or bpm is None or "bpm" in prompt.lower():
+    (PROMPT_TEMPO_PHRASE). A model with a beat grid plays a prompt's tempo (PROTOCOL.md, `generate`)."""
+    if not prompt or not prompt.strip() or bpm is None or PROMPT_TEMPO_PHRASE.search(prompt):
         return prompt
     if not PROMPT_BPM_RANGE[0] <= bpm <= PROMPT_BPM_RANGE[1]:
         return prompt
     return f"{prompt}, {bpm:g} bpm"
+
+
 MAX_SEED = 2**63 - 1  # any seed the daemon reports
 MAX_REQUEST_SEED = 2**63 - 1025  # a request's base seed: the engine adds the output's and the window's index
 PICKED_SEED_BITS = 52  # seeds the daemon picks (and seed + k) stay exact in a double, e.g. in JavaScript

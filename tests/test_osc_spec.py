@@ -120,6 +120,16 @@ def test_a_tempo_in_bars_joins_the_prompt_unless_it_names_one():
     assert prompt("/magnet/loop", "l", "@unconditioned", 1, 90.0, "live", 1) == ""  # stays unconditioned
     assert prompt("/magnet/generate", "g", "pad", "live", 7, 2.0) == "pad"  # seconds: no tempo to add
     assert prompt("/magnet/loop", "l", "pad", 1, 600.0, "live", 1) == "pad"  # beyond PROMPT_BPM_RANGE: not added
+    # "names a tempo" is the engine's rule ("N bpm"), not the letters b-p-m anywhere
+    assert prompt("/magnet/loop", "l", "bpm-heavy lofi", 1, 90.0, "live", 1) == "bpm-heavy lofi, 90 bpm"
+    assert prompt("/magnet/loop", "l", "lofi 84bpm", 1, 90.0, "live", 1) == "lofi 84bpm"
+
+
+def test_the_protocol_and_the_engine_read_a_prompt_tempo_alike():
+    from magnet_rt.tempo import TEMPO_PHRASE
+    from protocol import PROMPT_TEMPO_PHRASE
+
+    assert (PROMPT_TEMPO_PHRASE.pattern, PROMPT_TEMPO_PHRASE.flags) == (TEMPO_PHRASE.pattern, TEMPO_PHRASE.flags)
 
 
 def test_paths_are_sent_in_the_form_max_reads():
