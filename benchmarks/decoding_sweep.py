@@ -5,8 +5,8 @@ each decoding override given, seeds pooled.
     python -m benchmarks.decoding_sweep --data out/data/synth --bundle magnet_rt/assets/demo \
         --set '{}' --set '{"min_cfg_coef": 3}' [--seeds 1000 2000] [--takes 24]
 
-One line per override (JSON on stdout). The training range is music_quality's constant-free one: every 5th
-training clip, as there.
+One line per override (JSON on stdout). The training range is music_quality's: the buzz measures over every
+`--range-every`-th training clip (1, the default: all of them).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--preset", default="balanced")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--range-every", type=int, default=1, help="measure the training range on every N-th clip")
     args = p.parse_args(argv)
     import torch
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     data = Path(args.data)
     _, captions = mq.held_out(data, 1, args.takes)
-    ref = mq.training_buzz_range(data, 5, args.seconds)
+    ref = mq.training_buzz_range(data, args.range_every, args.seconds)
     pipe = load_pipeline(args.bundle, device="cpu")
     for raw in args.set or ["{}"]:
         row = sweep_row(pipe, captions, args.seeds, json.loads(raw), args.seconds, args.preset, ref)
