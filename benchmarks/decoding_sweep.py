@@ -21,13 +21,14 @@ from benchmarks import music_quality as mq
 
 
 def sweep_row(pipe, captions, seeds: list[int], overrides: dict, seconds: float, preset: str, ref: dict) -> dict:
-    key_ok, ranks, tempo_ok, inside, outside = [], [], [], 0, []
+    key_ok, ranks, relations, tempo_ok, inside, outside = [], [], [], [], 0, []
     for seed in seeds:
         takes, _ = mq.generate_takes(pipe, [c.caption for c in captions], seconds, preset, seed, overrides)
         for i, (c, x) in enumerate(zip(captions, takes, strict=True)):
             m = mq.key_tempo_buzz(x, pipe.sample_rate, c)
             key_ok.append(m["key_ok"])
             ranks.append(m["key_rank"])
+            relations.append(m["key_relation"])
             if m["drums"]:
                 tempo_ok.append(m["tempo_ok"])
             if mq.inside({"per_item": [m]}, ref):
@@ -36,7 +37,9 @@ def sweep_row(pipe, captions, seeds: list[int], overrides: dict, seconds: float,
                 outside.append({"seed": seed + i, "caption": c.caption, "corr_20ms": m["corr_20ms"],
                                 "comb_50hz": m["comb_50hz"]})
     return {"overrides": overrides, "takes": len(key_ok), "key_ok": float(np.mean(key_ok)),
-            "key_rank": float(np.mean(ranks)), "tempo_ok_with_drums": float(np.mean(tempo_ok)),
+            "key_rank": float(np.mean(ranks)),
+            "key_relations": {r: relations.count(r) for r in mq.KEY_RELATIONS.values()},
+            "tempo_ok_with_drums": float(np.mean(tempo_ok)),
             "inside_training_range": inside, "outside": outside}
 
 

@@ -12,7 +12,8 @@ onnxruntime, mir_eval), because our own metrics once called a 50 Hz frame buzz g
     (librosa HPSS) of "drums" vs "no drums" captions compared pairwise (every drums take against every no-drums
     take, and in minimal pairs: each caption against itself with its drums phrase turned over, same seed), key
     (Krumhansl-Kessler profiles on librosa's chroma) vs the caption's tonic and mode (right, and the rank of
-    the caption's key among the 24: 12.5 by chance), notes per second (basic-pitch), and the distinct tokens
+    the caption's key among the 24: 12.5 by chance; mir_eval's MIREX weighted score, which credits a fifth, the
+    relative and the parallel key in part), notes per second (basic-pitch), and the distinct tokens
     per codebook of each take.
 The row `clips` measures the held-out training clips themselves under (b) (the ceiling). `training_clips`
 is the buzz measures' range over every `--range-every`-th training clip, and each bundle's
@@ -185,13 +186,21 @@ def key_ranking(x: np.ndarray, sr: int) -> list[tuple[str, str]]:
     return rank_keys(mean_chroma(x, sr))
 
 
+KEY_RELATIONS = {1.0: "same", 0.5: "fifth", 0.3: "relative", 0.2: "parallel", 0.0: "other"}  # MIREX's weights
+
+
 def key_measures(x: np.ndarray, sr: int, truth: tuple[str, str]) -> dict:
-    """Is the take in `truth` (tonic, mode), where does `truth` rank among the 24, and the tonic and fifth
-    shares: one chroma for all of them."""
+    """Is the take in `truth` (tonic, mode), where does `truth` rank among the 24, how the estimate relates to
+    it (mir_eval's MIREX weighted key score: 1 same, 0.5 a fifth up, 0.3 relative, 0.2 parallel, 0 other), and
+    the tonic and fifth shares: one chroma for all of them."""
+    import mir_eval
+
     chroma = mean_chroma(x, sr)
     ranking = rank_keys(chroma)
+    weighted = mir_eval.key.weighted_score(" ".join(truth), " ".join(ranking[0]))
     return {"key_ok": ranking[0] == truth, "key_rank": float(ranking.index(truth) + 1),
-            **tonic_shares(chroma, truth[0])}
+            "key_estimate": " ".join(ranking[0]), "key_weighted": weighted,
+            "key_relation": KEY_RELATIONS[weighted], **tonic_shares(chroma, truth[0])}
 
 
 def key_tempo_buzz(x: np.ndarray, sr: int, c: CaptionedFile) -> dict:
@@ -269,7 +278,7 @@ def codec_row(codec, clips: list[CaptionedFile], seconds: float, ear: Transcribe
                     "note_f1": note_f1(source_notes[c.path], ear.notes(y, sr, tmp)), **buzz(y, sr),
                     **{f"source_{k}": v for k, v in buzz(x, sr).items()},
                     **{f"{side}{k}": float(m[k]) for side, m in keys.items()
-                       for k in ("key_ok", "tonic_share", "fifth_share")}})
+                       for k in ("key_ok", "key_weighted", "tonic_share", "fifth_share")}})
     return summarise(per)
 
 

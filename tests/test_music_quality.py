@@ -46,6 +46,11 @@ def test_key_and_tempo_helpers():
     t = np.arange(6 * SR) / SR
     a_minor = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 261.6, 329.6)) / 3  # A C E
     assert mq.estimate_key(a_minor.astype(np.float32), SR) == ("A", "minor")
+    # how a wrong estimate relates to the caption's key (mir_eval's MIREX weights)
+    relations = {truth: mq.key_measures(a_minor.astype(np.float32), SR, truth)["key_relation"]
+                 for truth in (("A", "minor"), ("D", "minor"), ("C", "major"), ("A", "major"), ("F#", "major"))}
+    assert relations == {("A", "minor"): "same", ("D", "minor"): "fifth", ("C", "major"): "relative",
+                         ("A", "major"): "parallel", ("F#", "major"): "other"}
     chroma = mq.mean_chroma(a_minor, SR)
     on_a, on_d = mq.tonic_shares(chroma, "A"), mq.tonic_shares(chroma, "D")
     assert on_a["tonic_share"] > 0.2 and on_a["fifth_share"] > 0.2  # A and E both sound
@@ -93,6 +98,7 @@ def test_small_run_on_the_shipped_model(tmp_path, small_data):
     assert all(abs(p["dc"]) < 1e-3 for p in takes["per_item"])
     assert r["training_clips"]["n"] == 12 and 0 <= takes["inside_training_range"] <= 2  # all 12 clips (the default)
     assert 1 <= takes["key_rank"] <= 24 and all(1 <= p["key_rank"] <= 24 for p in clips["per_item"])
+    assert 0 <= takes["key_weighted"] <= 1 and 0 <= codec["key_weighted"] <= 1
     assert len(takes["min_distinct_tokens"]) == 4 and min(takes["min_distinct_tokens"]) >= 1
     # minimal drum pairs: each caption against itself with the drums phrase turned over, same seed
     assert takes["drum_pairs"] == 2 and takes["drum_pairs_separated"] in (0.0, 0.5, 1.0)
@@ -150,5 +156,6 @@ def test_decoding_sweep_reports_one_row_per_override(small_data):
     assert [r["overrides"] for r in rows] == [{}, {"min_cfg_coef": 3}]
     for r in rows:
         assert r["takes"] == 2 and 0 <= r["key_ok"] <= 1 and 1 <= r["key_rank"] <= 24
+        assert sum(r["key_relations"].values()) == 2 and r["key_relations"]["same"] == 2 * r["key_ok"]
         assert 0 <= r["tempo_ok_with_drums"] <= 1 and 0 <= r["inside_training_range"] <= 2
         assert len(r["outside"]) == 2 - r["inside_training_range"]  # each take outside, named with its measures
