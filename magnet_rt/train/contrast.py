@@ -16,26 +16,22 @@ from collections.abc import Callable
 import torch
 
 from ..tempo import TEMPO_PHRASE
+from ..tonality import KEY_PHRASE, prompt_key
 from .datagen import KEYS
-
-KEY_PHRASE = re.compile(r"\b([A-G](?:#|b)?) (major|minor)\b")
 
 
 def _draw(generator: torch.Generator, n: int) -> int:
     return int(torch.randint(n, (1,), generator=generator))
 
 
-def _key_phrase(caption: str) -> re.Match | None:
-    m = KEY_PHRASE.search(caption)
-    return m if m and m.group(1) in KEYS else None
-
-
 def with_key_moved(caption: str, semitones: int) -> str | None:
-    """`caption` with its key's tonic moved by `semitones` (mode kept); None when it names no key."""
-    m = _key_phrase(caption)
+    """`caption` with its key's tonic moved by `semitones` (mode kept, the tonic spelt as the datagen spells
+    it); None when it names no key (`tonality.KEY_PHRASE`, the rule the key input reads)."""
+    m = KEY_PHRASE.search(caption)
     if m is None:
         return None
-    return f"{caption[:m.start()]}{KEYS[(KEYS.index(m.group(1)) + semitones) % 12]} {m.group(2)}{caption[m.end():]}"
+    tonic, _ = prompt_key(m.group(0))
+    return f"{caption[:m.start()]}{KEYS[(tonic + semitones) % 12]} {m.group(3)}{caption[m.end():]}"
 
 
 def with_tempo(caption: str, change: Callable[[float], float]) -> str | None:
@@ -75,7 +71,7 @@ def counterfactual(caption: str | None, generator: torch.Generator) -> str | Non
     inverse (never near half or double time), chosen at random; None when it names neither."""
     if not caption:
         return None
-    choices = [kind for kind, m in (("key", _key_phrase(caption)), ("tempo", TEMPO_PHRASE.search(caption))) if m]
+    choices = [kind for kind, m in (("key", KEY_PHRASE.search(caption)), ("tempo", TEMPO_PHRASE.search(caption))) if m]
     if not choices:
         return None
     if choices[_draw(generator, len(choices))] == "key":
