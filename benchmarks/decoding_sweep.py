@@ -5,8 +5,9 @@ each decoding override given, seeds pooled.
     python -m benchmarks.decoding_sweep --data out/data/synth --bundle magnet_rt/assets/demo \
         --set '{}' --set '{"min_cfg_coef": 3}' [--seeds 1000 2000] [--takes 24]
 
-One line per override (JSON on stdout). The training range is music_quality's: the buzz measures over every
-`--range-every`-th training clip (1, the default: all of them).
+One line per override (JSON on stdout), after one with the training range: music_quality's, the buzz
+measures over every `--range-every`-th training clip (1, the default: all of them), with the five clips of
+the highest autocorrelation.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     _, captions = mq.held_out(data, 1, args.takes)
     ref = mq.training_buzz_range(data, args.range_every, args.seconds)
+    print(json.dumps({"training_clips": ref}), flush=True)
     pipe = load_pipeline(args.bundle, device="cpu")
     for raw in args.set or ["{}"]:
         row = sweep_row(pipe, captions, args.seeds, json.loads(raw), args.seconds, args.preset, ref)

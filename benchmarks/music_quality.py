@@ -239,10 +239,12 @@ def training_buzz_range(data: Path, every: int, seconds: float) -> dict:
     held-out tail; a folder of <= 96 clips: all of them): what "inside the training clips' range" means."""
     from magnet_rt.train.data import find_captioned_audio
 
-    clips = find_captioned_audio(data)
-    per = [buzz(*read(c.path, seconds)) for c in (clips[:-LM_HELD_OUT] or clips)[::every]]
+    clips = (find_captioned_audio(data)[:-LM_HELD_OUT] or find_captioned_audio(data))[::every]
+    per = [buzz(*read(c.path, seconds)) for c in clips]
+    top = sorted(range(len(per)), key=lambda i: -per[i]["corr_20ms"])[:5]  # the clips that set the upper end
     return {"n": len(per), "corr_20ms_range": [min(p["corr_20ms"] for p in per), max(p["corr_20ms"] for p in per)],
-            "comb_50hz_range": [min(p["comb_50hz"] for p in per), max(p["comb_50hz"] for p in per)]}
+            "comb_50hz_range": [min(p["comb_50hz"] for p in per), max(p["comb_50hz"] for p in per)],
+            "highest_corr_20ms": [{"caption": clips[i].caption, "corr_20ms": per[i]["corr_20ms"]} for i in top]}
 
 
 def inside(row: dict, ref: dict) -> int:

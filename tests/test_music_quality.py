@@ -152,7 +152,9 @@ def test_decoding_sweep_reports_one_row_per_override(small_data):
                           "demo", "--set", "{}", "--set", '{"min_cfg_coef": 3}', "--seeds", "1", "--takes", "2",
                           "--seconds", "4", "--preset", "live", "--threads", "1"], cwd=ROOT, check=True,
                          capture_output=True, text=True, timeout=600, preexec_fn=sigint_default)
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    ref, *rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert ref["training_clips"]["n"] == 12 and len(ref["training_clips"]["highest_corr_20ms"]) == 5
+    assert ref["training_clips"]["highest_corr_20ms"][0]["corr_20ms"] == ref["training_clips"]["corr_20ms_range"][1]
     assert [r["overrides"] for r in rows] == [{}, {"min_cfg_coef": 3}]
     for r in rows:
         assert r["takes"] == 2 and 0 <= r["key_ok"] <= 1 and 1 <= r["key_rank"] <= 24
