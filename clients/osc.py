@@ -309,7 +309,7 @@ class OscJob:
     def seconds(self) -> Fraction | None:
         v = self.values
         if "bars" in v:
-            return Fraction(v["bars"]) * BEATS_PER_BAR * 60 / Fraction(str(v["bpm"]))
+            return v["bars"] * P.bar_seconds(v["bpm"], BEATS_PER_BAR)
         return Fraction(str(v["duration_s"])) if "duration_s" in v else None
 
     def samples(self, rate: int) -> int | None:

@@ -71,6 +71,7 @@ from .messages import (
     UnloadReply,
     Welcome,
     Window,
+    bar_seconds,
     is_terminal,
     prompt_with_tempo,
 )
@@ -79,7 +80,7 @@ from .version import package_version
 __all__ = [
     "AUDIO_FORMATS", "DEFAULT_ENDPOINT", "DEFAULT_MAX_MESSAGE_BYTES", "ENV_ENDPOINT", "ERROR_HELP", "MAX_DURATION_S",
     "MAX_LONG_DURATION_S", "MAX_SOURCE_S", "MAX_REQUEST_SEED", "MAX_SEED", "PROMPT_BPM_RANGE", "PROMPT_TEMPO_PHRASE",
-    "prompt_with_tempo",
+    "bar_seconds", "prompt_with_tempo",
     "MAX_ID_CHARS", "MAX_OUTPUTS", "MAX_PROMPTS", "MAX_VARIATIONS", "MESSAGE_TYPES", "MIN_REGION_S",
     "PICKED_SEED_BITS", "PROTOCOL_VERSION", "REPLY_TYPES", "SUPPORTED_VERSIONS", "TERMINAL_TYPES",
     "Accepted", "AudioChunk", "AudioData", "Cancel", "CancelReply", "Cancelled", "Continue", "DecodeParams",

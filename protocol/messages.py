@@ -47,6 +47,11 @@ def prompt_with_tempo(prompt: str | None, bpm: float | None) -> str | None:
     return f"{prompt}, {bpm:g} bpm"
 
 
+def bar_seconds(bpm: float, beats_per_bar: int = 4) -> Fraction:
+    """One bar's exact length in seconds, the bpm as written (120.1 is 1201/10): beats_per_bar * 60 / bpm."""
+    return Fraction(beats_per_bar * 60) / Fraction(str(bpm))
+
+
 MAX_SEED = 2**63 - 1  # any seed the daemon reports
 MAX_REQUEST_SEED = 2**63 - 1025  # a request's base seed: the engine adds the output's and the window's index
 PICKED_SEED_BITS = 52  # seeds the daemon picks (and seed + k) stay exact in a double, e.g. in JavaScript
@@ -494,7 +499,7 @@ class Inpaint(Render):
         the exact value (decimal bpm as written): downbeat + bars * beats_per_bar * 60 / bpm."""
         if self.start_bar is None:
             return self.start_s, self.end_s
-        bar = Fraction(self.beats_per_bar * 60 * sample_rate) / Fraction(str(self.bpm))
+        bar = bar_seconds(self.bpm, self.beats_per_bar) * sample_rate
         down = Fraction(str(self.downbeat_s)) * sample_rate
         edge = [math.floor(down + Fraction(str(b)) * bar + Fraction(1, 2)) for b in (self.start_bar, self.end_bar)]
         return edge[0] / sample_rate, edge[1] / sample_rate
