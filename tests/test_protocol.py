@@ -501,4 +501,4 @@ def test_an_inpaint_region_in_bars_has_exact_sample_edges(bpm, rate):
     assert round(no_offset.region_s(rate)[1] * rate) == bars_to_samples(3, bpm, rate)
     three = p.Inpaint.from_dict(wire(INP, start_s=None, end_s=None, start_bar=0, end_bar=1, bpm=bpm, beats_per_bar=3))
     assert round(three.region_s(rate)[1] * rate) == bars_to_samples(1, bpm, rate, beats_per_bar=3)
-    assert p.bar_seconds(bpm) * bpm == 240 and p.bar_seconds(123.4, 3) == Fraction(1800, 1234)  # exact
+    assert p.bar_seconds(bpm) * Fraction(str(bpm)) == 240 and p.bar_seconds(123.4, 3) == Fraction(1800, 1234)  # exact
