@@ -239,7 +239,8 @@ def training_buzz_range(data: Path, every: int, seconds: float) -> dict:
     held-out tail; a folder of <= 96 clips: all of them): what "inside the training clips' range" means."""
     from magnet_rt.train.data import find_captioned_audio
 
-    clips = (find_captioned_audio(data)[:-LM_HELD_OUT] or find_captioned_audio(data))[::every]
+    every_clip = find_captioned_audio(data)
+    clips = (every_clip[:-LM_HELD_OUT] or every_clip)[::every]
     per = [buzz(*read(c.path, seconds)) for c in clips]
     top = sorted(range(len(per)), key=lambda i: -per[i]["corr_20ms"])[:5]  # the clips that set the upper end
     return {"n": len(per), "corr_20ms_range": [min(p["corr_20ms"] for p in per), max(p["corr_20ms"] for p in per)],
