@@ -181,11 +181,6 @@ def rank_keys(chroma: np.ndarray) -> list[tuple[str, str]]:
     return [(KEYS[tonic], mode) for _, tonic, mode in scored]
 
 
-def key_ranking(x: np.ndarray, sr: int) -> list[tuple[str, str]]:
-    """`rank_keys` of the take's mean chroma."""
-    return rank_keys(mean_chroma(x, sr))
-
-
 KEY_RELATIONS = {1.0: "same", 0.5: "fifth", 0.3: "relative", 0.2: "parallel", 0.0: "other"}  # MIREX's weights
 
 
@@ -213,7 +208,7 @@ def key_tempo_buzz(x: np.ndarray, sr: int, c: CaptionedFile) -> dict:
 
 def estimate_key(x: np.ndarray, sr: int) -> tuple[str, str]:
     """(tonic, mode) maximising the correlation of the mean chroma with a rotated Krumhansl-Kessler profile."""
-    return key_ranking(x, sr)[0]
+    return rank_keys(mean_chroma(x, sr))[0]
 
 
 # ---- data: the LM trainer's own file list and order (train.data.find_captioned_audio) -----------------------
