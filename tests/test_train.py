@@ -327,6 +327,30 @@ def test_counterfactual_captions_change_only_the_key_or_the_tempo():
     assert float(contrast_hinge(true, counter, torch.tensor([False] * 3), 0.5)) == 0.0
 
 
+def test_near_key_counterfactuals_are_the_keys_an_estimate_confuses():
+    from magnet_rt.train.contrast import counterfactual, near_key
+
+    assert [near_key(4, "minor", i) for i in range(4)] == [(11, "minor"), (9, "minor"), (7, "major"), (4, "major")]
+    assert near_key(0, "major", 2) == (9, "minor") and near_key(11, "major", 0) == (6, "major")
+    cap = "upbeat funk with slap bass and drums at 112 bpm in E minor"
+    g = torch.Generator().manual_seed(0)
+    keys = {counterfactual(cap, g, near_keys=1.0) for _ in range(80)}
+    assert {c for c in keys if "112 bpm" in c} == {cap.replace("E minor", k) for k in
+                                                    ("B minor", "A minor", "G major", "E major")}
+    a, b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)  # near_keys 0 draws as before
+    assert [counterfactual(cap, a, 0.0) for _ in range(20)] == [counterfactual(cap, b) for _ in range(20)]
+
+
+def test_the_contrast_term_only_on_the_stages_asked_for():
+    captions = ["funk at 112 bpm in E minor", "rock at 150 bpm in A major"]
+    codes, _ = fixed_batch()
+    cfg = TrainConfig(cfg_dropout=0.0, contrast_weight=1.0, contrast_stages=(0,), contrast_near_keys=0.5)
+    trainer = LMTrainer(tiny(), WordHashEncoder(), cfg)
+    assert "contrast" in trainer.compute_loss(codes[:2], captions, stage=0)[1]
+    assert "contrast" not in trainer.compute_loss(codes[:2], captions, stage=2)[1]
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
 def test_the_contrast_term_is_added_and_reaches_the_text_path():
     captions = ["funk at 112 bpm in E minor", "rock at 150 bpm in A major", "sad piano", None]
     codes, _ = fixed_batch()

@@ -5,7 +5,9 @@ cross-entropy barely depends on those words (the demo LM at 2800 steps: moving t
 raised stage-0 CE by 0.41 nats, changing its tempo by 50 bpm by 0.000; docs/TRAINING.md 5.3). The contrast
 term asks that the true caption explain the clip's tokens better than the same caption with its key or
 tempo changed, by a margin: mean over rows of relu(margin - (CE(counterfactual) - CE(true))), on the same
-masked batch. Captions without a key or tempo phrase are left out of it.
+masked batch. Captions without a key or tempo phrase are left out of it. With `near_keys`, a share of the key
+counterfactuals are the keys a key estimate confuses with the true one (MIREX's fifth, relative and parallel
+keys), where the LM's takes miss most (docs/TRAINING.md 3.8).
 """
 
 from __future__ import annotations
@@ -31,7 +33,25 @@ def with_key_moved(caption: str, semitones: int) -> str | None:
     if m is None:
         return None
     tonic, _ = prompt_key(m.group(0))
-    return f"{caption[:m.start()]}{KEYS[(tonic + semitones) % 12]} {m.group(3)}{caption[m.end():]}"
+    return with_key(caption, tonic + semitones, m.group(3))
+
+
+def with_key(caption: str, tonic: int, mode: str) -> str | None:
+    """`caption` with its key replaced by `tonic` (0..11, spelt as the datagen spells it) and `mode`; None when
+    it names no key."""
+    m = KEY_PHRASE.search(caption)
+    if m is None:
+        return None
+    return f"{caption[:m.start()]}{KEYS[tonic % 12]} {mode}{caption[m.end():]}"
+
+
+def near_key(tonic: int, mode: str, which: int) -> tuple[int, str]:
+    """The `which`-th (0..3) of the keys closest to (tonic, mode): a fifth up, a fifth down, the relative and
+    the parallel key."""
+    other = "minor" if mode == "major" else "major"
+    relative = (tonic + (9 if mode == "major" else 3)) % 12
+    nearest = (((tonic + 7) % 12, mode), ((tonic + 5) % 12, mode), (relative, other), (tonic, other))
+    return nearest[which]
 
 
 def with_tempo(caption: str, change: Callable[[float], float]) -> str | None:
@@ -66,15 +86,19 @@ def with_drums(caption: str, drums: bool) -> str | None:
     return f"{caption[:joint.start()]} and drums{caption[joint.start():]}"
 
 
-def counterfactual(caption: str | None, generator: torch.Generator) -> str | None:
+def counterfactual(caption: str | None, generator: torch.Generator, near_keys: float = 0.0) -> str | None:
     """`caption` with its key moved by 1-11 semitones (mode kept) or its tempo scaled by 1.3-1.6 or its
-    inverse (never near half or double time), chosen at random; None when it names neither."""
+    inverse (never near half or double time), chosen at random; None when it names neither. With probability
+    `near_keys` a key counterfactual is instead one of the four nearest keys (`near_key`), drawn uniformly
+    (no extra draw when `near_keys` is 0, so the draws are those of a run without it)."""
     if not caption:
         return None
     choices = [kind for kind, m in (("key", KEY_PHRASE.search(caption)), ("tempo", TEMPO_PHRASE.search(caption))) if m]
     if not choices:
         return None
     if choices[_draw(generator, len(choices))] == "key":
+        if near_keys > 0 and float(torch.rand(1, generator=generator)) < near_keys:
+            return with_key(caption, *near_key(*prompt_key(caption), _draw(generator, 4)))
         return with_key_moved(caption, 1 + _draw(generator, 11))
     factor = 1.3 + 0.3 * float(torch.rand(1, generator=generator))
     return with_tempo(caption, lambda bpm: bpm * factor if _draw(generator, 2) else bpm / factor)

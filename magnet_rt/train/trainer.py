@@ -61,6 +61,8 @@ class TrainConfig:
     ar_weight: float = 1.0  # weight of the AR loss when `hybrid`
     contrast_weight: float = 0.0  # weight of the counterfactual-caption hinge (train/contrast.py); 0 = off
     contrast_margin: float = 0.5  # nats by which the true caption must beat the counterfactual
+    contrast_near_keys: float = 0.0  # share of key counterfactuals that are a nearest key (fifth, relative, parallel)
+    contrast_stages: tuple[int, ...] = (0, 1, 2, 3)  # the codebook stages whose batches get the hinge
     beat_dropout: float = 0.3  # with a beat grid: each row's grid is zeroed with this probability ("no tempo")
     key_dropout: float = 0.3  # with a key input: each row's key is zeroed with this probability ("no key")
     control_lr_scale: float = 20.0  # the controls' projections (beat grid, key) learn at lr x this (they start
@@ -69,6 +71,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        d["contrast_stages"] = list(self.contrast_stages)
         return d
 
     @classmethod
@@ -76,6 +79,8 @@ class TrainConfig:
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
+        if "contrast_stages" in d:
+            d["contrast_stages"] = tuple(d["contrast_stages"])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -242,7 +247,7 @@ class LMTrainer:
         loss = masked_stage_loss(logits, batch.targets, batch.mask, batch.stage)
         info = {"stage": batch.stage, "dropped": drop, "masked": int(batch.mask.sum()),
                 "accuracy": masked_stage_accuracy(logits, batch.targets, batch.mask, batch.stage)}
-        if contrast and self.cfg.contrast_weight > 0 and not drop:
+        if contrast and self.cfg.contrast_weight > 0 and not drop and batch.stage in self.cfg.contrast_stages:
             hinge = self._contrast(batch, logits, captions, first_frames)
             info["contrast"] = float(hinge.detach())
             loss = loss + self.cfg.contrast_weight * hinge
@@ -251,7 +256,7 @@ class LMTrainer:
     def _contrast(self, batch, logits: Tensor, captions: list[str | None], first_frames: Tensor | None) -> Tensor:
         """The counterfactual-caption hinge (train/contrast.py) on this masked batch (the counterfactual's own
         controls, never dropped)."""
-        counter = [counterfactual(c, self.generator) for c in captions]
+        counter = [counterfactual(c, self.generator, self.cfg.contrast_near_keys) for c in captions]
         rows = torch.tensor([c is not None for c in counter], device=self.device)
         if not bool(rows.any()):
             return logits.sum() * 0.0
