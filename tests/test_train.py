@@ -341,10 +341,26 @@ def test_near_key_counterfactuals_are_the_keys_an_estimate_confuses():
     assert [counterfactual(cap, a, 0.0) for _ in range(20)] == [counterfactual(cap, b) for _ in range(20)]
 
 
+def test_drums_counterfactuals_turn_the_drums_over_and_nothing_else():
+    from magnet_rt.train.contrast import counterfactual, with_drums_turned
+
+    cap = "funk, happy, clavinet melody, slap bass, with drums, Bb major, 110 bpm"
+    assert with_drums_turned(cap) == cap.replace("with drums", "no drums")
+    assert with_drums_turned("jazz featuring piano and drums, 150 bpm") == "jazz featuring piano, 150 bpm"
+    assert with_drums_turned("a sad piano") is None
+    g = torch.Generator().manual_seed(0)
+    seen = {counterfactual(cap, g, kinds=("drums",)) for _ in range(5)}
+    assert seen == {cap.replace("with drums", "no drums")}
+    mixed = {counterfactual(cap, g, kinds=("key", "tempo", "drums")) for _ in range(60)}
+    assert cap.replace("with drums", "no drums") in mixed and any("Bb major" not in c for c in mixed)
+    assert counterfactual("a sad piano", g, kinds=("key", "tempo", "drums")) is None
+
+
 def test_the_contrast_term_only_on_the_stages_asked_for():
     captions = ["funk at 112 bpm in E minor", "rock at 150 bpm in A major"]
     codes, _ = fixed_batch()
-    cfg = TrainConfig(cfg_dropout=0.0, contrast_weight=1.0, contrast_stages=(0,), contrast_near_keys=0.5)
+    cfg = TrainConfig(cfg_dropout=0.0, contrast_weight=1.0, contrast_stages=(0,), contrast_near_keys=0.5,
+                      contrast_kinds=("key", "tempo", "drums"))
     trainer = LMTrainer(tiny(), WordHashEncoder(), cfg)
     assert "contrast" in trainer.compute_loss(codes[:2], captions, stage=0)[1]
     assert "contrast" not in trainer.compute_loss(codes[:2], captions, stage=2)[1]

@@ -50,9 +50,11 @@ def build_parser(prog: str = "magnet-rt train", defaults: dict | None = None) ->
                    help="weight of the counterfactual-caption hinge (key/tempo changed; train/contrast.py)")
     p.add_argument("--contrast-margin", type=float, default=0.5, help="its margin in nats")
     p.add_argument("--contrast-near-keys", type=float, default=0.0,
-                   help="share of its key counterfactuals that are a nearest key (a fifth up or down, relative, parallel)")
+                   help="share of key counterfactuals that are a nearest key (fifth up or down, relative, parallel)")
     p.add_argument("--contrast-stages", type=int, nargs="+", default=[0, 1, 2, 3],
                    help="codebook stages whose batches get the hinge (0: the first codebook, where the key is)")
+    p.add_argument("--contrast-kinds", nargs="+", choices=["key", "tempo", "drums"], default=["key", "tempo"],
+                   help="what its counterfactual captions change (drums: 'with drums' <-> 'no drums')")
     p.add_argument("--beat-grid", action="store_true",
                    help="give the LM a beat grid input from the captions' 'N bpm' (magnet_rt/tempo.py); with "
                         "--init, added to the initial LM at zero (it starts computing exactly as before)")
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None, prog: str = "magnet-rt train", defaults:
                           seed=args.seed, hybrid=args.hybrid, ar_weight=args.ar_weight,
                           contrast_weight=args.contrast_weight, contrast_margin=args.contrast_margin,
                           contrast_near_keys=args.contrast_near_keys, contrast_stages=tuple(args.contrast_stages),
+                          contrast_kinds=tuple(args.contrast_kinds),
                           beat_dropout=args.beat_dropout, key_dropout=args.key_dropout,
                           control_lr_scale=args.control_lr_scale)
         trainer = LMTrainer(lm, te, cfg, amp_dtype=torch.bfloat16 if device.type == "cuda" else None)

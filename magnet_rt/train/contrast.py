@@ -86,17 +86,29 @@ def with_drums(caption: str, drums: bool) -> str | None:
     return f"{caption[:joint.start()]} and drums{caption[joint.start():]}"
 
 
-def counterfactual(caption: str | None, generator: torch.Generator, near_keys: float = 0.0) -> str | None:
+def with_drums_turned(caption: str) -> str | None:
+    """`caption` saying the opposite of what it says about drums (`with_drums`); None when it cannot."""
+    return with_drums(caption, True) or with_drums(caption, False)
+
+
+def counterfactual(caption: str | None, generator: torch.Generator, near_keys: float = 0.0,
+                   kinds: tuple[str, ...] = ("key", "tempo")) -> str | None:
     """`caption` with its key moved by 1-11 semitones (mode kept) or its tempo scaled by 1.3-1.6 or its
-    inverse (never near half or double time), chosen at random; None when it names neither. With probability
-    `near_keys` a key counterfactual is instead one of the four nearest keys (`near_key`), drawn uniformly
-    (no extra draw when `near_keys` is 0, so the draws are those of a run without it)."""
+    inverse (never near half or double time) or, when `kinds` has "drums", its drums turned over, one of
+    those it names chosen at random; None when it names none. With probability `near_keys` a key
+    counterfactual is instead one of the four nearest keys (`near_key`), drawn uniformly (no extra draw when
+    `near_keys` is 0, so the draws are those of a run without it)."""
     if not caption:
         return None
-    choices = [kind for kind, m in (("key", KEY_PHRASE.search(caption)), ("tempo", TEMPO_PHRASE.search(caption))) if m]
+    found = {"key": KEY_PHRASE.search(caption), "tempo": TEMPO_PHRASE.search(caption),
+             "drums": "drums" in kinds and with_drums_turned(caption)}
+    choices = [kind for kind in ("key", "tempo", "drums") if kind in kinds and found[kind]]
     if not choices:
         return None
-    if choices[_draw(generator, len(choices))] == "key":
+    kind = choices[_draw(generator, len(choices))]
+    if kind == "drums":
+        return found["drums"]
+    if kind == "key":
         if near_keys > 0 and float(torch.rand(1, generator=generator)) < near_keys:
             return with_key(caption, *near_key(*prompt_key(caption), _draw(generator, 4)))
         return with_key_moved(caption, 1 + _draw(generator, 11))

@@ -63,6 +63,7 @@ class TrainConfig:
     contrast_margin: float = 0.5  # nats by which the true caption must beat the counterfactual
     contrast_near_keys: float = 0.0  # share of key counterfactuals that are a nearest key (fifth, relative, parallel)
     contrast_stages: tuple[int, ...] = (0, 1, 2, 3)  # the codebook stages whose batches get the hinge
+    contrast_kinds: tuple[str, ...] = ("key", "tempo")  # what the counterfactuals change ("drums" too: turned over)
     beat_dropout: float = 0.3  # with a beat grid: each row's grid is zeroed with this probability ("no tempo")
     key_dropout: float = 0.3  # with a key input: each row's key is zeroed with this probability ("no key")
     control_lr_scale: float = 20.0  # the controls' projections (beat grid, key) learn at lr x this (they start
@@ -71,7 +72,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["betas"] = list(self.betas)
-        d["contrast_stages"] = list(self.contrast_stages)
+        d["contrast_stages"], d["contrast_kinds"] = list(self.contrast_stages), list(self.contrast_kinds)
         return d
 
     @classmethod
@@ -79,8 +80,9 @@ class TrainConfig:
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
-        if "contrast_stages" in d:
-            d["contrast_stages"] = tuple(d["contrast_stages"])
+        for name in ("contrast_stages", "contrast_kinds"):
+            if name in d:
+                d[name] = tuple(d[name])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -256,7 +258,8 @@ class LMTrainer:
     def _contrast(self, batch, logits: Tensor, captions: list[str | None], first_frames: Tensor | None) -> Tensor:
         """The counterfactual-caption hinge (train/contrast.py) on this masked batch (the counterfactual's own
         controls, never dropped)."""
-        counter = [counterfactual(c, self.generator, self.cfg.contrast_near_keys) for c in captions]
+        counter = [counterfactual(c, self.generator, self.cfg.contrast_near_keys, self.cfg.contrast_kinds)
+                   for c in captions]
         rows = torch.tensor([c is not None for c in counter], device=self.device)
         if not bool(rows.any()):
             return logits.sum() * 0.0
