@@ -23,10 +23,11 @@ def output_paths(base: str | Path, n: int) -> list[Path]:
 
 
 def normalize(takes: list[np.ndarray], sample_rate: int, lufs: float) -> list[np.ndarray]:
-    """Each take to `lufs` integrated loudness, peaks kept under -1 dBFS (magnet_rt.audio.loudness_normalize)."""
-    from magnet_rt.audio import loudness_normalize  # imports the engine package (torch): only when asked
+    """Each take to `lufs` integrated loudness, peaks held under -1 dBFS as the engine finishes a take
+    (magnet_rt.audio.loudness_normalize with its limiter)."""
+    from magnet_rt.audio import TAKE_LIMIT_DB, loudness_normalize  # imports the engine (torch): only when asked
 
-    return [loudness_normalize(x, sample_rate, target_lufs=lufs) for x in takes]
+    return [loudness_normalize(x, sample_rate, target_lufs=lufs, max_limit_db=TAKE_LIMIT_DB) for x in takes]
 
 
 def write_takes(result: Result, base: str | Path, subtype: str = "FLOAT", loudness: float | None = None) -> list[Path]:

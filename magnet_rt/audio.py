@@ -11,6 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 import pyloudnorm
+from scipy.ndimage import minimum_filter1d, uniform_filter1d
 from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from magnet_rt.errors import InvalidAudio, InvalidParams, InvalidRegion
@@ -160,33 +161,65 @@ def splice(original: np.ndarray, new: np.ndarray, start: int, end: int, fade: in
     return out
 
 
-def loudness_normalize(x: np.ndarray, sr: int, target_lufs: float = -14.0, peak_db: float = -1.0) -> np.ndarray:
-    """Gain `x` (`[N]` or `[C, N]`) to `target_lufs` integrated loudness (ITU-R BS.1770 via pyloudnorm),
-    lowered where needed so the sample peak never exceeds `peak_db` dBFS. Silent input (no gated block)
-    is returned unchanged. Clips shorter than 400 ms are measured with one block of their own length."""
+def loudness_normalize(x: np.ndarray, sr: int, target_lufs: float = -14.0, peak_db: float = -1.0,
+                       max_limit_db: float = 0.0) -> np.ndarray:
+    """Gain `x` (`[N]` or `[C, N]`) to `target_lufs` integrated loudness (ITU-R BS.1770 via pyloudnorm) with
+    the sample peak never above `peak_db` dBFS. With `max_limit_db` 0 the gain stops where the peak meets
+    the ceiling (a peaky clip stays under the target); above 0 a look-ahead limiter (`limit_peaks`) holds the
+    peaks, reducing them by at most that many dB, and the gain is corrected for what it takes off. Silent
+    input (no gated block) is returned unchanged. Clips shorter than 400 ms are measured with one block of
+    their own length."""
     x = as_float32(x)
     sr = validate_sample_rate(sr)
     if x.ndim not in (1, 2):
         raise InvalidAudio(f"audio must be [N] or [C, N], got shape {x.shape}")
     if x.ndim == 2 and x.shape[0] > 5:
         raise InvalidAudio(f"loudness is defined for up to 5 channels, got {x.shape[0]}")
-    n = x.shape[-1]
-    block = min(0.4, n / sr)
-    while block * sr > n:  # n / sr * sr can round above n, which pyloudnorm rejects
-        block = math.nextafter(block, 0.0)
-    meter = pyloudnorm.Meter(sr, block_size=block)
+    meter = _loudness_meter(x.shape[-1], sr)
     loudness = meter.integrated_loudness(x.T.astype(np.float64))
     peak = float(np.max(np.abs(x)))
     if not math.isfinite(loudness) or peak == 0.0:
         return x.copy()
-    gain = 10.0 ** ((target_lufs - loudness) / 20.0)
     ceiling = 10.0 ** (peak_db / 20.0)
-    if peak * gain > ceiling:
-        gain = ceiling / peak * (1.0 - 1e-6)  # margin so float32 rounding cannot cross the ceiling
-    return (x * np.float32(gain)).astype(np.float32)
+    most = ceiling / peak * 10.0 ** (max(0.0, max_limit_db) / 20.0) * (1.0 - 1e-6)
+    gain = min(10.0 ** ((target_lufs - loudness) / 20.0), most)
+    if gain * peak <= ceiling:
+        return (x * np.float32(gain)).astype(np.float32)
+    for _ in range(LIMITER_PASSES):  # limiting takes loudness off: raise the gain by what it took, re-limit
+        y = limit_peaks(x * np.float32(gain), sr, peak_db)
+        short = target_lufs - meter.integrated_loudness(y.T.astype(np.float64))
+        if abs(short) < 0.05 or gain >= most:
+            break
+        gain = min(gain * 10.0 ** (short / 20.0), most)
+    return y
+
+
+def _loudness_meter(n: int, sr: int) -> pyloudnorm.Meter:
+    block = min(0.4, n / sr)
+    while block * sr > n:  # n / sr * sr can round above n, which pyloudnorm rejects
+        block = math.nextafter(block, 0.0)
+    return pyloudnorm.Meter(sr, block_size=block)
+
+
+def limit_peaks(x: np.ndarray, sr: int, peak_db: float = -1.0, window_s: float = 0.005) -> np.ndarray:
+    """A look-ahead brick-wall limiter: `x` (`[N]` or `[C, N]`, channels linked) with every sample within
+    `peak_db` dBFS. Each sample's needed gain is held at its minimum over +-`window_s` and then averaged over
+    the same span, so the gain falls smoothly over `window_s` before a peak and recovers over `window_s`
+    after it, and is never above what any sample needs."""
+    ceiling = 10.0 ** (peak_db / 20.0)
+    level = np.abs(x) if x.ndim == 1 else np.abs(x).max(axis=0)
+    need = np.minimum(1.0, ceiling / np.maximum(level, 1e-30)).astype(np.float64)
+    if need.min() >= 1.0:
+        return as_float32(x).copy()
+    size = 2 * max(1, round(window_s * sr)) + 1
+    gain = uniform_filter1d(minimum_filter1d(need, size, mode="nearest"), size, mode="nearest")
+    gain = np.minimum(gain, need) * (1.0 - 1e-6)  # the mean of minima is at most each; rounding cannot cross
+    return (x * gain).astype(np.float32)
 
 
 DEFAULT_LOUDNESS_LUFS = -14.0  # every take's level unless a request opts out (streaming services' reference)
+TAKE_LIMIT_DB = 12.0  # how far the finishing limiter may pull a take's peaks down to reach that level
+LIMITER_PASSES = 4  # gain corrections after limiting (each lands within about 0.3 dB of the last)
 TAKE_FADE_S = 0.005  # raised-cosine fade at a take's start and end: no click at a start, stop or loop point
 DC_CUTOFF_HZ = 10.0
 
@@ -203,7 +236,8 @@ def remove_dc(x: np.ndarray, sr: int) -> np.ndarray:
 def finish_take(x: np.ndarray, sr: int, loudness: float | None = DEFAULT_LOUDNESS_LUFS,
                 fade_s: float = TAKE_FADE_S) -> np.ndarray:
     """A generated take (`[N]` or `[C, N]`) as it leaves the engine: DC removed, a `fade_s` fade in and out,
-    then `loudness` LUFS integrated (peaks under -1 dBFS; None keeps the model's level)."""
+    then `loudness` LUFS integrated, peaks under -1 dBFS held by a look-ahead limiter (at most `TAKE_LIMIT_DB`
+    of gain reduction; None keeps the model's level)."""
     y = remove_dc(as_float32(x), sr)
     n = min(int(round(fade_s * sr)), y.shape[-1] // 2)
     if n:
@@ -211,7 +245,7 @@ def finish_take(x: np.ndarray, sr: int, loudness: float | None = DEFAULT_LOUDNES
         y[..., :n] *= ramp
         y[..., -n:] *= ramp[::-1]
     y = y.astype(np.float32)
-    return y if loudness is None else loudness_normalize(y, sr, loudness)
+    return y if loudness is None else loudness_normalize(y, sr, loudness, max_limit_db=TAKE_LIMIT_DB)
 
 
 def finish_takes(audio: np.ndarray, sr: int, loudness: float | None = DEFAULT_LOUDNESS_LUFS) -> np.ndarray:

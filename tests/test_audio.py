@@ -155,6 +155,49 @@ def test_loudness_peak_ceiling_wins():
     assert abs(lufs(z, sr) - (-40.0)) < 0.5 and np.abs(z).max() < CEILING
 
 
+def drum_like(sr: int, seconds: float = 4.0) -> np.ndarray:
+    """A quiet pad with a loud decaying hit every half second: -14 LUFS needs its peaks limited."""
+    t = np.arange(int(seconds * sr)) / sr
+    hits = np.exp(-((t % 0.5) / 0.003)) * np.cos(2 * np.pi * 60 * t) * 0.8
+    return (0.1 * np.sin(2 * np.pi * 220 * t) + hits).astype(np.float32)
+
+
+def test_limit_peaks_holds_every_sample_and_leaves_quiet_audio_alone():
+    from magnet_rt.audio import limit_peaks
+
+    sr = 32000
+    x = drum_like(sr) * 2.0  # peaks at 1.6
+    y = limit_peaks(x, sr, peak_db=-1.0)
+    assert y.dtype == np.float32 and np.abs(y).max() <= CEILING
+    hit, ms = sr // 2, sr // 1000
+    before = slice(hit - 2 * ms, hit - ms)  # the look-ahead: the gain is already down 1-2 ms before the hit
+    assert np.abs(y[before]).max() < 0.99 * np.abs(x[before]).max()
+    early = slice(hit - 60 * ms, hit - 40 * ms)  # and untouched 40-60 ms before it
+    np.testing.assert_allclose(y[early], x[early], rtol=1e-5, atol=1e-7)
+    stereo = limit_peaks(np.stack([x, 0.1 * x]), sr)  # linked: one gain for both channels
+    assert np.abs(stereo).max() <= CEILING and np.allclose(stereo[1], 0.1 * stereo[0], atol=1e-6)
+    quiet = 0.5 * x / np.abs(x).max()
+    assert np.array_equal(limit_peaks(quiet, sr), quiet)
+
+
+def test_loudness_with_the_limiter_reaches_the_target_under_the_ceiling():
+    from magnet_rt.audio import TAKE_LIMIT_DB, finish_take
+
+    sr = 32000
+    x = drum_like(sr) * 0.1
+    capped = loudness_normalize(x, sr)  # gain only: the peak stops it short
+    assert lufs(capped, sr) < -18.0
+    y = loudness_normalize(x, sr, max_limit_db=TAKE_LIMIT_DB)
+    assert abs(lufs(y, sr) - (-14.0)) < 0.3 and np.abs(y).max() <= CEILING
+    clicks = np.zeros(3 * sr, np.float32)
+    clicks[::4000] = 0.05  # would need far more than 12 dB of limiting: the limit holds, the level stays under
+    z = loudness_normalize(clicks, sr, max_limit_db=TAKE_LIMIT_DB)
+    assert np.abs(z).max() <= CEILING and lufs(z, sr) < -14.0 - 3
+    assert lufs(z, sr) == pytest.approx(lufs(loudness_normalize(clicks, sr), sr), abs=0.5)  # all its loudness is peaks
+    take = finish_take(x, sr)  # what every generate path returns
+    assert abs(lufs(take, sr) - (-14.0)) < 0.3 and np.abs(take).max() <= CEILING
+
+
 def test_loudness_silence_and_short_clip():
     silent = np.zeros((2, 32000), np.float32)
     assert np.array_equal(loudness_normalize(silent, 32000), silent)

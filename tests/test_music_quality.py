@@ -161,3 +161,17 @@ def test_decoding_sweep_reports_one_row_per_override(small_data):
         assert sum(r["key_relations"].values()) == 2 and r["key_relations"]["same"] == 2 * r["key_ok"]
         assert 0 <= r["tempo_ok_with_drums"] <= 1 and 0 <= r["inside_training_range"] <= 2
         assert len(r["outside"]) == 2 - r["inside_training_range"]  # each take outside, named with its measures
+
+
+def test_finished_takes_land_on_the_default_loudness(small_data, capsys):
+    """benchmarks/take_loudness.py on the shipped model: every finished take at -14 LUFS with its peaks at most
+    -1 dBFS (the look-ahead limiter), where gain alone leaves a peaky take under the target or on the ceiling."""
+    from benchmarks import take_loudness
+
+    assert take_loudness.main(["--data", str(small_data), "--bundle", "demo", "--takes", "2", "--seconds", "3"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    summary = lines[-1]
+    assert summary["takes"] == 2 and len(lines) == 3
+    low, high = summary["finished"]["lufs_range"]
+    assert -14.5 < low <= high < -13.5 and summary["finished"]["peak_dbfs_max"] <= -1.0 + 1e-3
+    assert summary["gain_only"]["peak_dbfs_max"] <= -1.0 + 1e-3 and summary["gain_only"]["lufs_range"][1] < -13.5
