@@ -254,22 +254,54 @@ def finish_takes(audio: np.ndarray, sr: int, loudness: float | None = DEFAULT_LO
 
 
 def level_gain(reference: np.ndarray, rendering: np.ndarray, max_boost_db: float = 20.0,
-               max_cut_db: float = 60.0, peak_db: float | None = -1.0) -> float:
+               max_cut_db: float = 60.0, peak_db: float | None = -1.0, max_limit_db: float = 0.0) -> float:
     """The gain that brings `rendering` to the RMS of `reference`, at most `max_boost_db` up (a near-silent
     rendering is not blown up) and `max_cut_db` down; 1 where either is silent. With `peak_db`, lowered where
     needed so the rendering's sample peak stays under the reference's own peak or `peak_db` dBFS, whichever
-    is higher: a peakier rendering matched in RMS would otherwise clip where the reference does not."""
+    is higher: a peakier rendering matched in RMS would otherwise clip where the reference does not. With
+    `max_limit_db`, the peak may pass that ceiling by that many dB, for a limiter to hold (`match_level`)."""
     ref = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64)))) if reference.size else 0.0
     ren = float(np.sqrt(np.mean(np.square(rendering, dtype=np.float64)))) if rendering.size else 0.0
     if ref < 1e-6 or ren < 1e-6:
         return 1.0
     gain = float(np.clip(ref / ren, 10.0 ** (-max_cut_db / 20.0), 10.0 ** (max_boost_db / 20.0)))
     if peak_db is not None:
-        ceiling = max(float(np.max(np.abs(reference))), 10.0 ** (peak_db / 20.0))
+        ceiling = max(float(np.max(np.abs(reference))), 10.0 ** (peak_db / 20.0)) * 10.0 ** (max_limit_db / 20.0)
         peak = float(np.max(np.abs(rendering)))
         if peak * gain > ceiling:
             gain = ceiling / peak * (1.0 - 1e-6)  # margin so float32 rounding cannot cross the ceiling
     return gain
+
+
+def match_level(reference: np.ndarray, rendering: np.ndarray, sr: int, peak_db: float = -1.0) -> np.ndarray:
+    """`rendering` at the RMS of `reference` (`level_gain`'s bounds), its peaks held by the look-ahead limiter
+    under the reference's own peak or `peak_db` dBFS, whichever is higher, with at most `TAKE_LIMIT_DB` of
+    limiting: new audio sits at the level of a limited take around it as well as of any clip."""
+    ceiling = 10.0 ** (peak_ceiling_db(reference, peak_db) / 20.0)
+    rendering = as_float32(rendering)
+    gain = level_gain(reference, rendering, peak_db=peak_db, max_limit_db=TAKE_LIMIT_DB)
+    peak = float(np.max(np.abs(rendering))) if rendering.size else 0.0
+    if peak * gain <= ceiling:
+        return (rendering * np.float32(gain)).astype(np.float32)
+    target = _rms(rendering) * gain
+    most = ceiling * 10.0 ** (TAKE_LIMIT_DB / 20.0) / peak
+    for _ in range(LIMITER_PASSES):  # limiting takes level off: give it back, within the limiter's depth
+        y = limit_peaks((rendering * np.float32(gain)).astype(np.float32), sr, peak_ceiling_db(reference, peak_db))
+        short = target / max(_rms(y), 1e-12)
+        if short < 1.005 or gain >= most:
+            break
+        gain = min(gain * short, most)
+    return y
+
+
+def peak_ceiling_db(reference: np.ndarray, peak_db: float = -1.0) -> float:
+    """New audio's peak ceiling beside `reference`: its own peak or `peak_db` dBFS, whichever is higher."""
+    peak = float(np.max(np.abs(reference))) if reference.size else 0.0
+    return max(20.0 * math.log10(peak) if peak > 0 else -math.inf, peak_db)
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
 
 
 def seconds_to_samples(seconds: float, sr: int) -> int:

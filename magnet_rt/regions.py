@@ -57,7 +57,7 @@ __all__ = ["MAX_SOURCE_S", "MIN_CONTEXT_S", "Timeline", "continue_timeline", "in
 MAX_SOURCE_S = 600.0  # longest source of an inpaint or continue, and longest continuation (10 minutes)
 MIN_CONTEXT_S = 1.0  # a region gets one window only if this much context (where the clip has it) fits too
 JOIN_FADE_S = 0.1
-NEIGHBOUR_S = 2.0  # new audio takes the RMS of this much source on either side of it (`_neighbour_gain`)
+NEIGHBOUR_S = 2.0  # new audio takes the RMS of this much source on either side of it (`_neighbour_level`)
 
 
 @dataclass(frozen=True)
@@ -173,14 +173,18 @@ class RegionTask:
         return Prepared(self.job(), self.finish, self.step, len(self.tl.windows))
 
 
-def _neighbour_gain(x: np.ndarray, new: np.ndarray, a: int, b: int, sr: int) -> np.float32:
-    """The gain that gives new audio for [a, b) the RMS of the source's NEIGHBOUR_S on either side of it
-    (at most +20 dB up, 60 dB down): a regenerated region or a continuation sits at the level of the music around it,
-    whatever level the model renders at (the source may be a take normalised to -14 LUFS, or any clip). Lowered
-    where needed so its peaks stay under the neighbours' peak or -1 dBFS, whichever is higher: no clipping."""
+def _neighbours(x: np.ndarray, a: int, b: int, sr: int) -> np.ndarray:
     n = round(NEIGHBOUR_S * sr)
-    around = np.concatenate([x[:, max(0, a - n):a], x[:, b:b + n]], axis=-1)
-    return np.float32(audio_ops.level_gain(around, new))
+    return np.concatenate([x[:, max(0, a - n):a], x[:, b:b + n]], axis=-1)
+
+
+def _neighbour_level(x: np.ndarray, new: np.ndarray, a: int, b: int, sr: int) -> np.ndarray:
+    """New audio for [a, b) at the RMS of the source's NEIGHBOUR_S on either side of it (at most +20 dB up,
+    60 dB down): a regenerated region or a continuation sits at the level of the music around it, whatever
+    level the model renders at (the source may be a take finished at -14 LUFS, or any clip). Its peaks are
+    held under the neighbours' peak or -1 dBFS, whichever is higher, by the look-ahead limiter that finishes a
+    take (`audio.match_level`): no clipping, and no dip under a limited take's level."""
+    return audio_ops.match_level(_neighbours(x, a, b, sr), new, sr)
 
 
 def _check_source(audio, sample_rate: int) -> tuple[np.ndarray, int]:
@@ -236,7 +240,7 @@ def prepare_inpaint(pipe: Pipeline, audio, sample_rate: int, start_s: float, end
         for r in new:
             r = audio_ops.match_channels(r, x.shape[0])
             region = audio_ops.fit_length(r[:, a - s0:b - s0], b - a)
-            region = region * _neighbour_gain(x, region, a, b, sr)
+            region = _neighbour_level(x, region, a, b, sr)
             outs.append(audio_ops.splice(x, region, a, b, fade))
         return np.stack(outs), sr
 
@@ -269,13 +273,16 @@ def prepare_continue(pipe: Pipeline, audio, sample_rate: int, prompt: str | None
         outs = []
         for r in new_audio:
             r = audio_ops.match_channels(r, x.shape[0])
-            cont = audio_ops.fit_length(r[:, N - c0:], added)
-            gain = _neighbour_gain(x, cont, N, N, sr)
-            r, cont = r * gain, cont * gain
-            if ramp and N - c0 >= 1:  # start where the source ends: no step at the join
-                step = x[:, N - 1:N] - r[:, N - c0 - 1:N - c0]
+            before = r[:, N - c0 - 1:N - c0] if N - c0 >= 1 else r[:, :0]  # the rendering's sample before it
+            levelled = _neighbour_level(x, np.concatenate([before, audio_ops.fit_length(r[:, N - c0:], added)], -1),
+                                        N, N, sr)
+            before, cont = levelled[:, :before.shape[-1]], levelled[:, before.shape[-1]:]
+            if ramp and before.shape[-1]:  # start where the source ends: no step at the join
+                step = x[:, N - 1:N] - before
                 g = ((np.arange(ramp) + 0.5) / ramp).astype(np.float32)
                 cont[:, :ramp] += step * (1 - g)
+                ceiling_db = audio_ops.peak_ceiling_db(_neighbours(x, N, N, sr))
+                cont = audio_ops.limit_peaks(cont, sr, ceiling_db)  # the ramp may have pushed a peak over
             outs.append(np.concatenate([x, cont], axis=-1))
         return np.stack(outs).astype(np.float32), sr
 

@@ -275,3 +275,19 @@ def test_level_gain_never_lifts_peaks_past_the_reference_or_minus_1_dbfs():
     assert 0.2 * level_gain(hot, clicks) == pytest.approx(0.95, rel=1e-5)
     assert level_gain(sine, clicks, peak_db=None) == pytest.approx(10.0)  # RMS alone: +20 dB
     assert level_gain(sine, 0.5 * sine) == pytest.approx(2.0, rel=1e-6)  # a sound of the same crest: RMS alone
+
+
+def test_match_level_follows_a_limited_reference_without_passing_its_peak():
+    from magnet_rt.audio import finish_take, level_gain, match_level
+
+    sr = 32000
+    reference = finish_take(drum_like(sr) * 0.1, sr)  # a take at -14 LUFS, its peaks limited to -1 dBFS
+    rendering = drum_like(sr, 2.0) * 0.5  # new audio as the model renders it: peakier than the reference
+
+    def rms_db(a):
+        return 20 * np.log10(np.sqrt(np.mean(a.astype(np.float64) ** 2)))
+
+    gain_only = rendering * level_gain(reference, rendering)  # stopped by the peak: a dip under the reference
+    y = match_level(reference, rendering, sr)
+    assert rms_db(reference) - rms_db(gain_only) > 3.0
+    assert abs(rms_db(y) - rms_db(reference)) < 1.0 and np.abs(y).max() <= CEILING
