@@ -260,13 +260,12 @@ def level_gain(reference: np.ndarray, rendering: np.ndarray, max_boost_db: float
     needed so the rendering's sample peak stays under the reference's own peak or `peak_db` dBFS, whichever
     is higher: a peakier rendering matched in RMS would otherwise clip where the reference does not. With
     `max_limit_db`, the peak may pass that ceiling by that many dB, for a limiter to hold (`match_level`)."""
-    ref = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64)))) if reference.size else 0.0
-    ren = float(np.sqrt(np.mean(np.square(rendering, dtype=np.float64)))) if rendering.size else 0.0
+    ref, ren = _rms(reference), _rms(rendering)
     if ref < 1e-6 or ren < 1e-6:
         return 1.0
     gain = float(np.clip(ref / ren, 10.0 ** (-max_cut_db / 20.0), 10.0 ** (max_boost_db / 20.0)))
     if peak_db is not None:
-        ceiling = max(float(np.max(np.abs(reference))), 10.0 ** (peak_db / 20.0)) * 10.0 ** (max_limit_db / 20.0)
+        ceiling = 10.0 ** ((peak_ceiling_db(reference, peak_db) + max_limit_db) / 20.0)
         peak = float(np.max(np.abs(rendering)))
         if peak * gain > ceiling:
             gain = ceiling / peak * (1.0 - 1e-6)  # margin so float32 rounding cannot cross the ceiling
@@ -277,7 +276,8 @@ def match_level(reference: np.ndarray, rendering: np.ndarray, sr: int, peak_db: 
     """`rendering` at the RMS of `reference` (`level_gain`'s bounds), its peaks held by the look-ahead limiter
     under the reference's own peak or `peak_db` dBFS, whichever is higher, with at most `TAKE_LIMIT_DB` of
     limiting: new audio sits at the level of a limited take around it as well as of any clip."""
-    ceiling = 10.0 ** (peak_ceiling_db(reference, peak_db) / 20.0)
+    ceiling_db = peak_ceiling_db(reference, peak_db)
+    ceiling = 10.0 ** (ceiling_db / 20.0)
     rendering = as_float32(rendering)
     gain = level_gain(reference, rendering, peak_db=peak_db, max_limit_db=TAKE_LIMIT_DB)
     peak = float(np.max(np.abs(rendering))) if rendering.size else 0.0
@@ -286,7 +286,7 @@ def match_level(reference: np.ndarray, rendering: np.ndarray, sr: int, peak_db: 
     target = _rms(rendering) * gain
     most = ceiling * 10.0 ** (TAKE_LIMIT_DB / 20.0) / peak
     for _ in range(LIMITER_PASSES):  # limiting takes level off: give it back, within the limiter's depth
-        y = limit_peaks((rendering * np.float32(gain)).astype(np.float32), sr, peak_ceiling_db(reference, peak_db))
+        y = limit_peaks((rendering * np.float32(gain)).astype(np.float32), sr, ceiling_db)
         short = target / max(_rms(y), 1e-12)
         if short < 1.005 or gain >= most:
             break

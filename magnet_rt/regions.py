@@ -57,7 +57,7 @@ __all__ = ["MAX_SOURCE_S", "MIN_CONTEXT_S", "Timeline", "continue_timeline", "in
 MAX_SOURCE_S = 600.0  # longest source of an inpaint or continue, and longest continuation (10 minutes)
 MIN_CONTEXT_S = 1.0  # a region gets one window only if this much context (where the clip has it) fits too
 JOIN_FADE_S = 0.1
-NEIGHBOUR_S = 2.0  # new audio takes the RMS of this much source on either side of it (`_neighbour_level`)
+NEIGHBOUR_S = 2.0  # new audio takes the RMS of this much source on either side of it (`_neighbours`)
 
 
 @dataclass(frozen=True)
@@ -174,17 +174,12 @@ class RegionTask:
 
 
 def _neighbours(x: np.ndarray, a: int, b: int, sr: int) -> np.ndarray:
+    """The source's NEIGHBOUR_S on either side of [a, b): new audio takes their RMS and stays under their peak
+    or -1 dBFS (`audio.match_level`, the look-ahead limiter that finishes a take), so a regenerated region or
+    a continuation sits at the level of the music around it, whatever level the model renders at (the source
+    may be a take finished at -14 LUFS, or any clip): no clipping, and no dip under a limited take's level."""
     n = round(NEIGHBOUR_S * sr)
     return np.concatenate([x[:, max(0, a - n):a], x[:, b:b + n]], axis=-1)
-
-
-def _neighbour_level(x: np.ndarray, new: np.ndarray, a: int, b: int, sr: int) -> np.ndarray:
-    """New audio for [a, b) at the RMS of the source's NEIGHBOUR_S on either side of it (at most +20 dB up,
-    60 dB down): a regenerated region or a continuation sits at the level of the music around it, whatever
-    level the model renders at (the source may be a take finished at -14 LUFS, or any clip). Its peaks are
-    held under the neighbours' peak or -1 dBFS, whichever is higher, by the look-ahead limiter that finishes a
-    take (`audio.match_level`): no clipping, and no dip under a limited take's level."""
-    return audio_ops.match_level(_neighbours(x, a, b, sr), new, sr)
 
 
 def _check_source(audio, sample_rate: int) -> tuple[np.ndarray, int]:
@@ -233,6 +228,7 @@ def prepare_inpaint(pipe: Pipeline, audio, sample_rate: int, start_s: float, end
     a, b = round(start_s * sr), min(N, round(end_s * sr))
     s0 = round(tl.start * sr / fr)
     fade = min(round(fade_s * sr), (b - a) // 2)
+    around = _neighbours(x, a, b, sr)
 
     def render(joined: np.ndarray) -> tuple[np.ndarray, int]:
         new = audio_ops.resample(joined, pipe.sample_rate, sr)  # [V, 1, n] from sample s0
@@ -240,7 +236,7 @@ def prepare_inpaint(pipe: Pipeline, audio, sample_rate: int, start_s: float, end
         for r in new:
             r = audio_ops.match_channels(r, x.shape[0])
             region = audio_ops.fit_length(r[:, a - s0:b - s0], b - a)
-            region = _neighbour_level(x, region, a, b, sr)
+            region = audio_ops.match_level(around, region, sr)
             outs.append(audio_ops.splice(x, region, a, b, fade))
         return np.stack(outs), sr
 
@@ -267,6 +263,7 @@ def prepare_continue(pipe: Pipeline, audio, sample_rate: int, prompt: str | None
     known[:, :tl.free[0]] = codes
     c0 = round(tl.start * sr / fr)
     ramp = min(round(fade_s * sr), added)
+    around = _neighbours(x, N, N, sr)
 
     def render(joined: np.ndarray) -> tuple[np.ndarray, int]:
         new_audio = audio_ops.resample(joined, pipe.sample_rate, sr)  # [V, 1, n] from sample c0
@@ -274,15 +271,14 @@ def prepare_continue(pipe: Pipeline, audio, sample_rate: int, prompt: str | None
         for r in new_audio:
             r = audio_ops.match_channels(r, x.shape[0])
             before = r[:, N - c0 - 1:N - c0] if N - c0 >= 1 else r[:, :0]  # the rendering's sample before it
-            levelled = _neighbour_level(x, np.concatenate([before, audio_ops.fit_length(r[:, N - c0:], added)], -1),
-                                        N, N, sr)
+            rendered = np.concatenate([before, audio_ops.fit_length(r[:, N - c0:], added)], -1)
+            levelled = audio_ops.match_level(around, rendered, sr)
             before, cont = levelled[:, :before.shape[-1]], levelled[:, before.shape[-1]:]
             if ramp and before.shape[-1]:  # start where the source ends: no step at the join
                 step = x[:, N - 1:N] - before
                 g = ((np.arange(ramp) + 0.5) / ramp).astype(np.float32)
                 cont[:, :ramp] += step * (1 - g)
-                ceiling_db = audio_ops.peak_ceiling_db(_neighbours(x, N, N, sr))
-                cont = audio_ops.limit_peaks(cont, sr, ceiling_db)  # the ramp may have pushed a peak over
+                cont = audio_ops.limit_peaks(cont, sr, audio_ops.peak_ceiling_db(around))  # the ramp may pass it
             outs.append(np.concatenate([x, cont], axis=-1))
         return np.stack(outs).astype(np.float32), sr
 
