@@ -235,17 +235,24 @@ def remove_dc(x: np.ndarray, sr: int) -> np.ndarray:
 
 def finish_take(x: np.ndarray, sr: int, loudness: float | None = DEFAULT_LOUDNESS_LUFS,
                 fade_s: float = TAKE_FADE_S) -> np.ndarray:
-    """A generated take (`[N]` or `[C, N]`) as it leaves the engine: DC removed, a `fade_s` fade in and out,
-    then `loudness` LUFS integrated, peaks under -1 dBFS held by a look-ahead limiter (at most `TAKE_LIMIT_DB`
-    of gain reduction; None keeps the model's level)."""
-    y = remove_dc(as_float32(x), sr)
+    """A generated take (`[N]` or `[C, N]`) as it leaves the engine: DC removed, `loudness` LUFS integrated
+    with peaks under -1 dBFS held by a look-ahead limiter (at most `TAKE_LIMIT_DB` of gain reduction; None
+    keeps the model's level), then a `fade_s` fade in and out. The limiter's gain is not symmetric about zero,
+    so it can leave an offset (a take of hits: -0.002): the take is centred again after it, and scaled back
+    under the ceiling where centring lifted a peak past it."""
+    y = remove_dc(as_float32(x), sr).astype(np.float32)
+    if loudness is not None:
+        y = loudness_normalize(y, sr, loudness, max_limit_db=TAKE_LIMIT_DB)
+        y = y - y.mean(axis=-1, keepdims=True)
+        peak, ceiling = float(np.max(np.abs(y))) if y.size else 0.0, 10.0 ** (-1.0 / 20.0)
+        if peak > ceiling:
+            y = y * np.float32(ceiling / peak * (1.0 - 1e-6))
     n = min(int(round(fade_s * sr)), y.shape[-1] // 2)
     if n:
         ramp = np.sin(0.5 * np.pi * (np.arange(n) + 0.5) / n) ** 2
         y[..., :n] *= ramp
         y[..., -n:] *= ramp[::-1]
-    y = y.astype(np.float32)
-    return y if loudness is None else loudness_normalize(y, sr, loudness, max_limit_db=TAKE_LIMIT_DB)
+    return y.astype(np.float32)
 
 
 def finish_takes(audio: np.ndarray, sr: int, loudness: float | None = DEFAULT_LOUDNESS_LUFS) -> np.ndarray:

@@ -196,6 +196,7 @@ def test_loudness_with_the_limiter_reaches_the_target_under_the_ceiling():
     assert lufs(z, sr) == pytest.approx(lufs(loudness_normalize(clicks, sr), sr), abs=0.5)  # all its loudness is peaks
     take = finish_take(x, sr)  # what every generate path returns
     assert abs(lufs(take, sr) - (-14.0)) < 0.3 and np.abs(take).max() <= CEILING
+    assert abs(float(take.mean())) < 1e-4 and max(abs(take[0]), abs(take[-1])) < 1e-3  # limited: no DC (was -0.002)
 
 
 def test_loudness_silence_and_short_clip():
